@@ -1,0 +1,294 @@
+"""Tests of trilevel.data on the real Fashion-MNIST (Debian package dataset-fashion-mnist)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from trilevel.data import (
+    ALLOWED_NAMES,
+    DEFAULT_FASHION_MNIST_DIR,
+    DataInfo,
+    DatasetNotFoundError,
+    TensorImageDataset,
+    build_datasets,
+)
+
+FMNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+needs_fmnist = pytest.mark.skipif(
+    not all((DEFAULT_FASHION_MNIST_DIR / f).is_file() for f in FMNIST_FILES),
+    reason=f"Fashion-MNIST not installed in {DEFAULT_FASHION_MNIST_DIR} "
+    "(sudo apt-get install dataset-fashion-mnist)",
+)
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return build_datasets("fashion-mnist")
+
+
+def _write_idx(path: Path, tensor: torch.Tensor) -> None:
+    """Writes a uint8 tensor as an IDX file (big-endian header: 0, 0, type 0x08, ndim; dims)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, tensor.dim()) + b"".join(
+        struct.pack(">I", d) for d in tensor.shape
+    )
+    path.write_bytes(header + tensor.contiguous().numpy().tobytes())
+
+
+def _synthetic_idx_folder(folder: Path, n_train=12, n_val=6, n_val_labels=None, size=8) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    splits = (("train", n_train, n_train), ("t10k", n_val, n_val_labels or n_val))
+    for prefix, n, n_labels in splits:
+        images = torch.randint(0, 256, (n, size, size), dtype=torch.uint8, generator=g)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        labels = torch.arange(n_labels, dtype=torch.uint8) % 3
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+@needs_fmnist
+def test_fashion_mnist_default(fmnist):
+    train, val, info = fmnist
+    assert isinstance(info, DataInfo)
+    assert (info.name, info.num_classes, info.in_chans) == ("fashion-mnist", 10, 1)
+    assert info.img_size == 28
+    assert (info.num_train, info.num_val) == (60000, 10000) == (len(train), len(val))
+    assert len(info.mean) == len(info.std) == 1
+    assert info.mean[0] == pytest.approx(0.2860, abs=1e-3)
+    assert info.std[0] == pytest.approx(0.3530, abs=1e-3)
+    for ds in (train, val):
+        x, y = ds[0]
+        assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+        assert isinstance(y, int) and 0 <= y < 10
+    assert isinstance(train, TensorImageDataset)
+    assert train.targets.min() == 0 and train.targets.max() == 9
+    assert torch.bincount(val.targets).tolist() == [1000] * 10
+
+
+@needs_fmnist
+def test_fashion_mnist_normalised(fmnist):
+    _, val, _ = fmnist
+    xs = torch.stack([val[i][0] for i in range(0, 10000, 5)])
+    assert abs(float(xs.mean())) < 0.05
+    assert float(xs.std()) == pytest.approx(1.0, abs=0.05)
+
+
+@needs_fmnist
+def test_light_aug_random_and_reproducible(fmnist):
+    train, val, _ = fmnist
+    torch.manual_seed(0)
+    a = torch.stack([train[i][0] for i in range(16)])
+    torch.manual_seed(0)
+    b = torch.stack([train[i][0] for i in range(16)])
+    torch.manual_seed(1)
+    c = torch.stack([train[i][0] for i in range(16)])
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(val[3][0], val[3][0])  # validation is deterministic
+
+
+@needs_fmnist
+def test_subset_in_chans_img_size_and_none_aug(fmnist):
+    full_train, _, _ = fmnist
+    train, val, info = build_datasets(
+        "fashion-mnist", train_subset=50, img_size=32, in_chans=3, aug="none"
+    )
+    assert (info.num_train, info.num_val, info.in_chans, info.img_size) == (50, 10000, 3, 32)
+    assert len(info.mean) == len(info.std) == 3
+    assert len(train) == 50
+    assert torch.equal(train.targets, full_train.targets[:50])  # first N, in order
+    x, _ = train[7]
+    assert x.shape == (3, 32, 32)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    assert torch.equal(x, train[7][0])  # aug="none" is deterministic
+    assert val[0][0].shape == (3, 32, 32)
+    # the subset carries only its own examples when pickled (DataLoader workers)
+    clone = pickle.loads(pickle.dumps(train))
+    assert len(pickle.dumps(train)) < 200_000
+    assert torch.equal(clone[7][0], x)
+
+
+@needs_fmnist
+def test_deit_aug_and_dataloader_workers():
+    train, val, info = build_datasets(
+        "fashion-mnist", train_subset=8, img_size=224, in_chans=3, aug="deit"
+    )
+    assert (info.in_chans, info.img_size) == (3, 224)
+    x, y = train[0]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and 0 <= y < 10
+    assert val[0][0].shape == (3, 224, 224)
+
+    def epoch(seed: int) -> torch.Tensor:
+        loader = DataLoader(train, batch_size=4, num_workers=1,
+                            generator=torch.Generator().manual_seed(seed))
+        return torch.cat([xb for xb, _ in loader])
+
+    assert torch.equal(epoch(3), epoch(3))
+
+
+def test_deit_needs_three_channels(tmp_path):
+    folder = _synthetic_idx_folder(tmp_path / "idx")
+    with pytest.raises(ValueError, match="in_chans=3"):
+        build_datasets("mnist", data_dir=folder, aug="deit")
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-format folders
+
+
+@needs_fmnist
+def test_mnist_from_folder_gzipped_and_plain(tmp_path, fmnist):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    # training files stay gzipped, test files are decompressed
+    for name in FMNIST_FILES:
+        src = DEFAULT_FASHION_MNIST_DIR / name
+        if name.startswith("train"):
+            shutil.copy(src, folder / name)
+        else:
+            with gzip.open(src, "rb") as f_in, open(folder / name[: -len(".gz")], "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+    train, val, info = build_datasets("mnist", data_dir=folder, train_subset=100)
+    ref_train, ref_val, ref_info = fmnist
+    assert (info.name, info.num_classes, info.num_train, info.num_val) == ("mnist", 10, 100, 10000)
+    assert info.mean == pytest.approx(ref_info.mean)
+    assert torch.equal(train.images, ref_train.images[:100])
+    assert torch.equal(val.images, ref_val.images)
+    assert torch.equal(val.targets, ref_val.targets)
+    assert list(tmp_path.iterdir()) == [folder]  # no temp files left next to the data
+
+
+def test_mnist_synthetic_torchvision_layout(tmp_path):
+    _synthetic_idx_folder(tmp_path / "MNIST" / "raw", size=8)
+    train, val, info = build_datasets("mnist", data_dir=str(tmp_path), aug="light")
+    assert (info.num_classes, info.img_size, info.num_train, info.num_val) == (3, 8, 12, 6)
+    assert train[0][0].shape == (1, 8, 8)
+
+
+def test_mnist_label_count_mismatch(tmp_path):
+    folder = _synthetic_idx_folder(tmp_path / "idx", n_val=6, n_val_labels=5)
+    with pytest.raises(ValueError, match="6 images but .* 5 labels"):
+        build_datasets("mnist", data_dir=folder)
+
+
+def test_mnist_corrupt_file(tmp_path):
+    folder = _synthetic_idx_folder(tmp_path / "idx")
+    (folder / "train-images-idx3-ubyte").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.*not a valid IDX"):
+        build_datasets("mnist", data_dir=folder)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageFolder
+
+
+def test_imagefolder(tmp_path):
+    for split in ("train", "val"):
+        for label, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            d = tmp_path / split / label
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40 + 10 * i, 30), colour).save(d / f"{i}.png")
+    for aug in ("light", "none", "deit"):
+        train, val, info = build_datasets("imagefolder", data_dir=tmp_path, img_size=32,
+                                          aug=aug, train_subset=3)
+        assert (info.num_classes, info.in_chans, info.img_size) == (2, 3, 32)
+        assert (info.num_train, info.num_val) == (3, 4) == (len(train), len(val))
+        x, y = train[2]
+        assert type(x) is torch.Tensor and x.shape == (3, 32, 32) and y in (0, 1)
+        assert val[0][0].shape == (3, 32, 32)
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR (a fake cifar-10-batches-py; torchvision's md5 check is patched out since it cannot pass)
+
+
+def test_cifar10_fake_layout(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    g = torch.Generator().manual_seed(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data = torch.randint(0, 256, (4, 3 * 32 * 32), dtype=torch.uint8, generator=g).numpy()
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0, 3, 9, 1]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    for data_dir in (tmp_path, base):  # the parent or the extracted folder itself
+        train, val, info = build_datasets("cifar10", data_dir=data_dir, train_subset=5)
+        assert (info.num_classes, info.in_chans, info.img_size) == (10, 3, 32)
+        assert (info.num_train, info.num_val) == (5, 4)
+        x, y = train[4]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
+        assert val[0][0].shape == (3, 32, 32)
+    _, val, _ = build_datasets("cifar10", data_dir=tmp_path, aug="deit", img_size=48)
+    assert val[0][0].shape == (3, 48, 48)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_missing_data_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetNotFoundError, match="nowhere") as exc:
+        build_datasets("fashion-mnist", data_dir=missing)
+    assert isinstance(exc.value, FileNotFoundError)
+    assert "apt-get install dataset-fashion-mnist" in str(exc.value)
+    assert "--data-dir" in str(exc.value)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"empty.*t10k-labels-idx1-ubyte\[\.gz\]"):
+        build_datasets("mnist", data_dir=empty)
+    for name in ("cifar10", "cifar100", "imagefolder"):
+        with pytest.raises(DatasetNotFoundError, match="empty"):
+            build_datasets(name, data_dir=empty)
+    with pytest.raises(DatasetNotFoundError, match="data_dir"):
+        build_datasets("mnist")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="'svhn'") as exc:
+        build_datasets("svhn")
+    assert all(n in str(exc.value) for n in ALLOWED_NAMES)
+    with pytest.raises(ValueError, match="'light'.*got 'heavy'"):
+        build_datasets("fashion-mnist", aug="heavy")
+    with pytest.raises(ValueError, match="img_size.*0"):
+        build_datasets("fashion-mnist", img_size=0)
+    folder = _synthetic_idx_folder(tmp_path / "idx")
+    for bad in (0, -1, 13, 2.5, True):
+        with pytest.raises(ValueError, match=rf"train_subset.*\[1, 12\].*{bad!r}"):
+            build_datasets("mnist", data_dir=folder, train_subset=bad)
+    with pytest.raises(ValueError, match="in_chans=2"):
+        build_datasets("mnist", data_dir=folder, in_chans=2)
+
+
+def test_tensor_dataset_validates():
+    with pytest.raises(ValueError, match="uint8"):
+        TensorImageDataset(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="disagree"):
+        TensorImageDataset(
+            torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
+        )
