@@ -7,3 +7,18 @@ Training", AAAI 2023 (arXiv 2211.10801).
 """
 
 __version__ = "0.1.0"
+
+from .attention_sparsity import connection_mask, masked_attention, topk_connection_mask
+from .flops import forward_flops, tokens_per_block
+from .schedules import KeepRatioSchedule, run_progress
+from .token_pruning import cls_attention_scores, num_kept_tokens, select_topk_tokens
+from .vit import (
+    TriLevelInfo,
+    default_prune_layers,
+    get_keep_ratios,
+    get_trilevel_info,
+    is_patched,
+    patch_vit,
+    set_keep_ratios,
+    unpatch_vit,
+)

@@ -1,0 +1,86 @@
+"""Analytic FLOP counts of (patched) timm Vision Transformers.
+
+A multiply-add counts as 2 FLOPs, the convention of ``torch.utils.flop_counter.FlopCounterMode``
+(the tests check these counts against it). Counted: the patch embedding, every ``nn.Linear`` of
+every block (qkv, projection, gate, MLP) at the number of tokens it sees, the two attention
+matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is active: a masked
+dense kernel does the same arithmetic), and the classifier head. Not counted: norms, softmax,
+GELU, token selection and mask construction (well under 1% here).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch.nn as nn
+
+from .token_pruning import num_kept_tokens
+from .vit import _unwrap, get_keep_ratios, is_patched
+
+__all__ = ["tokens_per_block", "forward_flops"]
+
+
+def tokens_per_block(model: nn.Module, keep_ratio: Optional[float] = None) -> List[Tuple[int, int]]:
+    """Tokens seen by the attention and by the MLP of each block, for one image.
+
+    Args:
+        model: A timm ``VisionTransformer``, patched or not.
+        keep_ratio: Token keep ratio to assume; None uses the model's current ratio (1.0 for a
+            stock model).
+
+    Returns:
+        A list over blocks of ``(n_attention, n_mlp)`` token counts, prefix tokens included.
+    """
+    base = _unwrap(model)
+    if keep_ratio is None:
+        keep_ratio = get_keep_ratios(base)[0]
+    P = base.num_prefix_tokens
+    n_patch = base.patch_embed.num_patches
+    patched = is_patched(base)
+    counts = []
+    for blk in base.blocks:
+        n_in = P + n_patch
+        if patched and blk.trilevel_prune and keep_ratio < 1.0:
+            k = num_kept_tokens(n_patch, keep_ratio)
+            fused = 1 if (blk.fuse_inattentive and k < n_patch) else 0
+            n_patch = k + fused
+        counts.append((n_in, P + n_patch))
+    return counts
+
+
+def _linear_macs(module: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None) -> float:
+    """FLOPs of one forward pass of one image.
+
+    Args:
+        model: A timm ``VisionTransformer``, patched or not (DDP-wrapped is fine).
+        keep_ratio: Token keep ratio to assume; None uses the model's current ratio.
+
+    Returns:
+        FLOPs (multiply-add = 2). Training (forward + backward) costs about 3x this; ratios
+        between two settings are the same either way.
+    """
+    base = _unwrap(model)
+    pe = base.patch_embed
+    n_patch = pe.num_patches
+    flops = 0.0
+    proj = getattr(pe, "proj", None)
+    if isinstance(proj, nn.Conv2d):
+        k = proj.in_channels // proj.groups * proj.kernel_size[0] * proj.kernel_size[1]
+        flops += 2.0 * n_patch * proj.out_channels * k
+    for blk, (n_in, n_mlp) in zip(base.blocks, tokens_per_block(base, keep_ratio)):
+        attn = blk.attn
+        attn_dim = attn.num_heads * attn.head_dim
+        flops += 2.0 * n_in * _linear_macs(attn)
+        flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
+        flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
+    head = getattr(base, "head", None)
+    if isinstance(head, nn.Linear):
+        flops += 2.0 * head.in_features * head.out_features
+    head_dist = getattr(base, "head_dist", None)
+    if isinstance(head_dist, nn.Linear):
+        flops += 2.0 * head_dist.in_features * head_dist.out_features
+    return flops

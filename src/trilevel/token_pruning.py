@@ -1,0 +1,105 @@
+"""Token level: keep the top-k patch tokens by the [CLS] attention they receive.
+
+Pure tensor functions; the stateful part (which blocks prune, at what keep ratio) lives in
+:mod:`trilevel.vit`. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec. "Token-level
+data reduction" (SPEC section 2), which scores tokens like EViT (Liang et al., ICLR 2022) but
+drops the inattentive tokens instead of fusing them; the optional fusion follows EViT.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["num_kept_tokens", "cls_attention_scores", "select_topk_tokens"]
+
+
+def num_kept_tokens(num_tokens: int, keep_ratio: float) -> int:
+    """Number of patch tokens kept: ``ceil(keep_ratio * num_tokens)``.
+
+    The product is taken in Python floating point, exactly as the authors' code does, so the
+    kept counts, and so the logits, are identical to theirs.
+
+    Args:
+        num_tokens: Patch tokens entering the pruning block (prefix tokens excluded), >= 0.
+        keep_ratio: Kept fraction, in (0, 1].
+
+    Returns:
+        The kept count, between 1 and ``num_tokens`` (0 when ``num_tokens`` is 0).
+
+    Raises:
+        ValueError: If ``keep_ratio`` is outside (0, 1] or ``num_tokens`` is negative.
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    if num_tokens < 0:
+        raise ValueError(f"num_tokens must be >= 0, got {num_tokens!r}")
+    return min(num_tokens, math.ceil(keep_ratio * num_tokens))
+
+
+def cls_attention_scores(attn_probs: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """[CLS] attention of each patch token, averaged over heads.
+
+    Args:
+        attn_probs: Attention probabilities ``(B, H, N, N)`` (rows are queries, after softmax
+            and after any connection mask), or ``(B, H, 1, N)`` holding only the [CLS] row.
+        num_prefix_tokens: Prefix tokens at the start of the sequence ([CLS] first, then e.g.
+            a distillation token or registers); they are not scored.
+
+    Returns:
+        Scores ``(B, N - num_prefix_tokens)``: the probability from the [CLS] query to each
+        patch token's key, head-mean.
+    """
+    return attn_probs[:, :, 0, num_prefix_tokens:].mean(dim=1)
+
+
+def select_topk_tokens(
+    x: torch.Tensor,
+    scores: torch.Tensor,
+    keep_ratio: float,
+    num_prefix_tokens: int = 1,
+    fuse_inattentive: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keep the prefix tokens and the ``ceil(keep_ratio * N_p)`` highest-scoring patch tokens.
+
+    Kept patch tokens stay in their original order (indices sorted ascending), so the output
+    is a sub-sequence of the input. Selection carries no gradient; gradients flow to the kept
+    tokens' values.
+
+    Args:
+        x: Tokens ``(B, N, C)``: ``num_prefix_tokens`` prefix tokens, then ``N_p`` patch tokens.
+        scores: Patch-token scores ``(B, N_p)``, higher is kept first (the [CLS] attention).
+        keep_ratio: Kept fraction of the patch tokens, in (0, 1].
+        num_prefix_tokens: Prefix tokens, always kept.
+        fuse_inattentive: EViT-style option (off in the paper): append one token, the
+            score-weighted mean of the dropped patch tokens. Only when some token is dropped.
+
+    Returns:
+        ``(x_kept, kept_idx)``: ``x_kept`` is ``(B, num_prefix_tokens + k [+ 1], C)`` and
+        ``kept_idx`` is ``(B, k)``, the kept patch tokens' indices among the ``N_p`` patch
+        tokens (0-based, ascending).
+
+    Raises:
+        ValueError: If ``keep_ratio`` is outside (0, 1] or the shapes disagree.
+    """
+    B, N, C = x.shape
+    n_patch = N - num_prefix_tokens
+    if scores.shape != (B, n_patch):
+        raise ValueError(
+            f"scores must have shape (B, N - num_prefix_tokens) = {(B, n_patch)}, "
+            f"got {tuple(scores.shape)}"
+        )
+    k = num_kept_tokens(n_patch, keep_ratio)
+    scores = scores.detach()
+    kept_idx = scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    patches = x[:, num_prefix_tokens:]
+    kept = patches.gather(1, kept_idx.unsqueeze(-1).expand(B, k, C))
+    parts = [x[:, :num_prefix_tokens], kept]
+    if fuse_inattentive and k < n_patch:
+        dropped_w = scores.scatter(1, kept_idx, 0.0)  # (B, N_p): 0 at kept tokens
+        dropped_w = dropped_w / dropped_w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(dropped_w.dtype).tiny)
+        fused = torch.einsum("bn,bnc->bc", dropped_w.to(patches.dtype), patches).unsqueeze(1)
+        parts.append(fused)
+    return torch.cat(parts, dim=1), kept_idx

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from trilevel.flops import forward_flops, tokens_per_block
+from trilevel.vit import patch_vit, set_keep_ratios
+
+from _models import images, tiny_vit
+
+
+def _counted(model):
+    for blk in model.blocks:  # FlopCounterMode does not count the CPU fused SDPA kernel
+        blk.attn.fused_attn = False
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(images(batch=2))
+    return fc.get_total_flops() / 2
+
+
+def test_dense_matches_flop_counter():
+    model = tiny_vit().eval()
+    assert forward_flops(model) == _counted(model)
+
+
+@pytest.mark.parametrize("keep,attn_keep", [(0.7, 0.3), (0.5, 0.5)])
+def test_pruned_matches_flop_counter(keep, attn_keep):
+    model = patch_vit(tiny_vit(), keep_ratio=keep, attn_keep_ratio=attn_keep).eval()
+    assert forward_flops(model) == pytest.approx(_counted(model), rel=1e-6)
+
+
+def test_token_counts_and_ratio_argument():
+    model = patch_vit(tiny_vit(), keep_ratio=0.7, attn_keep_ratio=1.0)
+    counts = tokens_per_block(model)
+    assert counts[3] == (50, 36) and counts[4] == (36, 36) and counts[11] == (19, 19)
+    assert forward_flops(model, keep_ratio=1.0) == forward_flops(tiny_vit())
+    assert forward_flops(model) < 0.7 * forward_flops(model, keep_ratio=1.0)
+    set_keep_ratios(model, keep_ratio=1.0)
+    assert forward_flops(model) == forward_flops(tiny_vit())
