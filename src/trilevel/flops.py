@@ -4,7 +4,9 @@ A multiply-add counts as 2 FLOPs, the convention of ``torch.utils.flop_counter.F
 (the tests check these counts against it). Counted: the patch embedding, every ``nn.Linear`` of
 every block (qkv, projection, gate, MLP) at the number of tokens it sees, the two attention
 matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is active: a masked
-dense kernel does the same arithmetic), and the classifier head. Not counted: norms, softmax,
+dense kernel does the same arithmetic), the pruning blocks' forward-only scoring product (the
+[CLS] row of ``Q K^T``, or all of it when the connection mask is rebuilt), and the classifier
+head. Not counted: norms, softmax,
 GELU, token selection and mask construction (well under 1% here).
 """
 
@@ -64,6 +66,9 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None) -> float
         between two settings are the same either way.
     """
     base = _unwrap(model)
+    keep, attn_keep = get_keep_ratios(base)
+    if keep_ratio is not None:
+        keep = keep_ratio
     pe = base.patch_embed
     n_patch = pe.num_patches
     flops = 0.0
@@ -77,6 +82,12 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None) -> float
         flops += 2.0 * n_in * _linear_macs(attn)
         flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
         flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
+        if getattr(blk, "trilevel_prune", False):
+            # forward-only scores: all rows of Q K^T for the connection mask, else the [CLS] row
+            if attn_keep < 1.0:
+                flops += 2.0 * n_in * n_in * attn_dim
+            elif keep < 1.0:
+                flops += 2.0 * n_in * attn_dim
     head = getattr(base, "head", None)
     if isinstance(head, nn.Linear):
         flops += 2.0 * head.in_features * head.out_features

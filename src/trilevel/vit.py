@@ -172,24 +172,22 @@ class TriLevelBlockMixin:
         keep, attn_keep = self.keep_ratio, self.attn_keep_ratio
         h = self.norm1(x)
         probs_mean = scores = None
-        if attn_keep < 1.0:
-            # Full probabilities are needed for the connection mask: one unfused attention.
-            q, k, v = self._qkv(h)
-            logits = (q * self.attn.scale) @ k.transpose(-2, -1)
-            if mask is not None:
-                logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
-            probs = logits.softmax(dim=-1)
-            a = self._attn_out(h, self.attn.attn_drop(probs) @ v)
-            probs_mean = probs.detach().mean(dim=1)  # (B, N, N)
-            scores = probs_mean[:, 0, P:]
-        elif keep < 1.0:
-            # Only the [CLS] row is needed: fused attention plus a (B, H, 1, N) side product.
+        if keep < 1.0 or attn_keep < 1.0:
             q, k, v = self._qkv(h)
             o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
             a = self._attn_out(h, o)
-            with torch.no_grad():  # the [CLS] row of any mask is all True
-                cls_probs = ((q[:, :, :1] * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-                scores = cls_attention_scores(cls_probs, P)
+            # Selection needs probabilities but no gradient: a forward-only side product of the
+            # same q, k. The full (B, N, N) head-mean only when the connection mask is rebuilt,
+            # else just the [CLS] row (the [CLS] row of any mask is all True).
+            with torch.no_grad():
+                q_rows = q if attn_keep < 1.0 else q[:, :, :1]
+                logits = (q_rows * self.attn.scale) @ k.transpose(-2, -1)
+                if mask is not None and attn_keep < 1.0:
+                    logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+                probs = logits.softmax(dim=-1)
+                scores = cls_attention_scores(probs, P)
+                if attn_keep < 1.0:
+                    probs_mean = probs.mean(dim=1)  # (B, N, N)
         else:
             a = self._masked_attention(h, mask)
         x = x + self.drop_path1(self.ls1(a))
