@@ -195,3 +195,94 @@ def format_speed_table(results: Sequence[SpeedResult], as_json: bool = False) ->
             f"{r.speedup / r.flops_speedup:.3f} |"
         )
     return "\n".join(lines)
+
+
+def add_speed_arguments(parser) -> None:
+    """Flags of ``trilevel bench speed`` (model flags as in ``trilevel train``)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT name")
+    g.add_argument("--img-size", type=int, default=None)
+    g.add_argument("--patch-size", type=int, default=None)
+    g.add_argument("--in-chans", type=int, default=None)
+    g.add_argument("--embed-dim", type=int, default=None)
+    g.add_argument("--depth", type=int, default=None)
+    g.add_argument("--num-heads", type=int, default=None)
+    g.add_argument("--num-classes", type=int, default=10)
+    g = parser.add_argument_group("benchmark")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--keep-ratio", type=float, default=0.7)
+    g.add_argument("--attn-keep-ratio", type=float, default=0.3)
+    g.add_argument("--prune-layers", default=None, help="comma-separated block indices (default: depth//4, //2, 3//4)")
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--steps-per-round", type=int, default=3)
+    g.add_argument("--warmup-steps", type=int, default=2)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _model_kwargs(args) -> dict:
+    kw = {"num_classes": args.num_classes}
+    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+        v = getattr(args, name)
+        if v is not None:
+            if v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive int, got {v}")
+            kw[name] = v
+    return kw
+
+
+def run_speed(args) -> List[SpeedResult]:
+    """Run ``trilevel bench speed`` from parsed arguments; prints the table and returns the rows.
+
+    Raises:
+        ValueError: For a bad flag value (named in the message).
+    """
+    import timm
+
+    kw = _model_kwargs(args)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch.cuda.is_available() is False")
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    layers = None
+    if args.prune_layers not in (None, "", "none"):
+        try:
+            layers = [int(v) for v in str(args.prune_layers).split(",")]
+        except ValueError:
+            raise ValueError(f"--prune-layers must be comma-separated ints, got {args.prune_layers!r}") from None
+
+    def make():
+        return timm.create_model(args.model, pretrained=False, **kw)
+
+    probe = make()
+    in_chans = probe.patch_embed.proj.in_channels
+    img = probe.patch_embed.img_size
+    del probe
+    results = benchmark_speed(
+        make, DEFAULT_SPEED_CONFIGS(args.keep_ratio, args.attn_keep_ratio), args.batch_size,
+        (in_chans, img[0], img[1]), args.num_classes, device=device, rounds=args.rounds,
+        steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps, amp_dtype=amp,
+        prune_layers=layers,
+    )
+    print(format_speed_table(results, as_json=args.json))
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m trilevel.bench speed ...`` (the same as ``trilevel bench speed``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="trilevel bench")
+    sub = parser.add_subparsers(dest="what", required=True)
+    add_speed_arguments(sub.add_parser("speed", help="training-step throughput, dense vs tri-level"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.what == "speed":
+        run_speed(args)
+
+
+if __name__ == "__main__":
+    main()
