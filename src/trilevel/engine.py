@@ -647,9 +647,19 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         if probe_dim is not None and probe_heads is not None and probe_dim % probe_heads:
             raise ValueError(f"embed-dim ({probe_dim}) must be divisible by num-heads ({probe_heads})")
     try:
-        model = timm.create_model(config.model, **kwargs)
+        try:
+            model = timm.create_model(config.model, **kwargs)
+        except TypeError as e:
+            # Size-agnostic models (CNNs) take no img_size; fine for a dense run that did not set it.
+            if not (config.dense and config.img_size is None and "img_size" in str(e)):
+                raise
+            kwargs.pop("img_size")
+            model = timm.create_model(config.model, **kwargs)
     except TypeError as e:
-        raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e}") from e
+        hint = "" if config.dense else (
+            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), use --dense for other models"
+        )
+        raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e}{hint}") from e
     pe = getattr(model, "patch_embed", None)
     patch = getattr(pe, "patch_size", None)
     if patch is not None:

@@ -1,0 +1,340 @@
+"""Tests of trilevel.engine: configuration checks, training outputs, exact resume, SIGTERM,
+non-finite losses, evaluation of checkpoints.
+
+All runs are tiny (a 4-block, 32-wide ViT on 7x7 patches of 256 Fashion-MNIST training images,
+1000 validation images, 1-2 epochs) and run in this process on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trilevel import engine
+from trilevel.checkpoint import load_checkpoint
+from trilevel.engine import NonFiniteLossError, TrainConfig, TrainingInterrupted, evaluate_checkpoint, train
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
+)
+
+TINY = dict(
+    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
+    dataset="fashion-mnist", train_subset=256, val_subset=500, epochs=2, batch_size=32,
+    warmup_epochs=0.5, workers=0, device="cpu", seed=0, log_interval=2,
+    ratio_warmup=0.1, ratio_decay_end=0.6, example_update_every=1,
+)
+
+
+def tiny(tmp_path: Path, name: str, **overrides) -> dict:
+    cfg = dict(TINY, output_dir=str(tmp_path / name))
+    cfg.update(overrides)
+    return cfg
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def model_state(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+_TIMING_KEYS = {"epoch_seconds", "train_images_per_s"}
+
+
+def comparable(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in _TIMING_KEYS} for m in metrics]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 2-epoch tri-level run (forgetting selector with one update at epoch 1)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    summary = train(tiny(tmp, "run"))
+    return tmp / "run", summary
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"keep_ratio": 1.5}, ["keep-ratio", "1.5"]),
+        ({"attn_keep_ratio": 0.0}, ["attn-keep-ratio"]),
+        ({"epochs": 0}, ["epochs", "0"]),
+        ({"batch_size": 2.5}, ["batch-size"]),
+        ({"dataset": "imagenet-22k"}, ["dataset", "fashion-mnist"]),
+        ({"selector": "best"}, ["selector", "forgetting"]),
+        ({"amp": "fp8"}, ["amp", "bf16"]),
+        ({"model": "no_such_model_xyz"}, ["no_such_model_xyz"]),
+        ({"warmup_epochs": 3.0, "epochs": 2}, ["warmup-epochs", "epochs"]),
+        ({"example_swap": 0.3, "example_remove": 0.2}, ["example-swap", "example-remove"]),
+        ({"example_update_every": 1.5}, ["example-update-every"]),
+        ({"prune_layers": "3,x"}, ["prune-layers"]),
+        ({"prune_layers": [1, 1]}, ["duplicate"]),
+        ({"ratio_warmup": 0.5, "ratio_decay_end": 0.2}, ["ratio-decay-end"]),
+        ({"mixup": 0.8, "batch_size": 33}, ["even"]),
+        ({"fuse_inattentive": "yes"}, ["fuse-inattentive"]),
+        ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
+    ],
+)
+def test_bad_config_values_raise_value_error_naming_them(overrides, words):
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**overrides)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_from_dict_accepts_hyphens_and_rejects_unknown_keys():
+    cfg = TrainConfig.from_dict({"batch-size": 64, "keep_ratio": 0.5, "prune-layers": "2,4"})
+    assert (cfg.batch_size, cfg.keep_ratio, cfg.prune_layers) == (64, 0.5, [2, 4])
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_dict({"batch-size": 64, "bach_size": 3, "learning-rate": 1.0})
+    msg = str(info.value)
+    assert "'bach_size'" in msg and "'learning-rate'" in msg and "batch-size" in msg
+    with pytest.raises(ValueError, match="twice"):
+        TrainConfig.from_dict({"batch-size": 64, "batch_size": 32})
+
+
+def test_update_every_and_prune_layers_parsing():
+    assert TrainConfig(example_update_every=0.1).example_update_every == 0.1
+    assert TrainConfig(example_update_every=3).example_update_every == 3
+    assert TrainConfig(example_update_every="3").example_update_every == 3
+    assert TrainConfig(example_update_every=4.0).example_update_every == 4
+    assert TrainConfig(prune_layers="none").prune_layers is None
+    assert TrainConfig(prune_layers=[9, 3, 6]).prune_layers == [3, 6, 9]
+    assert TrainConfig(clip_grad=0).clip_grad is None
+
+
+def test_img_size_not_multiple_of_patch_is_a_clear_error():
+    cfg = TrainConfig(embed_dim=32, depth=2, num_heads=2)  # patch 16 on 28x28 images
+    with pytest.raises(ValueError, match="patch"):
+        engine.build_model(cfg, num_classes=10, in_chans=1, img_size=28)
+
+
+def test_non_vit_model_needs_dense():
+    cfg = TrainConfig(model="resnet18")
+    with pytest.raises(ValueError, match="dense"):
+        engine.build_model(cfg, num_classes=10, in_chans=1, img_size=32)
+
+
+def test_missing_data_dir_raises_file_not_found(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError) as info:
+        train(tiny(tmp_path, "run", dataset="mnist", data_dir=str(missing), train_subset=None))
+    assert str(missing) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs of a run
+# ------------------------------------------------------------------------------------------------
+
+
+def test_tri_level_run_writes_outputs(straight):
+    out, summary = straight
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "train.log"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["finished"] is True
+    assert summary["epochs"] == 2 and summary["world_size"] == 1
+    assert 0.0 <= summary["val_top1"] <= 100.0
+    assert summary["train_seconds"] > 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    # The forgetting selector keeps 80% of the 256 examples active; every epoch sees them once.
+    assert [m["active_examples"] for m in metrics] == [205, 205]
+    assert summary["train_images"] == sum(m["train_images"] for m in metrics) == 2 * 205
+    # Token pruning (keep 0.7 at the end) and example removal cut the forward FLOPs.
+    assert 0.2 < summary["relative_train_flops"] < 0.8
+    assert metrics[-1]["keep_ratio"] == pytest.approx(0.7)
+    assert metrics[-1]["attn_keep_ratio"] == pytest.approx(0.3)
+    dense_tokens = 1 + (28 // 7) ** 2
+    assert metrics[0]["mean_tokens_per_block"] < dense_tokens
+    for key in ("train_loss", "train_acc", "val_top1", "epoch_seconds", "train_images_per_s", "lr"):
+        assert math.isfinite(metrics[-1][key]), key
+    assert summary["val_top1"] == metrics[-1]["val_top1"]
+    # One selector update happened at epoch 1 (update every epoch, 5% of 256 = 13 swapped).
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["selector"]["history"] == [{"epoch": 1, "removed": 13, "restored": 13}]
+    assert summary["selector_digest"] == ckpt["selector_digest"] and summary["selector_digest"]
+    assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert TrainConfig.from_dict(stored).to_dict() == stored
+    assert stored["output_dir"] == str(out) and stored["keep_ratio"] == 0.7
+    assert "epoch 2/2" in (out / "train.log").read_text()
+
+
+def test_dense_run_is_stock_and_full_cost(tmp_path):
+    summary = train(tiny(tmp_path, "dense", dense=True, epochs=1, warmup_epochs=0.0))
+    assert summary["selector"] == "none" and summary["selector_digest"] is None
+    assert summary["keep_ratio"] == 1.0 and summary["prune_layers"] is None
+    assert summary["train_images"] == 256
+    assert summary["relative_train_flops"] == pytest.approx(1.0)
+    m = read_metrics(tmp_path / "dense")[0]
+    assert m["mean_tokens_per_block"] == 1 + (28 // 7) ** 2
+    assert m["active_examples"] == 256
+    ckpt = load_checkpoint(tmp_path / "dense" / "checkpoint.pt")
+    import timm
+
+    stock = timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=28, patch_size=7,
+                              embed_dim=32, depth=4, num_heads=2)
+    stock.load_state_dict(ckpt["model"])  # same keys as the stock timm model
+
+
+def test_loss_selector_with_mixup_ema_clip_bf16(tmp_path):
+    summary = train(tiny(
+        tmp_path, "loss", selector="loss", example_remove=0.5, mixup=0.8, cutmix=1.0, ema_decay=0.9,
+        clip_grad=1.0, amp="bf16", epochs=3, warmup_epochs=0.0,
+    ))
+    metrics = read_metrics(tmp_path / "loss")
+    active = [m["active_examples"] for m in metrics]
+    # InfoBatch-style pruning drops low-loss examples from epoch 2 on (no anneal epoch in 3).
+    assert active[0] == 256 and active[1] < 256 and active[2] < 256
+    assert summary["train_images"] < 3 * 256
+    assert summary["val_top1_ema"] is not None and math.isfinite(summary["val_top1_ema"])
+    assert math.isfinite(summary["train_loss"])
+    # Mixup needs even batches: the last odd batch is dropped, images are whole batches.
+    assert all(m["train_images"] % 32 == 0 for m in metrics)
+
+
+# ------------------------------------------------------------------------------------------------
+# resume
+# ------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_epoch_one_matches_straight_run(straight, tmp_path):
+    out_straight, s_straight = straight
+    first = train(tiny(tmp_path, "split", stop_after_epoch=1))
+    assert first["finished"] is False and first["epochs_done"] == 1
+    ckpt_path = tmp_path / "split" / "checkpoint.pt"
+    assert load_checkpoint(ckpt_path)["epoch"] == 1
+    resumed = train(tiny(tmp_path, "split", resume=str(ckpt_path)))
+    assert resumed["finished"] is True
+    assert resumed["selector_digest"] == s_straight["selector_digest"]
+    for key in ("val_top1", "val_loss", "train_loss", "train_acc", "train_images", "relative_train_flops",
+                "global_steps"):
+        assert resumed[key] == s_straight[key], key
+    assert comparable(read_metrics(tmp_path / "split")) == comparable(read_metrics(out_straight))
+    assert_same_weights(model_state(ckpt_path), model_state(out_straight / "checkpoint.pt"))
+    assert resumed["train_seconds"] > first["train_seconds"]
+
+
+def test_resume_with_a_changed_setting_is_refused(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(ValueError, match="keep-ratio"):
+        train(tiny(tmp_path, "other", keep_ratio=0.5, resume=str(out / "checkpoint.pt")))
+
+
+def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_path, monkeypatch):
+    out_straight, s_straight = straight
+    calls = {"n": 0}
+    original = engine._Trainer._flops
+
+    def flops_and_signal(self, keep_ratio):
+        calls["n"] += 1
+        if calls["n"] == 10:  # during step 3 of epoch 2 (7 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, keep_ratio)
+
+    monkeypatch.setattr(engine._Trainer, "_flops", flops_and_signal)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tiny(tmp_path, "sig"))
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+    ckpt_path = tmp_path / "sig" / "checkpoint.pt"
+    assert info.value.checkpoint == str(ckpt_path)
+    assert "epoch 2, step 3" in str(info.value)
+    ckpt = load_checkpoint(ckpt_path)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 3, 10)
+    assert "SIGTERM received" in (tmp_path / "sig" / "train.log").read_text()
+    monkeypatch.setattr(engine._Trainer, "_flops", original)
+
+    resumed = train(tiny(tmp_path, "sig", resume=str(ckpt_path)))
+    assert resumed["selector_digest"] == s_straight["selector_digest"]
+    for key in ("val_top1", "train_loss", "train_acc", "train_images", "global_steps"):
+        assert resumed[key] == pytest.approx(s_straight[key], rel=1e-9, abs=0), key
+    assert_same_weights(model_state(ckpt_path), model_state(out_straight / "checkpoint.pt"))
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite losses
+# ------------------------------------------------------------------------------------------------
+
+
+def _nan_on_call(monkeypatch, which: int) -> None:
+    from timm.loss import LabelSmoothingCrossEntropy
+
+    original = LabelSmoothingCrossEntropy.forward
+    calls = {"n": 0}
+
+    def forward(self, x, target):
+        calls["n"] += 1
+        loss = original(self, x, target)
+        return loss * float("nan") if calls["n"] == which else loss
+
+    monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", forward)
+
+
+def test_nonfinite_stop_saves_last_good_state(tmp_path, monkeypatch):
+    _nan_on_call(monkeypatch, 3)
+    with pytest.raises(NonFiniteLossError) as info:
+        train(tiny(tmp_path, "nan", epochs=1, warmup_epochs=0.0))
+    assert "epoch 1, step 3" in str(info.value)
+    ckpt = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 2, 2)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_skip_skips_the_batch(tmp_path, monkeypatch):
+    _nan_on_call(monkeypatch, 3)
+    summary = train(tiny(tmp_path, "skip", epochs=1, warmup_epochs=0.0, nonfinite="skip"))
+    assert summary["skipped_steps"] == 1
+    assert math.isfinite(summary["train_loss"])
+    ckpt = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    # the skipped batch is not recorded by the selector: 205 active examples, 32 of them skipped
+    presentations = ckpt["selector"]["stats"]["presentations"]
+    assert int(presentations.sum()) == 205 - 32
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_checkpoint_reproduces_final_val_top1(straight):
+    out, summary = straight
+    result = evaluate_checkpoint(out / "checkpoint.pt", val_subset=500, device="cpu")
+    assert result["top1"] == pytest.approx(summary["val_top1"])
+    assert (result["keep_ratio"], result["attn_keep_ratio"]) == (0.7, 0.3)
+    dense_eval = evaluate_checkpoint(out / "checkpoint.pt", keep_ratio=1.0, attn_keep_ratio=1.0, val_subset=500)
+    assert dense_eval["images"] == 500
+    with pytest.raises(ValueError, match="EMA"):
+        evaluate_checkpoint(out / "checkpoint.pt", ema=True, val_subset=10)
+
+
+def test_evaluate_checkpoint_rejects_foreign_file(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        evaluate_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        evaluate_checkpoint(tmp_path / "missing.pt")
