@@ -22,3 +22,10 @@ from .vit import (
     set_keep_ratios,
     unpatch_vit,
 )
+from .example_selection import (
+    ActiveSubsetSampler,
+    ForgettingSelector,
+    IndexedDataset,
+    LossSelector,
+    RandomSelector,
+)

@@ -286,3 +286,109 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------- bench train
+#: Configurations of ``trilevel bench train``: overrides of the base training config.
+#: ``trilevel`` is the base config's own tri-level settings; ``dense-same-time`` is dense
+#: training for the wall-clock of the fastest other configuration (the honest baseline).
+TRAIN_PRESETS: Dict[str, dict] = {
+    "dense": {"dense": True},
+    "trilevel": {},
+    "paper": {"dense": False, "keep_ratio": 0.7, "attn_keep_ratio": 0.3, "selector": "forgetting",
+              "example_remove": 0.2, "example_swap": 0.05, "eval_keep_ratio": None, "eval_attn_keep_ratio": None},
+    "token-only": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none"},
+    "attention-only": {"dense": False, "keep_ratio": 1.0, "selector": "none"},
+    "example-only": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "forgetting"},
+    "evit": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none", "fuse_inattentive": True},
+    "patchdropout": {"dense": True, "patch_drop": 0.3},
+    "infobatch": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "loss",
+                  "example_remove": 0.5},
+    "random-examples": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "random"},
+    "dense-same-time": {"dense": True},
+}
+
+
+def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List[dict]:
+    """Train each configuration with the same recipe and epochs; compare with dense timm.
+
+    Args:
+        base: Base training config (a ``trilevel.engine.TrainConfig`` as a dict: model, data,
+            optimisation, and the tri-level settings used by the ``trilevel`` row).
+        configs: Names from :data:`TRAIN_PRESETS`, run in this order, except that
+            ``dense-same-time`` runs last: dense training for ``round(epochs * t / t_dense)``
+            epochs (at least 1), ``t`` the shortest wall-clock among the other non-dense rows.
+        output_dir: Each run writes ``<output_dir>/<name>/``; the table goes to
+            ``<output_dir>/bench_train.md`` and ``.json``, the plot to ``accuracy_vs_time.png``.
+
+    Returns:
+        One row per configuration: name, val_top1, train_seconds, speedup (over ``dense``),
+        relative_train_flops, epochs, and the run folder.
+
+    Raises:
+        ValueError: For an unknown configuration name (the allowed ones are listed), or when
+            ``dense-same-time`` is asked without ``dense`` and another row to time.
+    """
+    import os
+
+    from .engine import train
+
+    unknown = [c for c in configs if c not in TRAIN_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown bench configurations {unknown}; allowed: {sorted(TRAIN_PRESETS)}")
+    if not configs:
+        raise ValueError("configs must name at least one configuration")
+    ordered = [c for c in configs if c != "dense-same-time"]
+    if "dense-same-time" in configs and ("dense" not in ordered or len(ordered) < 2):
+        raise ValueError("dense-same-time needs 'dense' and at least one other configuration in the list")
+    os.makedirs(output_dir, exist_ok=True)
+    rows: List[dict] = []
+
+    def run(name: str, overrides: dict) -> dict:
+        cfg = {**base, **overrides, "output_dir": os.path.join(output_dir, name), "resume": None}
+        _LOG.info("bench train: %s (%s)", name, overrides or "base settings")
+        s = train(cfg)
+        row = {"name": name, "val_top1": s["val_top1"], "train_seconds": s["train_seconds"],
+               "relative_train_flops": s["relative_train_flops"], "epochs": s["epochs"],
+               "train_images": s["train_images"], "keep_ratio": s["keep_ratio"],
+               "attn_keep_ratio": s["attn_keep_ratio"], "selector": s["selector"],
+               "eval_keep_ratio": s["eval_keep_ratio"], "output_dir": s["output_dir"]}
+        rows.append(row)
+        return row
+
+    for name in ordered:
+        run(name, TRAIN_PRESETS[name])
+    if "dense-same-time" in configs:
+        dense = next(r for r in rows if r["name"] == "dense")
+        fastest = min((r for r in rows if r["name"] != "dense"), key=lambda r: r["train_seconds"])
+        epochs = max(1, round(dense["epochs"] * fastest["train_seconds"] / dense["train_seconds"]))
+        run("dense-same-time", {**TRAIN_PRESETS["dense-same-time"], "epochs": epochs,
+                                "warmup_epochs": min(base.get("warmup_epochs", 1.0), epochs / 5)})
+    dense_row = next((r for r in rows if r["name"] == "dense"), rows[0])
+    for r in rows:
+        r["speedup"] = dense_row["train_seconds"] / r["train_seconds"]
+        r["delta_top1"] = r["val_top1"] - dense_row["val_top1"]
+    with open(os.path.join(output_dir, "bench_train.json"), "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=2)
+    table = format_train_table(rows)
+    with open(os.path.join(output_dir, "bench_train.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    try:
+        from .viz import plot_accuracy_vs_time
+
+        plot_accuracy_vs_time(rows, os.path.join(output_dir, "accuracy_vs_time.png"))
+    except ImportError:  # pragma: no cover - viz is part of the package
+        _LOG.warning("trilevel.viz unavailable: no plot written")
+    return rows
+
+
+def format_train_table(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`run_train_bench` rows."""
+    lines = ["| configuration | epochs | val top-1 % | vs dense | train s | speedup | relative FLOPs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['epochs']} | {r['val_top1']:.2f} | {r.get('delta_top1', 0.0):+.2f} | "
+            f"{r['train_seconds']:.0f} | {r.get('speedup', 1.0):.2f}x | {r['relative_train_flops']:.3f} |"
+        )
+    return "\n".join(lines)
