@@ -42,7 +42,7 @@ _EXIT_SIGTERM = 128 + 15
 
 # Fields that hold floats (YAML 1.1 reads "1e-3" as a string; such strings are converted).
 _FLOAT_FIELDS = {
-    "drop_path", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "smoothing", "mixup",
+    "drop_path", "patch_drop", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "smoothing", "mixup",
     "cutmix", "clip_grad", "ema_decay", "keep_ratio", "attn_keep_ratio", "ratio_warmup",
     "ratio_decay_end", "eval_keep_ratio", "eval_attn_keep_ratio", "example_remove", "example_swap",
 }
@@ -146,6 +146,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--depth", "number of blocks; none: the model's", type=_optional(_int_text), metavar="N")
     add(g, "--num-heads", "attention heads; none: the model's", type=_optional(_int_text), metavar="H")
     add(g, "--drop-path", "stochastic depth rate in [0, 1)", type=_float_text, metavar="P")
+    add(g, "--patch-drop", "fraction of patch tokens dropped at random while training (timm PatchDropout)",
+        type=_float_text, metavar="P")
 
     g = p.add_argument_group("data")
     add(g, "--dataset", "dataset", choices=ALLOWED_DATASETS)
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Kong et al., AAAI 2023).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
     sub.required = True
 
     train_p = sub.add_parser(
@@ -250,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     eval_p.add_argument("--json", action="store_true", help="print the result as JSON")
     eval_p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+    bench_p = sub.add_parser(
+        "bench", help="benchmarks (trilevel bench speed ...; see trilevel bench --help)", add_help=False,
+        description="Benchmarks of trilevel.bench; the arguments are passed on to it.",
+    )
+    bench_p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of trilevel.bench")
     return parser
 
 
@@ -338,6 +346,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Exit status: 0 on success, 1 on a failed run (non-finite loss, runtime error), 2 on bad
     options, bad configuration or missing data/checkpoint, 143 after SIGTERM (checkpoint saved).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to trilevel.bench's own parser
+        from .bench import main as bench_main
+
+        bench_main(argv[1:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(bool(getattr(args, "verbose", False)))

@@ -165,6 +165,9 @@ class TrainConfig:
         depth: Number of blocks override; None: the model's.
         num_heads: Attention heads override; None: the model's.
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
+        patch_drop: Fraction of patch tokens dropped at random at the input while training
+            (timm ``PatchDropout``, Liu et al. 2022), in [0, 1); 0: off. A baseline for token
+            pruning; combines with the tri-level model too.
         dataset: One of :data:`ALLOWED_DATASETS`.
         data_dir: Data folder; None: the dataset's default (Fashion-MNIST only).
         train_subset: Train on the first N training examples only; None: all.
@@ -221,6 +224,7 @@ class TrainConfig:
     depth: Optional[int] = None
     num_heads: Optional[int] = None
     drop_path: float = 0.1
+    patch_drop: float = 0.0
     # data
     dataset: str = "fashion-mnist"
     data_dir: Optional[str] = None
@@ -322,6 +326,7 @@ class TrainConfig:
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             self._int(name, 1, optional=True)
         self._float("drop_path", 0.0, 1.0, high_open=True)
+        self._float("patch_drop", 0.0, 1.0, high_open=True)
         self._choice("dataset", ALLOWED_DATASETS)
         if self.data_dir is not None:
             if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
@@ -640,6 +645,8 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         value = getattr(config, name)
         if value is not None:
             kwargs[name] = value
+    if config.patch_drop > 0:
+        kwargs["patch_drop_rate"] = config.patch_drop
     if config.embed_dim is not None or config.num_heads is not None:
         # Check divisibility up front (timm would fail with an opaque reshape error).
         probe_dim = config.embed_dim
@@ -1495,6 +1502,7 @@ class _Trainer:
             "train_acc": 100.0 * totals["correct"] / counted,
             "val_top1": val["top1"],
             "val_loss": val["loss"],
+            "val_images": val["images"],
         }
         if self.ema is not None:
             ema_val = evaluate(self.ema.module, self.val_loader, self.device, cfg.amp,
