@@ -647,12 +647,9 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
             kwargs[name] = value
     if config.patch_drop > 0:
         kwargs["patch_drop_rate"] = config.patch_drop
-    if config.embed_dim is not None or config.num_heads is not None:
-        # Check divisibility up front (timm would fail with an opaque reshape error).
-        probe_dim = config.embed_dim
-        probe_heads = config.num_heads
-        if probe_dim is not None and probe_heads is not None and probe_dim % probe_heads:
-            raise ValueError(f"embed-dim ({probe_dim}) must be divisible by num-heads ({probe_heads})")
+    if config.embed_dim is not None and config.num_heads is not None and config.embed_dim % config.num_heads:
+        # timm would fail later with an opaque reshape error
+        raise ValueError(f"embed-dim ({config.embed_dim}) must be divisible by num-heads ({config.num_heads})")
     try:
         try:
             model = timm.create_model(config.model, **kwargs)
@@ -807,9 +804,10 @@ def evaluate(
     previous = None
     if keep_ratio is not None or attn_keep_ratio is not None:
         if not is_patched(base):
-            if (keep_ratio, attn_keep_ratio) not in ((None, 1.0), (1.0, None), (1.0, 1.0)):
+            if any(r not in (None, 1.0) for r in (keep_ratio, attn_keep_ratio)):
                 raise ValueError(
-                    f"keep ratios ({keep_ratio}, {attn_keep_ratio}) were given for an unpatched (dense) model"
+                    f"keep ratios ({keep_ratio}, {attn_keep_ratio}) were given for an unpatched (dense) model; "
+                    f"only 1.0 or None is allowed"
                 )
         else:
             previous = get_keep_ratios(base)
@@ -1039,7 +1037,7 @@ class _Trainer:
         self._old_level: Optional[int] = None
 
     # ------------------------------------------------------------------------------ setup
-    def _setup_output(self, ckpt: Optional[Mapping[str, Any]]) -> None:
+    def _setup_output(self) -> None:
         cfg = self.cfg
         out = cfg.output_dir
         if out is None and cfg.resume is not None:
@@ -1291,7 +1289,7 @@ class _Trainer:
         if cfg.resume is not None:
             ckpt = load_checkpoint(cfg.resume)
             self._check_resume_config(ckpt)
-        self._setup_output(ckpt)
+        self._setup_output()
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -1365,7 +1363,7 @@ class _Trainer:
         return bool(t.item() > 0)
 
     def _train_epoch(self, epoch: int, skip: int, acc_state: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-        from .vit import get_trilevel_info, set_keep_ratios
+        from .vit import set_keep_ratios
 
         cfg, ctx = self.cfg, self.ctx
         self.sampler.set_epoch(epoch)
@@ -1380,8 +1378,6 @@ class _Trainer:
         if acc_state is not None:
             acc.load(acc_state, ctx)
         flags = _StepFlags(ctx)
-        use_loss_selector = cfg.effective_selector == "loss"
-        params = [p for p in self.model_base.parameters() if p.requires_grad]
         self.model.train()
         bar = tqdm(
             total=iters, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
@@ -1390,8 +1386,8 @@ class _Trainer:
         kr = akr = 1.0
         lr = self.optimizer.param_groups[0]["lr"]
         redirect = logging_redirect_tqdm() if ctx.is_main else nullcontext()
-        t0 = time.perf_counter()
         seconds_before = acc.seconds
+        t0 = time.perf_counter()
         try:
             with redirect:
                 for i, (images, targets, indices) in enumerate(loader, start=skip):
@@ -1401,89 +1397,33 @@ class _Trainer:
                         set_keep_ratios(self.model_base, kr, akr)
                     self.lr_scheduler.step_update(num_updates=progress * self.total_updates)
                     lr = self.optimizer.param_groups[0]["lr"]
-                    images = images.to(self.device, non_blocking=True)
-                    targets = targets.to(self.device, non_blocking=True)
                     batch = int(images.shape[0])
-                    loss_targets = targets
-                    if self.mixup is not None:
-                        images, loss_targets = self.mixup(images, targets)
-                    with _autocast(self.device, cfg.amp):
-                        logits = self.model(images)
-                    logits = logits.float()
-                    if use_loss_selector:
-                        per_example = F.cross_entropy(
-                            logits, loss_targets, reduction="none",
-                            label_smoothing=0.0 if self.mixup is not None else cfg.smoothing,
-                        )
-                        flags.launch(per_example, self._stop_requested)
-                        bad, stop = flags.read(self._stop_requested)
-                        if not bad:
-                            loss = self.selector.record(indices, logits.detach(), loss_targets, loss=per_example)
-                            loss_value = per_example.detach().sum()
-                        else:
-                            loss = per_example.mean()
-                    else:
-                        loss = self.criterion(logits, loss_targets)
-                        loss_value = loss.detach() * batch
-                        flags.launch(loss, self._stop_requested)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if not use_loss_selector or not bad:
-                        self.scaler.scale(loss).backward()
-                    if not use_loss_selector:
-                        bad, stop = flags.read(self._stop_requested)
+                    bad, stop = self._step(images, targets, indices, flags, acc)
                     if bad:
-                        self.optimizer.zero_grad(set_to_none=True)
                         if cfg.nonfinite == "stop":
                             self._stop_nonfinite(epoch, i, acc)
                         acc.skipped += 1
                         self.skipped_steps += 1
-                        logger.warning("non-finite loss at epoch %d, step %d: batch skipped (nonfinite=skip)", epoch + 1, i + 1)
-                    else:
-                        if self.selector is not None and not use_loss_selector:
-                            self.selector.record(indices, logits.detach(), loss_targets)
-                        if cfg.clip_grad is not None:
-                            self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        if self.ema is not None:
-                            self.ema.update(self.model_base, step=self.global_step)
-                        with torch.no_grad():
-                            label = loss_targets.argmax(dim=1) if loss_targets.dim() == 2 else loss_targets
-                            acc.correct += (logits.detach().argmax(dim=1) == label).sum()
-                            acc.loss_sum += loss_value.double()
-                        acc.steps += 1
-                        acc.counted += batch
+                        logger.warning("non-finite loss at epoch %d, step %d: batch skipped (nonfinite=skip)",
+                                       epoch + 1, i + 1)
                     self.global_step += 1
                     acc.images += batch
                     acc.flops += batch * self._flops(kr)
-                    if self.patched:
-                        info = get_trilevel_info(self.model_base)
-                        tpb = info.tokens_per_block if info is not None else []
-                        acc.tokens_sum += sum(tpb) / len(tpb) if tpb else self._dense_tokens
-                    else:
-                        acc.tokens_sum += self._dense_tokens
+                    acc.tokens_sum += self._mean_tokens()
                     done = i + 1
                     if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):
+                        # One host read per log interval (rank 0's running loss; the epoch line is global).
                         elapsed = seconds_before + time.perf_counter() - t0
-                        # one read per log interval (local rank-0 values; the epoch line is global)
-                        local = acc.loss_sum.item() / max(1, acc.counted)
-                        rate = acc.images / max(elapsed, 1e-9) * ctx.world_size
-                        bar.set_postfix(loss=f"{local:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
-                        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch + 1, done, iters, local, lr, rate)
+                        loss_now = acc.loss_sum.item() / max(1, acc.counted)
+                        rate = acc.images * ctx.world_size / max(elapsed, 1e-9)
+                        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
+                        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s",
+                                     epoch + 1, done, iters, loss_now, lr, rate)
                     bar.update(1)
                     if stop or (not ctx.distributed and self._stop_requested):
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        acc.seconds = seconds_before + time.perf_counter() - t0
-                        self._save(epoch, done, acc)
-                        msg = (f"stopped by SIGTERM at epoch {epoch + 1}, step {done}/{iters}; checkpoint saved to "
-                               f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
-                        logger.warning(msg)
-                        raise TrainingInterrupted(msg, str(self.ckpt_path))
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                acc.seconds = seconds_before + time.perf_counter() - t0
+                        acc.seconds = seconds_before + self._elapsed(t0)
+                        self._interrupt(epoch, done, iters, acc)
+                acc.seconds = seconds_before + self._elapsed(t0)
         finally:
             bar.close()
 
@@ -1529,6 +1469,100 @@ class _Trainer:
             metrics["mean_tokens_per_block"], kr, akr, lr,
         )
         return metrics
+
+    def _step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        indices: torch.Tensor,
+        flags: _StepFlags,
+        acc: _EpochAcc,
+    ) -> tuple[bool, bool]:
+        """Forward, loss, backward and update on one batch.
+
+        Args:
+            images: ``(B, C, H, W)`` batch (any device).
+            targets: ``(B,)`` class indices.
+            indices: ``(B,)`` example indices (for the selector).
+            flags: The epoch's step-flag reader.
+            acc: The epoch's running sums (updated for a good batch).
+
+        Returns:
+            ``(loss not finite, stop requested)``, agreed over ranks. A batch whose loss is not
+            finite changes nothing: no update, not recorded by the selector, not counted.
+        """
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        loss_targets = targets
+        if self.mixup is not None:
+            images, loss_targets = self.mixup(images, targets)  # soft (B, K) targets
+        with _autocast(self.device, cfg.amp):
+            logits = self.model(images)
+        logits = logits.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.effective_selector == "loss":
+            # The selector re-weights the per-example losses; check them before recording.
+            per_example = F.cross_entropy(
+                logits, loss_targets, reduction="none",
+                label_smoothing=0.0 if self.mixup is not None else cfg.smoothing,
+            )
+            flags.launch(per_example, self._stop_requested)
+            bad, stop = flags.read(self._stop_requested)
+            if bad:
+                loss = per_example.mean()
+            else:
+                loss = self.selector.record(indices, logits.detach(), loss_targets, loss=per_example)
+            loss_sum = per_example.detach().sum()
+            self.scaler.scale(loss).backward()  # also for a bad batch: DDP expects every backward
+        else:
+            loss = self.criterion(logits, loss_targets)
+            loss_sum = loss.detach() * images.shape[0]
+            flags.launch(loss, self._stop_requested)
+            self.scaler.scale(loss).backward()  # queued before the flag wait: the device stays busy
+            bad, stop = flags.read(self._stop_requested)
+            if not bad and self.selector is not None:
+                self.selector.record(indices, logits.detach(), loss_targets)
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return True, stop
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model_base.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model_base, step=self.global_step)
+        with torch.no_grad():
+            # Accuracy against the hard label, or the dominant class of a mixed target.
+            label = loss_targets.argmax(dim=1) if loss_targets.dim() == 2 else loss_targets
+            acc.correct += (logits.detach().argmax(dim=1) == label).sum()
+            acc.loss_sum += loss_sum.double()
+        acc.steps += 1
+        acc.counted += int(images.shape[0])
+        return False, stop
+
+    def _mean_tokens(self) -> float:
+        """Mean tokens per block of the last forward pass (prefix tokens included)."""
+        if not self.patched:
+            return self._dense_tokens
+        from .vit import get_trilevel_info
+
+        info = get_trilevel_info(self.model_base)
+        tpb = info.tokens_per_block if info is not None else None
+        return sum(tpb) / len(tpb) if tpb else self._dense_tokens
+
+    def _elapsed(self, t0: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per epoch (or at a stop): honest timing
+        return time.perf_counter() - t0
+
+    def _interrupt(self, epoch: int, done: int, iters: int, acc: _EpochAcc) -> None:
+        self._save(epoch, done, acc)
+        msg = (f"stopped by SIGTERM at epoch {epoch + 1}, step {done}/{iters}; checkpoint saved to "
+               f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
+        logger.warning(msg)
+        raise TrainingInterrupted(msg, str(self.ckpt_path))
 
     def _stop_nonfinite(self, epoch: int, step: int, acc: _EpochAcc) -> None:
         # Parameters and optimizer are untouched by the bad step: this is the last good state.
