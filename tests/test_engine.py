@@ -199,6 +199,13 @@ def test_dense_run_is_stock_and_full_cost(tmp_path):
     stock.load_state_dict(ckpt["model"])  # same keys as the stock timm model
 
 
+def test_dense_run_of_a_cnn(tmp_path):
+    summary = train(tiny(tmp_path, "cnn", model="resnet10t", embed_dim=None, depth=None, num_heads=None,
+                         patch_size=None, dense=True, epochs=1, warmup_epochs=0.0, val_subset=100))
+    assert summary["relative_train_flops"] == pytest.approx(1.0) and summary["dense_gflops_per_image"] > 0
+    assert read_metrics(tmp_path / "cnn")[0]["mean_tokens_per_block"] is None
+
+
 def test_loss_selector_with_mixup_ema_clip_bf16(tmp_path):
     summary = train(tiny(
         tmp_path, "loss", selector="loss", example_remove=0.5, mixup=0.8, cutmix=1.0, ema_decay=0.9,

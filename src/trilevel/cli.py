@@ -214,7 +214,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``trilevel`` argument parser with the ``train`` and ``eval`` subcommands."""
-    from .engine import ALLOWED_AMP, ALLOWED_DEVICES  # noqa: F401 - imported for the choices
+    from .engine import ALLOWED_DEVICES
 
     parser = argparse.ArgumentParser(
         prog="trilevel",

@@ -727,6 +727,20 @@ def _build_selector(config: TrainConfig, num_examples: int):
     )
 
 
+def _measured_flops(model: nn.Module, in_chans: int, img_size: int, device: torch.device) -> float:
+    """Forward FLOPs of one image counted by ``torch.utils.flop_counter`` (eval mode, no grad)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_chans, img_size, img_size, device=device))
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops())
+
+
 class _SkipSampler(Sampler[int]):
     """Yield the indices of ``base`` after the first ``skip`` (a mid-epoch resume)."""
 
@@ -1098,6 +1112,7 @@ class _Trainer:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
+        from timm.models.vision_transformer import VisionTransformer
         from timm.utils import ModelEmaV3
 
         cfg, ctx = self.cfg, self.ctx
@@ -1126,9 +1141,12 @@ class _Trainer:
 
         self._flops_fn = forward_flops
         self._flops_cache: dict[float, float] = {}
-        self.dense_flops = float(forward_flops(model, 1.0))
-        n_tokens = model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1)
-        self._dense_tokens = float(n_tokens)
+        if isinstance(model, VisionTransformer):
+            self.dense_flops = float(forward_flops(model, 1.0))
+            self._dense_tokens: Optional[float] = float(model.patch_embed.num_patches + model.num_prefix_tokens)
+        else:  # a dense run of another timm model (e.g. a CNN): count once with torch's FLOP counter
+            self.dense_flops = _measured_flops(model, self.info.in_chans, self.info.img_size, self.device)
+            self._dense_tokens = None
 
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         if ctx.distributed:
@@ -1193,9 +1211,12 @@ class _Trainer:
         return n // b if self.drop_last else math.ceil(n / b)
 
     def _flops(self, keep_ratio: float) -> float:
+        """Forward FLOPs per image at ``keep_ratio`` (cached; the dense count for a dense model)."""
+        if not self.patched:
+            return self.dense_flops
         f = self._flops_cache.get(keep_ratio)
         if f is None:
-            f = float(self._flops_fn(self.model_base, keep_ratio if self.patched else None))
+            f = float(self._flops_fn(self.model_base, keep_ratio))
             if len(self._flops_cache) > 100_000:
                 self._flops_cache.clear()
             self._flops_cache[keep_ratio] = f
@@ -1409,7 +1430,8 @@ class _Trainer:
                     self.global_step += 1
                     acc.images += batch
                     acc.flops += batch * self._flops(kr)
-                    acc.tokens_sum += self._mean_tokens()
+                    tokens = self._mean_tokens()
+                    acc.tokens_sum += tokens if tokens is not None else float("nan")
                     done = i + 1
                     if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):
                         # One host read per log interval (rank 0's running loss; the epoch line is global).
@@ -1453,7 +1475,8 @@ class _Trainer:
             train_images=epoch_images,
             train_images_per_s=epoch_images / max(acc.seconds, 1e-9),
             active_examples=self.selector.num_active if self.selector is not None else self.num_train,
-            mean_tokens_per_block=acc.tokens_sum / max(1, acc.steps + acc.skipped),
+            mean_tokens_per_block=(acc.tokens_sum / max(1, acc.steps + acc.skipped)
+                                   if self._dense_tokens is not None else None),
             keep_ratio=kr,
             attn_keep_ratio=akr,
             lr=lr,
@@ -1462,11 +1485,12 @@ class _Trainer:
         )
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %.2f%%%s | %.1f s, %.0f img/s | active %d/%d | "
-            "tokens/block %.1f | keep %.3f attn %.3f | lr %.3e",
+            "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
             epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_top1"],
             f" (EMA {metrics['val_top1_ema']:.2f}%)" if "val_top1_ema" in metrics else "",
             acc.seconds, metrics["train_images_per_s"], metrics["active_examples"], self.num_train,
-            metrics["mean_tokens_per_block"], kr, akr, lr,
+            "n/a" if metrics["mean_tokens_per_block"] is None else f"{metrics['mean_tokens_per_block']:.1f}",
+            kr, akr, lr,
         )
         return metrics
 
@@ -1542,8 +1566,8 @@ class _Trainer:
         acc.counted += int(images.shape[0])
         return False, stop
 
-    def _mean_tokens(self) -> float:
-        """Mean tokens per block of the last forward pass (prefix tokens included)."""
+    def _mean_tokens(self) -> Optional[float]:
+        """Mean tokens per block of the last forward pass (prefix tokens included); None: no tokens."""
         if not self.patched:
             return self._dense_tokens
         from .vit import get_trilevel_info
