@@ -1240,7 +1240,8 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "selector": self.selector.state_dict() if self.selector is not None else None,
-            "sampler": {"epoch": int(next_epoch)},
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
+            else {"epoch": int(self.sampler.epoch)},
             "epoch": int(next_epoch),
             "step_in_epoch": int(next_step),
             "global_step": int(self.global_step),
@@ -1275,6 +1276,8 @@ class _Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         if self.selector is not None:
             self.selector.load_state_dict(ckpt["selector"])
+        if hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(ckpt["sampler"])  # checks seed/shuffle; set_epoch follows
         self.start_epoch = int(ckpt["epoch"])
         self.start_step = int(ckpt["step_in_epoch"])
         self.global_step = int(ckpt["global_step"])
