@@ -63,11 +63,18 @@ class TriLevelInfo:
         connection_density: Per pruning stage, a 0-d float tensor: the fraction of kept
             patch-to-patch connections in the new mask (1.0 when attention sparsity is off).
             A tensor, so reading it is the caller's choice of host-device sync.
+        cls_scores: Per pruning stage, ``(B, N_in - P)`` head-mean [CLS] attention of the
+            tokens entering the block (the selection scores), or None when the block needed
+            none (both ratios 1.0).
+        connection_masks: Per pruning stage, the boolean connection mask ``(B, M, M)`` over the
+            tokens leaving the block (prefix tokens first), or None when attention sparsity is off.
     """
 
     tokens_per_block: List[int] = field(default_factory=list)
     kept_positions: List[torch.Tensor] = field(default_factory=list)
     connection_density: List[torch.Tensor] = field(default_factory=list)
+    cls_scores: List[Optional[torch.Tensor]] = field(default_factory=list)
+    connection_masks: List[Optional[torch.Tensor]] = field(default_factory=list)
 
 
 def _vit_classes():
@@ -158,15 +165,16 @@ class TriLevelBlockMixin:
             positions: Original patch index of each non-prefix token ``(B, N - P)``, or None.
 
         Returns:
-            ``(x, mask, positions, density)`` for the tokens leaving the block; ``density`` is a
-            0-d tensor (pruning blocks with attention sparsity), 1.0 or None.
+            ``(x, mask, positions, density, scores)`` for the tokens leaving the block;
+            ``density`` is a 0-d tensor (pruning blocks with attention sparsity) or None;
+            ``scores`` the ``(B, N - P)`` [CLS] scores a pruning block selected by, or None.
         """
         if not self.trilevel_prune:
             if mask is None:
-                return self.forward(x), None, positions, None  # the stock block, bit for bit
+                return self.forward(x), None, positions, None, None  # the stock block, bit for bit
             x = x + self.drop_path1(self.ls1(self._masked_attention(self.norm1(x), mask)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-            return x, mask, positions, None
+            return x, mask, positions, None, None
 
         P = self.num_prefix_tokens
         keep, attn_keep = self.keep_ratio, self.attn_keep_ratio
@@ -214,7 +222,7 @@ class TriLevelBlockMixin:
         else:
             mask = None
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, mask, positions, density
+        return x, mask, positions, density, scores
 
 
 class TriLevelViTMixin:
@@ -254,17 +262,19 @@ class TriLevelViTMixin:
         for blk in self.blocks:
             info.tokens_per_block.append(x.shape[1])
             if use_ckpt:
-                x, mask, positions, density = checkpoint(
+                x, mask, positions, density, scores = checkpoint(
                     blk.forward_trilevel, x, mask, positions, use_reentrant=False
                 )
             else:
-                x, mask, positions, density = blk.forward_trilevel(x, mask, positions)
+                x, mask, positions, density, scores = blk.forward_trilevel(x, mask, positions)
             if blk.trilevel_prune:
                 if positions is not None:
                     info.kept_positions.append(positions)
                 info.connection_density.append(
                     density if density is not None else torch.ones((), device=x.device)
                 )
+                info.cls_scores.append(scores)
+                info.connection_masks.append(mask)
         self.trilevel_info = info
         return self.norm(x)
 

@@ -251,12 +251,9 @@ def trace_pruning(
 ) -> PruningTrace:
     """Run a patched model in eval mode on ``images`` and record what each level kept.
 
-    The survival masks come from ``TriLevelInfo.kept_positions``. The connection mask and the
-    [CLS] attention of the last pruning block are not part of ``TriLevelInfo``; they are taken
-    during the same forward by temporarily wrapping that block's ``forward_trilevel`` (an instance
-    attribute, removed afterwards): the wrapper keeps the mask the block returns and recomputes
-    the block's head-mean [CLS] attention row from its input (``norm1`` and ``qkv``, with the
-    incoming connection mask applied), exactly the scores the block pruned by.
+    Everything comes from the forward's ``TriLevelInfo``: the survival masks from
+    ``kept_positions``, the [CLS] attention of the last pruning block from ``cls_scores`` (the
+    scores it pruned by) and the connection mask from ``connection_masks``.
 
     Args:
         model: A model patched by :func:`trilevel.vit.patch_vit` (wrappers such as DDP are looked
@@ -281,36 +278,27 @@ def trace_pruning(
     prune_layers = tuple(base.trilevel_prune_layers)
     last = base.blocks[prune_layers[-1]]
     P = int(base.num_prefix_tokens)
-    captured: dict[str, torch.Tensor] = {}
-    forward_trilevel = last.forward_trilevel
-
-    def capture(x, mask, positions):  # noqa: ANN001 - same signature as forward_trilevel
-        h = last.norm1(x)
-        q, k, _ = last._qkv(h)
-        logits = (q[:, :, :1] * last.attn.scale) @ k.transpose(-2, -1)  # (B, H, 1, N): the [CLS] row
-        if mask is not None:
-            logits = logits.masked_fill(~mask[:, None, :1, :], float("-inf"))
-        captured["scores"] = logits.softmax(dim=-1).mean(dim=1)[:, 0, P:]  # (B, N - P)
-        captured["positions_in"] = positions
-        out = forward_trilevel(x, mask, positions)
-        captured["mask"] = out[1]
-        captured["positions_out"] = out[2]
-        return out
-
     was_training = base.training
     device = next(base.parameters()).device
     base.eval()
-    last.forward_trilevel = capture
     try:
-        logits = model(images.to(device))
+        with torch.no_grad():
+            logits = model(images.to(device))
     finally:
-        del last.forward_trilevel
         base.train(was_training)
     from .vit import get_trilevel_info
 
     info = get_trilevel_info(base)
-    if info is None or len(info.kept_positions) != len(prune_layers) or "positions_out" not in captured:
+    if info is None or len(info.kept_positions) != len(prune_layers):
         raise ValueError("the model did not report kept patch positions for every pruning stage")
+    captured = {
+        "scores": info.cls_scores[-1],
+        "positions_in": info.kept_positions[-2] if len(prune_layers) > 1 else None,
+        "positions_out": info.kept_positions[-1],
+        "mask": info.connection_masks[-1],
+    }
+    if captured["scores"] is None:  # both ratios 1.0: no scores were needed; rank patches evenly
+        captured["scores"] = torch.zeros(images.shape[0], info.tokens_per_block[prune_layers[-1]] - P)
     survival = stage_survival_masks(info.kept_positions, (gh, gw))
     K = survival.shape[0]
 
