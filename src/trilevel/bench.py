@@ -275,13 +275,36 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m trilevel.bench speed ...`` (the same as ``trilevel bench speed``)."""
     import argparse
 
+    from .cli import _add_train_arguments, parse_train_config
+
     parser = argparse.ArgumentParser(prog="trilevel bench")
     sub = parser.add_subparsers(dest="what", required=True)
-    add_speed_arguments(sub.add_parser("speed", help="training-step throughput, dense vs tri-level"))
+    speed_p = sub.add_parser("speed", help="training-step throughput, dense vs tri-level")
+    add_speed_arguments(speed_p)
+    train_p = sub.add_parser(
+        "train", help="full training runs: dense, tri-level, peers, dense for the same wall-clock",
+        description="Train each configuration with the same recipe (the train flags below) and print a "
+                    "table of val top-1, training wall-clock, speedup and relative FLOPs. Configurations: "
+                    + ", ".join(TRAIN_PRESETS),
+    )
+    _add_train_arguments(train_p)
+    train_p.add_argument("--configs", default="dense,trilevel,dense-same-time",
+                         help="comma-separated configurations (default: dense,trilevel,dense-same-time)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.what == "speed":
-        run_speed(args)
+    try:
+        if args.what == "speed":
+            run_speed(args)
+        else:
+            configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+            ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("what", "configs")})
+            base = parse_train_config(ns).to_dict()
+            out = base.get("output_dir") or time.strftime("runs/bench-%Y%m%d-%H%M%S")
+            rows = run_train_bench(base, configs, out)
+            print(format_train_table(rows))
+            print(f"(tables and plot in {out})")
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"trilevel bench: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Kong et al., AAAI 2023).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,visualize,report}")
     sub.required = True
 
     train_p = sub.add_parser(
@@ -258,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks of trilevel.bench; the arguments are passed on to it.",
     )
     bench_p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of trilevel.bench")
+
+    from .viz import add_report_arguments, add_visualize_arguments
+
+    add_visualize_arguments(sub.add_parser(
+        "visualize", help="picture of the patches kept at each pruning stage",
+        description="For K validation images: which patches survive each pruning stage (dropped ones "
+                    "dimmed) and the attention connections kept for one query patch."))
+    add_report_arguments(sub.add_parser(
+        "report", help="PNG plots of a run folder",
+        description="Loss/accuracy curves, images/s, tokens per block, active-set size and the "
+                    "forgetting-count histogram, written into the run folder."))
     return parser
 
 
@@ -358,6 +369,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
 
     from .engine import NonFiniteLossError, TrainingInterrupted, evaluate_checkpoint, train
+
+    if args.command in ("visualize", "report"):
+        from .viz import run_report, run_visualize
+
+        try:
+            return (run_visualize if args.command == "visualize" else run_report)(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"trilevel {args.command}: error: {e}", file=sys.stderr)
+            return _EXIT_USAGE
 
     if args.command == "train":
         try:
