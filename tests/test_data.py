@@ -217,6 +217,32 @@ def test_imagefolder(tmp_path):
         assert val[0][0].shape == (3, 32, 32)
 
 
+def test_imagefolder_unreadable_image_fail_or_skip(tmp_path, caplog):
+    from trilevel.data import UnreadableImageError, skip_unreadable_collate
+    from trilevel.example_selection import IndexedDataset
+
+    for split in ("train", "val"):
+        d = tmp_path / split / "cat"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (255, 0, 0)).save(d / f"{i}.png")
+    broken = tmp_path / "train" / "cat" / "1.png"
+    broken.write_bytes(b"not a png at all")
+    train, _, _ = build_datasets("imagefolder", data_dir=tmp_path, img_size=32, aug="none")
+    with pytest.raises(UnreadableImageError, match=r"1\.png.*--bad-images skip"):
+        train[1]
+    train, _, _ = build_datasets("imagefolder", data_dir=tmp_path, img_size=32, aug="none", bad_images="skip")
+    with caplog.at_level("WARNING"):
+        batch = skip_unreadable_collate([IndexedDataset(train)[i] for i in range(3)])
+    assert "1.png" in caplog.text
+    images, targets, indices = batch
+    assert images.shape == (2, 3, 32, 32) and indices.tolist() == [0, 2]
+    with pytest.raises(UnreadableImageError, match="all 1 images"):
+        skip_unreadable_collate([IndexedDataset(train)[1]])
+    with pytest.raises(ValueError, match="bad_images"):
+        build_datasets("imagefolder", data_dir=tmp_path, bad_images="ignore")
+
+
 # --------------------------------------------------------------------------------------------
 # CIFAR (a fake cifar-10-batches-py; torchvision's md5 check is patched out since it cannot pass)
 

@@ -208,6 +208,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=_optional(_int_text), metavar="N")
     add(g, "--nonfinite", "on a NaN/inf loss: stop (save the last good state) or skip the batch",
         choices=ALLOWED_NONFINITE)
+    add(g, "--bad-images", "imagefolder: on an unreadable image file, fail naming its path, or skip it",
+        choices=("fail", "skip"))
     add(g, "--log-interval", "steps between progress updates", type=_int_text, metavar="N")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 

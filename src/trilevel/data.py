@@ -47,7 +47,10 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 __all__ = [
     "ALLOWED_AUGS",
+    "ALLOWED_BAD_IMAGES",
     "ALLOWED_NAMES",
+    "UnreadableImageError",
+    "skip_unreadable_collate",
     "DEFAULT_FASHION_MNIST_DIR",
     "DataInfo",
     "DatasetNotFoundError",
@@ -58,6 +61,53 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALLOWED_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+ALLOWED_BAD_IMAGES = ("fail", "skip")
+
+
+class UnreadableImageError(ValueError):
+    """An image file of an ImageFolder dataset could not be read or decoded (the path is named)."""
+
+
+class _CheckedImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision ``ImageFolder`` that names the file it cannot read.
+
+    ``bad_images="fail"`` raises :class:`UnreadableImageError` with the path; ``"skip"`` logs a
+    warning with the path and returns None, which :func:`skip_unreadable_collate` drops.
+    """
+
+    def __init__(self, root: str, transform=None, bad_images: str = "fail") -> None:
+        super().__init__(root, transform=transform)
+        self.bad_images = bad_images
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for broken files
+            if self.bad_images == "fail":
+                raise UnreadableImageError(
+                    f"cannot read image {path!r}: {exc}. Fix or remove the file, or pass "
+                    f"--bad-images skip to skip unreadable images"
+                ) from exc
+            logger.warning("skipping unreadable image %r: %s", path, exc)
+            return None
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+
+def skip_unreadable_collate(batch: list):
+    """``default_collate`` after dropping items that are None or start with None (skipped images).
+
+    Raises:
+        UnreadableImageError: If every item of the batch was unreadable.
+    """
+    kept = [b for b in batch if b is not None and not (isinstance(b, (tuple, list)) and b[0] is None)]
+    if not kept:
+        raise UnreadableImageError(f"all {len(batch)} images of a batch were unreadable (see the warnings above)")
+    return torch.utils.data.default_collate(kept)
 """Dataset names accepted by :func:`build_datasets`."""
 
 ALLOWED_AUGS = ("light", "none", "deit")
@@ -525,6 +575,7 @@ def _build_imagefolder(
     img_size: int | None,
     aug: str,
     in_chans: int | None,
+    bad_images: str = "fail",
 ) -> tuple[Dataset, Dataset, DataInfo]:
     hint = (
         "Pass data_dir (--data-dir) pointing to a folder with train/ and val/ subfolders, each "
@@ -540,7 +591,7 @@ def _build_imagefolder(
         if not folder.is_dir():
             raise DatasetNotFoundError(f"imagefolder: {str(folder)!r} is not a folder. {hint}")
         try:
-            datasets.append(torchvision.datasets.ImageFolder(str(folder), transform=tf))
+            datasets.append(_CheckedImageFolder(str(folder), transform=tf, bad_images=bad_images))
         except FileNotFoundError as exc:  # no class folders / no images
             raise DatasetNotFoundError(
                 f"imagefolder: no images found in {str(folder)!r} ({exc}). {hint}"
@@ -572,6 +623,7 @@ def build_datasets(
     img_size: int | None = None,
     aug: str = "light",
     in_chans: int | None = None,
+    bad_images: str = "fail",
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """Builds the training and validation datasets of ``name`` with their transforms.
 
@@ -610,6 +662,9 @@ def build_datasets(
         aug: Training augmentation, one of :data:`ALLOWED_AUGS`.
         in_chans: Channels of the produced images. ``None`` keeps the native count; ``3`` for
             grayscale data repeats the channel (for RGB models such as ``deit_tiny_patch16_224``).
+        bad_images: ``"imagefolder"`` only: an unreadable image file raises
+            :class:`UnreadableImageError` naming its path (``"fail"``), or is logged with its
+            path and dropped from its batch (``"skip"``; use :func:`skip_unreadable_collate`).
 
     Returns:
         ``(train, val, info)``: two picklable map-style datasets and their :class:`DataInfo`.
@@ -628,6 +683,7 @@ def build_datasets(
     """
     _check_choice("name", name, ALLOWED_NAMES)
     _check_choice("aug", aug, ALLOWED_AUGS)
+    _check_choice("bad_images", bad_images, ALLOWED_BAD_IMAGES)
     if img_size is not None:
         _check_positive_int("img_size", img_size)
     kwargs = dict(train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans)
@@ -636,7 +692,7 @@ def build_datasets(
     elif name in ("cifar10", "cifar100"):
         train, val, info = _build_cifar(name, data_dir, **kwargs)
     else:
-        train, val, info = _build_imagefolder(name, data_dir, **kwargs)
+        train, val, info = _build_imagefolder(name, data_dir, bad_images=bad_images, **kwargs)
     logger.info(
         "dataset %s: %d train / %d val examples, %d classes, images (%d, %d, %d), aug=%s",
         info.name, info.num_train, info.num_val, info.num_classes, info.in_chans,

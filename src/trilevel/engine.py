@@ -77,6 +77,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+from .data import skip_unreadable_collate
 
 __all__ = [
     "ALLOWED_AMP",
@@ -102,10 +103,12 @@ ALLOWED_SELECTORS = ("forgetting", "random", "loss", "none")
 ALLOWED_AMP = ("none", "bf16", "fp16")
 ALLOWED_DEVICES = ("auto", "cpu", "cuda")
 ALLOWED_NONFINITE = ("stop", "skip")
+ALLOWED_BAD_IMAGES = ("fail", "skip")
 
 #: Configuration keys that may differ between a checkpoint and the run resuming it.
 RUNTIME_KEYS = frozenset(
-    {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch"}
+    {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
+     "bad_images"}
 )
 
 _CHECKPOINT_FORMAT = 1
@@ -212,6 +215,8 @@ class TrainConfig:
             resumed later; None: run to the end.
         nonfinite: What a NaN/inf loss does: ``stop`` (save the last good state, raise
             :class:`NonFiniteLossError`) or ``skip`` (skip the batch).
+        bad_images: ImageFolder only: an unreadable image stops the run naming its path
+            (``fail``) or is logged with its path and skipped (``skip``).
         log_interval: Steps between progress updates (the only per-step-range host reads).
     """
 
@@ -268,6 +273,7 @@ class TrainConfig:
     resume: Optional[str] = None
     stop_after_epoch: Optional[int] = None
     nonfinite: str = "stop"
+    bad_images: str = "fail"
     log_interval: int = 50
 
     # ------------------------------------------------------------------------------ validation
@@ -393,6 +399,7 @@ class TrainConfig:
                 setattr(self, name, os.fspath(v))
         self._int("stop_after_epoch", 1, optional=True)
         self._choice("nonfinite", ALLOWED_NONFINITE)
+        self._choice("bad_images", ALLOWED_BAD_IMAGES)
         self._int("log_interval", 1)
 
     # ------------------------------------------------------------------------------ conversions
@@ -1125,7 +1132,7 @@ class _Trainer:
 
         self.train_ds, self.val_ds, self.info = build_datasets(
             cfg.dataset, cfg.data_dir, train_subset=cfg.train_subset, img_size=cfg.img_size,
-            aug=cfg.aug, in_chans=cfg.in_chans,
+            aug=cfg.aug, in_chans=cfg.in_chans, bad_images=cfg.bad_images,
         )
         self.num_train = len(self.train_ds)  # type: ignore[arg-type]
         if cfg.val_subset is not None:
@@ -1203,7 +1210,7 @@ class _Trainer:
         self.val_loader = DataLoader(
             _shard(self.val_ds, ctx), batch_size=2 * cfg.batch_size, shuffle=False,
             num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-            generator=_loader_generator(cfg.seed, 0, ctx.rank),
+            generator=_loader_generator(cfg.seed, 0, ctx.rank), collate_fn=skip_unreadable_collate,
         )
 
     def _iters(self, n: int) -> int:
@@ -1396,7 +1403,7 @@ class _Trainer:
         loader = DataLoader(
             self.train_indexed, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
-            generator=_loader_generator(cfg.seed, epoch, ctx.rank),
+            generator=_loader_generator(cfg.seed, epoch, ctx.rank), collate_fn=skip_unreadable_collate,
         )
         acc = _EpochAcc(self.device)
         if acc_state is not None:
