@@ -118,6 +118,7 @@ def _prune_layers_text(text: str) -> Any:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .data import ALLOWED_BAD_IMAGES
     from .engine import (
         ALLOWED_AMP, ALLOWED_AUGS, ALLOWED_DATASETS, ALLOWED_DEVICES, ALLOWED_NONFINITE,
         ALLOWED_SELECTORS, TrainConfig,
@@ -209,7 +210,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--nonfinite", "on a NaN/inf loss: stop (save the last good state) or skip the batch",
         choices=ALLOWED_NONFINITE)
     add(g, "--bad-images", "imagefolder: on an unreadable image file, fail naming its path, or skip it",
-        choices=("fail", "skip"))
+        choices=ALLOWED_BAD_IMAGES)
     add(g, "--log-interval", "steps between progress updates", type=_int_text, metavar="N")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 

@@ -77,7 +77,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from .data import skip_unreadable_collate
+from .data import ALLOWED_BAD_IMAGES, skip_unreadable_collate
 
 __all__ = [
     "ALLOWED_AMP",
@@ -103,7 +103,6 @@ ALLOWED_SELECTORS = ("forgetting", "random", "loss", "none")
 ALLOWED_AMP = ("none", "bf16", "fp16")
 ALLOWED_DEVICES = ("auto", "cpu", "cuda")
 ALLOWED_NONFINITE = ("stop", "skip")
-ALLOWED_BAD_IMAGES = ("fail", "skip")
 
 #: Configuration keys that may differ between a checkpoint and the run resuming it.
 RUNTIME_KEYS = frozenset(

@@ -9,7 +9,7 @@ drops the inattentive tokens instead of fusing them; the optional fusion follows
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
