@@ -94,6 +94,7 @@ def straight(tmp_path_factory):
         ({"mixup": 0.8, "batch_size": 33}, ["even"]),
         ({"fuse_inattentive": "yes"}, ["fuse-inattentive"]),
         ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
+        ({"eval_every": 0}, ["eval-every", "0"]),
     ],
 )
 def test_bad_config_values_raise_value_error_naming_them(overrides, words):
@@ -242,6 +243,16 @@ def test_resume_after_epoch_one_matches_straight_run(straight, tmp_path):
     assert comparable(read_metrics(tmp_path / "split")) == comparable(read_metrics(out_straight))
     assert_same_weights(model_state(ckpt_path), model_state(out_straight / "checkpoint.pt"))
     assert resumed["train_seconds"] > first["train_seconds"]
+
+
+def test_eval_every_skips_validation_without_changing_training(straight, tmp_path):
+    out_straight, s_straight = straight
+    summary = train(tiny(tmp_path, "sparse_eval", eval_every=2))
+    metrics, ref = read_metrics(tmp_path / "sparse_eval"), read_metrics(out_straight)
+    assert [m["val_top1"] for m in metrics] == [None, ref[1]["val_top1"]]
+    assert summary["val_top1"] == s_straight["val_top1"]
+    assert_same_weights(model_state(tmp_path / "sparse_eval" / "checkpoint.pt"),
+                        model_state(out_straight / "checkpoint.pt"))
 
 
 def test_resume_with_a_changed_setting_is_refused(straight, tmp_path):

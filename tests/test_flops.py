@@ -35,3 +35,21 @@ def test_token_counts_and_ratio_argument():
     assert forward_flops(model) < 0.7 * forward_flops(model, keep_ratio=1.0)
     set_keep_ratios(model, keep_ratio=1.0)
     assert forward_flops(model) == forward_flops(tiny_vit())
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_patch_dropout_counted_in_training_only(patched):
+    model = tiny_vit(patch_drop_rate=0.3)
+    if patched:
+        model = patch_vit(model, keep_ratio=1.0, attn_keep_ratio=1.0)
+    kept = int(49 * 0.7)  # timm keeps int(N * (1 - prob)) of the N = 49 patches
+    assert tokens_per_block(model, training=True)[0] == (1 + kept, 1 + kept)
+    assert tokens_per_block(model)[0] == (50, 50)
+    model.train()  # PatchDropout only acts in training mode; the count must match what runs
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.fused_attn = False
+        with FlopCounterMode(display=False) as fc:
+            model(images(batch=2))
+    assert forward_flops(model, training=True) == pytest.approx(fc.get_total_flops() / 2, rel=1e-6)
+    assert forward_flops(model.eval()) == _counted(model)

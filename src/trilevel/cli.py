@@ -212,6 +212,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--bad-images", "imagefolder: on an unreadable image file, fail naming its path, or skip it",
         choices=ALLOWED_BAD_IMAGES)
     add(g, "--log-interval", "steps between progress updates", type=_int_text, metavar="N")
+    add(g, "--eval-every", "epochs between validation passes (the last epoch is always evaluated)",
+        type=_int_text, metavar="N")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 

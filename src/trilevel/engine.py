@@ -107,7 +107,7 @@ ALLOWED_NONFINITE = ("stop", "skip")
 #: Configuration keys that may differ between a checkpoint and the run resuming it.
 RUNTIME_KEYS = frozenset(
     {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
-     "bad_images"}
+     "bad_images", "eval_every"}
 )
 
 _CHECKPOINT_FORMAT = 1
@@ -217,6 +217,9 @@ class TrainConfig:
         bad_images: ImageFolder only: an unreadable image stops the run naming its path
             (``fail``) or is logged with its path and skipped (``skip``).
         log_interval: Steps between progress updates (the only per-step-range host reads).
+        eval_every: Epochs between validation passes (>= 1); the last epoch of the run and of
+            this invocation (``stop_after_epoch``) is always evaluated. Epochs in between log
+            ``val_top1`` as null.
     """
 
     # model
@@ -274,6 +277,7 @@ class TrainConfig:
     nonfinite: str = "stop"
     bad_images: str = "fail"
     log_interval: int = 50
+    eval_every: int = 1
 
     # ------------------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -400,6 +404,7 @@ class TrainConfig:
         self._choice("nonfinite", ALLOWED_NONFINITE)
         self._choice("bad_images", ALLOWED_BAD_IMAGES)
         self._int("log_interval", 1)
+        self._int("eval_every", 1)
 
     # ------------------------------------------------------------------------------ conversions
     @classmethod
@@ -1146,12 +1151,15 @@ class _Trainer:
         self.patched = cfg.tri_level
 
         self._flops_fn = forward_flops
-        self._flops_cache: dict[float, float] = {}
+        self._flops_cache: dict[tuple[float, bool], float] = {}
         if isinstance(model, VisionTransformer):
             self.dense_flops = float(forward_flops(model, 1.0))
+            # a training forward of a stock model with timm's PatchDropout sees fewer patches
+            self._train_flops_dense = float(forward_flops(model, 1.0, training=True))
             self._dense_tokens: Optional[float] = float(model.patch_embed.num_patches + model.num_prefix_tokens)
         else:  # a dense run of another timm model (e.g. a CNN): count once with torch's FLOP counter
             self.dense_flops = _measured_flops(model, self.info.in_chans, self.info.img_size, self.device)
+            self._train_flops_dense = self.dense_flops
             self._dense_tokens = None
 
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -1216,16 +1224,19 @@ class _Trainer:
         b = self.cfg.batch_size
         return n // b if self.drop_last else math.ceil(n / b)
 
-    def _flops(self, keep_ratio: float) -> float:
-        """Forward FLOPs per image at ``keep_ratio`` (cached; the dense count for a dense model)."""
+    def _flops(self, keep_ratio: float, training: bool = False) -> float:
+        """Forward FLOPs per image at ``keep_ratio`` (cached; the dense count for a dense model).
+
+        ``training`` counts a training forward (timm's PatchDropout active, when configured).
+        """
         if not self.patched:
-            return self.dense_flops
-        f = self._flops_cache.get(keep_ratio)
+            return self._train_flops_dense if training else self.dense_flops
+        f = self._flops_cache.get((keep_ratio, training))
         if f is None:
-            f = float(self._flops_fn(self.model_base, keep_ratio))
+            f = float(self._flops_fn(self.model_base, keep_ratio, training=training))
             if len(self._flops_cache) > 100_000:
                 self._flops_cache.clear()
-            self._flops_cache[keep_ratio] = f
+            self._flops_cache[(keep_ratio, training)] = f
         return f
 
     # ------------------------------------------------------------------------------ state
@@ -1438,7 +1449,7 @@ class _Trainer:
                                        epoch + 1, i + 1)
                     self.global_step += 1
                     acc.images += batch
-                    acc.flops += batch * self._flops(kr)
+                    acc.flops += batch * self._flops(kr, training=True)
                     tokens = self._mean_tokens()
                     acc.tokens_sum += tokens if tokens is not None else float("nan")
                     done = i + 1
@@ -1465,8 +1476,12 @@ class _Trainer:
         self.train_images += epoch_images
         self.flops_sum += totals["flops"]
         counted = max(1, totals["counted"])
-        val = evaluate(self.model, self.val_loader, self.device, cfg.amp,
-                       *(self.eval_ratios if self.patched else (None, None)))
+        last = epoch + 1 == cfg.epochs or (cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch)
+        if last or (epoch + 1) % cfg.eval_every == 0:
+            val = evaluate(self.model, self.val_loader, self.device, cfg.amp,
+                           *(self.eval_ratios if self.patched else (None, None)))
+        else:
+            val = {"top1": None, "loss": None, "images": None}
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": totals["loss_sum"] / counted,
@@ -1475,7 +1490,7 @@ class _Trainer:
             "val_loss": val["loss"],
             "val_images": val["images"],
         }
-        if self.ema is not None:
+        if self.ema is not None and val["top1"] is not None:
             ema_val = evaluate(self.ema.module, self.val_loader, self.device, cfg.amp,
                                *(self.eval_ratios if self.patched else (None, None)))
             metrics["val_top1_ema"] = ema_val["top1"]
@@ -1493,9 +1508,10 @@ class _Trainer:
             relative_flops_so_far=self.flops_sum / ((epoch + 1) * self.num_train * self.dense_flops),
         )
         logger.info(
-            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %.2f%%%s | %.1f s, %.0f img/s | active %d/%d | "
+            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %s%s | %.1f s, %.0f img/s | active %d/%d | "
             "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
-            epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_top1"],
+            epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"],
+            "n/a" if metrics["val_top1"] is None else f"{metrics['val_top1']:.2f}%",
             f" (EMA {metrics['val_top1_ema']:.2f}%)" if "val_top1_ema" in metrics else "",
             acc.seconds, metrics["train_images_per_s"], metrics["active_examples"], self.num_train,
             "n/a" if metrics["mean_tokens_per_block"] is None else f"{metrics['mean_tokens_per_block']:.1f}",

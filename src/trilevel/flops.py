@@ -22,13 +22,18 @@ from .vit import _unwrap, get_keep_ratios, is_patched
 __all__ = ["tokens_per_block", "forward_flops"]
 
 
-def tokens_per_block(model: nn.Module, keep_ratio: Optional[float] = None) -> List[Tuple[int, int]]:
+def tokens_per_block(
+    model: nn.Module, keep_ratio: Optional[float] = None, training: bool = False
+) -> List[Tuple[int, int]]:
     """Tokens seen by the attention and by the MLP of each block, for one image.
 
     Args:
         model: A timm ``VisionTransformer``, patched or not.
         keep_ratio: Token keep ratio to assume; None uses the model's current ratio (1.0 for a
             stock model).
+        training: Count a training forward: timm's ``PatchDropout`` (``patch_drop_rate``,
+            Liu et al. 2022) then keeps ``max(1, int(N * (1 - prob)))`` of the ``N`` patches, as
+            timm does. Evaluation (False) sees every patch.
 
     Returns:
         A list over blocks of ``(n_attention, n_mlp)`` token counts, prefix tokens included.
@@ -38,6 +43,10 @@ def tokens_per_block(model: nn.Module, keep_ratio: Optional[float] = None) -> Li
         keep_ratio = get_keep_ratios(base)[0]
     P = base.num_prefix_tokens
     n_patch = base.patch_embed.num_patches
+    patch_drop = getattr(base, "patch_drop", None)
+    prob = float(getattr(patch_drop, "prob", 0.0) or 0.0)
+    if training and prob > 0:
+        n_patch = max(1, int(n_patch * (1.0 - prob)))
     patched = is_patched(base)
     counts = []
     for blk in base.blocks:
@@ -54,12 +63,14 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None) -> float:
+def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training: bool = False) -> float:
     """FLOPs of one forward pass of one image.
 
     Args:
         model: A timm ``VisionTransformer``, patched or not (DDP-wrapped is fine).
         keep_ratio: Token keep ratio to assume; None uses the model's current ratio.
+        training: Count a training forward (timm's ``PatchDropout`` active; see
+            :func:`tokens_per_block`).
 
     Returns:
         FLOPs (multiply-add = 2). Training (forward + backward) costs about 3x this; ratios
@@ -76,7 +87,7 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None) -> float
     if isinstance(proj, nn.Conv2d):
         k = proj.in_channels // proj.groups * proj.kernel_size[0] * proj.kernel_size[1]
         flops += 2.0 * n_patch * proj.out_channels * k
-    for blk, (n_in, n_mlp) in zip(base.blocks, tokens_per_block(base, keep_ratio)):
+    for blk, (n_in, n_mlp) in zip(base.blocks, tokens_per_block(base, keep_ratio, training)):
         attn = blk.attn
         attn_dim = attn.num_heads * attn.head_dim
         flops += 2.0 * n_in * _linear_macs(attn)
