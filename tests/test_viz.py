@@ -329,6 +329,19 @@ def test_plot_accuracy_vs_time(tmp_path):
     assert_png(out)
 
 
+def test_scatter_labels_of_nearby_points_do_not_overlap():
+    import numpy as np
+
+    xs, ys = np.array([406.0, 409.0, 408.0, 536.0]), np.array([63.52, 63.58, 63.00, 40.0])
+    offsets = viz._label_offsets(xs, ys, ["evit", "example-only", "random-examples", "dense"])
+    assert offsets[1] == 4.0 and offsets[3] == 4.0  # the top label and a far-away one stay put
+    # the other two move down, each to its own line: no two label baselines within 11 pt
+    assert offsets[0] < 4.0 and offsets[2] < 4.0
+    scale = 200.0 / (ys.max() - ys.min())
+    base = [(y - ys.min()) * scale + o for y, o in zip(ys[:3], offsets[:3])]
+    assert min(abs(a - b) for i, a in enumerate(base) for b in base[i + 1:]) >= 11.0
+
+
 def test_plot_accuracy_vs_time_errors(tmp_path):
     out = tmp_path / "a.png"
     with pytest.raises(ValueError, match="non-empty"):

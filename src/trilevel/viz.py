@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -838,8 +838,10 @@ def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], output_path: PathLi
     xs = np.asarray([p[1] for p in points])
     ys = np.asarray([p[2] for p in points])
     ax.scatter(xs, ys, s=30, color="tab:blue", zorder=3)
-    for name, x, y in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for (name, x, y), dy in zip(points, _label_offsets(xs, ys, [p[0] for p in points])):
+        moved = dy != 4.0  # a displaced label gets a leader line to its point
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(14 if moved else 4, dy), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "tab:gray", "lw": 0.5} if moved else None)
     front, best = [], -math.inf
     for x, y in sorted(zip(xs, ys), key=lambda p: (p[0], -p[1])):
         if y > best:
@@ -856,6 +858,30 @@ def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], output_path: PathLi
     ax.margins(x=0.15, y=0.1)
     fig.tight_layout()
     return _save(fig, output_path)
+
+
+def _label_offsets(xs: np.ndarray, ys: np.ndarray, names: Sequence[str]) -> List[float]:
+    """Vertical label offsets (points) that keep nearby scatter labels from overlapping.
+
+    Labels are placed from the top point down; a label whose box (about 5 pt per character
+    wide, 11 pt high; the data span about 300 x 200 pt of the axes) would overlap one already
+    placed moves down in 11 pt steps.
+    """
+    def span(v: np.ndarray) -> float:
+        r = float(v.max() - v.min()) if len(v) else 0.0
+        return r if r > 0 else 1.0
+
+    px = (xs - xs.min()) / span(xs) * 300.0
+    py = (ys - ys.min()) / span(ys) * 200.0
+    placed: List[tuple[float, float, float]] = []  # (left, bottom, right) in points
+    offsets = [4.0] * len(names)
+    for i in sorted(range(len(names)), key=lambda j: -py[j]):
+        left, width, off = px[i] + 4.0, 5.0 * len(names[i]) + 10.0, 4.0
+        while any(left < r and left + width > lft and abs(py[i] + off - b) < 11.0 for lft, b, r in placed):
+            off -= 11.0
+        placed.append((left, py[i] + off, left + width))
+        offsets[i] = off
+    return offsets
 
 
 # --------------------------------------------------------------------------------------------------
