@@ -275,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m trilevel.bench speed ...`` (the same as ``trilevel bench speed``)."""
     import argparse
 
-    from .cli import _add_train_arguments, parse_train_config
+    from .cli import _EXIT_FAILURE, _EXIT_SIGTERM, _add_train_arguments, parse_train_config
+    from .engine import NonFiniteLossError, TrainingInterrupted
 
     parser = argparse.ArgumentParser(prog="trilevel bench")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -305,6 +306,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"(tables and plot in {out})")
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"trilevel bench: error: {e}\n")
+    except TrainingInterrupted as e:  # SIGTERM during a row: its checkpoint is saved, say where
+        parser.exit(_EXIT_SIGTERM, f"trilevel bench: {e}\n")
+    except NonFiniteLossError as e:
+        parser.exit(_EXIT_FAILURE, f"trilevel bench: {e}\n")
 
 
 if __name__ == "__main__":
