@@ -266,11 +266,11 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
     calls = {"n": 0}
     original = engine._Trainer._flops
 
-    def flops_and_signal(self, keep_ratio):
+    def flops_and_signal(self, keep_ratio, training=False):
         calls["n"] += 1
         if calls["n"] == 10:  # during step 3 of epoch 2 (7 steps per epoch)
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, keep_ratio)
+        return original(self, keep_ratio, training=training)
 
     monkeypatch.setattr(engine._Trainer, "_flops", flops_and_signal)
     previous = signal.getsignal(signal.SIGTERM)
