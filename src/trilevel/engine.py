@@ -1387,7 +1387,7 @@ class _Trainer:
                        f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
                 logger.warning(msg)
                 raise TrainingInterrupted(msg, str(self.ckpt_path))
-            if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch and epoch + 1 < cfg.epochs:
+            if epoch + 1 < cfg.epochs and self._last_epoch_of_invocation(epoch):
                 logger.info(
                     "stopping after epoch %d as requested (stop-after-epoch); resume with --resume %s",
                     epoch + 1, self.ckpt_path,
@@ -1395,6 +1395,11 @@ class _Trainer:
                 finished = False
                 break
         return self._write_summary(finished)
+
+    def _last_epoch_of_invocation(self, epoch: int) -> bool:
+        """Whether this invocation ends after 0-based ``epoch`` (end of run or ``stop_after_epoch``)."""
+        stop_after = self.cfg.stop_after_epoch
+        return epoch + 1 >= self.cfg.epochs or (stop_after is not None and epoch + 1 >= stop_after)
 
     def _agree(self, flag: bool) -> bool:
         if not self.ctx.distributed:
@@ -1476,8 +1481,7 @@ class _Trainer:
         self.train_images += epoch_images
         self.flops_sum += totals["flops"]
         counted = max(1, totals["counted"])
-        last = epoch + 1 == cfg.epochs or (cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch)
-        if last or (epoch + 1) % cfg.eval_every == 0:
+        if self._last_epoch_of_invocation(epoch) or (epoch + 1) % cfg.eval_every == 0:
             val = evaluate(self.model, self.val_loader, self.device, cfg.amp,
                            *(self.eval_ratios if self.patched else (None, None)))
         else:

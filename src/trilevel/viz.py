@@ -839,7 +839,7 @@ def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], output_path: PathLi
     ys = np.asarray([p[2] for p in points])
     ax.scatter(xs, ys, s=30, color="tab:blue", zorder=3)
     for (name, x, y), dy in zip(points, _label_offsets(xs, ys, [p[0] for p in points])):
-        moved = dy != 4.0  # a displaced label gets a leader line to its point
+        moved = dy != _LABEL_DY  # a displaced label gets a leader line to its point
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(14 if moved else 4, dy), fontsize=8,
                     arrowprops={"arrowstyle": "-", "color": "tab:gray", "lw": 0.5} if moved else None)
     front, best = [], -math.inf
@@ -860,6 +860,9 @@ def plot_accuracy_vs_time(rows: Sequence[Mapping[str, Any]], output_path: PathLi
     return _save(fig, output_path)
 
 
+_LABEL_DY = 4.0  # default vertical offset of a scatter label from its point, in points
+
+
 def _label_offsets(xs: np.ndarray, ys: np.ndarray, names: Sequence[str]) -> List[float]:
     """Vertical label offsets (points) that keep nearby scatter labels from overlapping.
 
@@ -868,15 +871,14 @@ def _label_offsets(xs: np.ndarray, ys: np.ndarray, names: Sequence[str]) -> List
     placed moves down in 11 pt steps.
     """
     def span(v: np.ndarray) -> float:
-        r = float(v.max() - v.min()) if len(v) else 0.0
-        return r if r > 0 else 1.0
+        return float(v.max() - v.min()) or 1.0
 
     px = (xs - xs.min()) / span(xs) * 300.0
     py = (ys - ys.min()) / span(ys) * 200.0
     placed: List[tuple[float, float, float]] = []  # (left, bottom, right) in points
-    offsets = [4.0] * len(names)
+    offsets = [_LABEL_DY] * len(names)
     for i in sorted(range(len(names)), key=lambda j: -py[j]):
-        left, width, off = px[i] + 4.0, 5.0 * len(names[i]) + 10.0, 4.0
+        left, width, off = px[i] + 4.0, 5.0 * len(names[i]) + 10.0, _LABEL_DY
         while any(left < r and left + width > lft and abs(py[i] + off - b) < 11.0 for lft, b, r in placed):
             off -= 11.0
         placed.append((left, py[i] + off, left + width))
