@@ -13,4 +13,4 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
     --output-dir "$OUT" "$@"
 echo
 echo "Runs, metrics, checkpoints and accuracy_vs_time.png are in $OUT"
-echo "Next: .venv/bin/trilevel visualize --checkpoint $OUT/trilevel/checkpoint.pt --num-images 6 --output $OUT/pruning.png"
+echo "Next: .venv/bin/trilevel visualize --checkpoint $OUT/trilevel/checkpoint.pt --images 6 --output $OUT/pruning.png"

@@ -240,6 +240,7 @@ def test_cli_helpers(tmp_path):
     args = parser.parse_args(["--checkpoint", str(ckpt), "--num-images", "2", "--query-patch", "10"])
     assert viz.run_visualize(args) == 0
     assert_png(tmp_path / "pruning.png")
+    assert parser.parse_args(["--checkpoint", str(ckpt), "--images", "3"]).num_images == 3  # the spelling
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_top1": 10.0, "train_loss": 2.3}) + "\n")
     parser = argparse.ArgumentParser()

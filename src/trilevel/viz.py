@@ -901,7 +901,8 @@ def _ratio_arg(text: str) -> float:
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``trilevel visualize`` (see :func:`visualize_checkpoint`) to ``parser``."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a tri-level run")
-    parser.add_argument("--num-images", type=int, default=4, help="validation images (rows) to draw (default 4)")
+    parser.add_argument("--images", "--num-images", dest="num_images", type=int, default=4, metavar="K",
+                        help="validation images (rows) to draw (default 4)")
     parser.add_argument("--output", default=None,
                         help="PNG to write (default: pruning.png next to the checkpoint)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
