@@ -207,7 +207,6 @@ def test_flag_value_forms():
     assert cfg.ratio_warmup == pytest.approx(1 / 30) and cfg.prune_layers == [3, 6, 9]
     assert cfg.example_update_every == 0.25 and cfg.clip_grad is None and cfg.eval_keep_ratio == 0.9
     assert parse(["train", "--prune-layers", "none"]).prune_layers is None
-    assert parse(["train", "--token-score", "cls-attention-value"]).token_score == "cls-attention-value"
 
 
 def test_unknown_config_key_is_an_error_naming_it(tmp_path, capsys):

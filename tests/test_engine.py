@@ -93,7 +93,6 @@ def straight(tmp_path_factory):
         ({"ratio_warmup": 0.5, "ratio_decay_end": 0.2}, ["ratio-decay-end"]),
         ({"mixup": 0.8, "batch_size": 33}, ["even"]),
         ({"fuse_inattentive": "yes"}, ["fuse-inattentive"]),
-        ({"token_score": "value"}, ["token-score", "cls-attention-value", "'value'"]),
         ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
         ({"eval_every": 0}, ["eval-every", "0"]),
     ],
@@ -348,15 +347,6 @@ def test_evaluate_checkpoint_reproduces_final_val_top1(straight):
     assert dense_eval["images"] == 500
     with pytest.raises(ValueError, match="EMA"):
         evaluate_checkpoint(out / "checkpoint.pt", ema=True, val_subset=10)
-
-
-def test_token_score_is_trained_saved_and_rebuilt_by_eval(tmp_path):
-    summary = train(tiny(tmp_path, "vnorm", epochs=1, selector="none", token_score="cls-attention-value"))
-    assert summary["token_score"] == "cls-attention-value"
-    ckpt = load_checkpoint(tmp_path / "vnorm" / "checkpoint.pt")
-    assert ckpt["config"]["token_score"] == "cls-attention-value"
-    result = evaluate_checkpoint(tmp_path / "vnorm" / "checkpoint.pt", val_subset=500, device="cpu")
-    assert result["top1"] == pytest.approx(summary["val_top1"])
 
 
 def test_evaluate_checkpoint_rejects_foreign_file(tmp_path):

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from trilevel.token_pruning import (cls_attention_scores, cls_attention_value_scores, num_kept_tokens,
-                                   select_topk_tokens)
+from trilevel.token_pruning import cls_attention_scores, num_kept_tokens, select_topk_tokens
 
 
 def test_num_kept_tokens_ceil_and_compounding():
@@ -69,29 +68,6 @@ def test_cls_attention_scores_head_mean():
     probs[0, :, 1] = 9.0  # other query rows must not matter
     assert torch.allclose(cls_attention_scores(probs, 1), torch.tensor([[0.25, 0.25, 0.25]]))
     assert torch.allclose(cls_attention_scores(probs, 2), torch.tensor([[0.25, 0.25]]))
-
-
-def test_cls_attention_value_scores_drop_an_attention_sink():
-    # token 0 draws most [CLS] attention but carries a zero value (a sink): plain [CLS] attention
-    # keeps it first, the value-weighted score ranks it last
-    probs = torch.zeros(1, 2, 1, 5)
-    probs[0, 0, 0] = torch.tensor([0.1, 0.6, 0.15, 0.1, 0.05])
-    probs[0, 1, 0] = torch.tensor([0.2, 0.5, 0.15, 0.1, 0.05])
-    v = torch.zeros(1, 2, 5, 3)
-    v[0, :, 2:] = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 4.0], [1.0, 0.0, 0.0]])  # norms 2, 5, 1
-    plain = cls_attention_scores(probs, 1)
-    weighted = cls_attention_value_scores(probs, v, 1)
-    assert plain.argmax().item() == 0
-    # head-mean of a * ||v||: token 0 -> 0, token 1 -> 0.15 * 2, token 2 -> 0.1 * 5, token 3 -> 0.05 * 1
-    assert torch.allclose(weighted, torch.tensor([[0.0, 0.3, 0.5, 0.05]]))
-    x = torch.arange(5.0).view(1, 5, 1)
-    assert select_topk_tokens(x, weighted, 0.5)[1].tolist() == [[1, 2]]
-    assert select_topk_tokens(x, plain, 0.5)[1].tolist() == [[0, 1]]
-
-
-def test_cls_attention_value_scores_bad_shape():
-    with pytest.raises(ValueError, match="v must have shape"):
-        cls_attention_value_scores(torch.rand(2, 3, 1, 5), torch.rand(2, 3, 4, 8))
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.5, 1.01, float("nan")])

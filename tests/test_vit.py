@@ -133,25 +133,6 @@ def test_kept_tokens_are_those_with_highest_cls_attention():
     assert torch.equal(get_trilevel_info(model).kept_positions[0], expected)
 
 
-def test_cls_attention_value_score_ranks_by_attention_times_value_norm():
-    model = tiny_vit(depth=2).eval()
-    x = images(batch=2)
-    with torch.no_grad():
-        t = model.norm_pre(model._pos_embed(model.patch_embed(x)))
-        blk = model.blocks[0]
-        h = blk.norm1(t)
-        B, N, _ = h.shape
-        q, k, v = blk.attn.qkv(h).reshape(B, N, 3, blk.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        a = ((q @ k.transpose(-2, -1)) * blk.attn.scale).softmax(-1)[:, :, 0, 1:]  # (B, H, N - 1)
-        score = (a * v[:, :, 1:].norm(dim=-1)).mean(1)
-        expected = score.topk(25, dim=1).indices.sort(dim=1).values
-        plain = a.mean(1).topk(25, dim=1).indices.sort(dim=1).values
-        patch_vit(model, prune_layers=(0,), keep_ratio=0.5, attn_keep_ratio=1.0, token_score="cls-attention-value")
-        model(x)
-    assert not torch.equal(expected, plain)  # the crafted check can tell the two scores apart
-    assert torch.equal(get_trilevel_info(model).kept_positions[0], expected)
-
-
 @pytest.mark.parametrize("keep,attn_keep,fuse", [(0.7, 0.3, False), (0.6, 1.0, True), (1.0, 0.5, False)])
 def test_gradients_reach_every_parameter(keep, attn_keep, fuse):
     model = patch_vit(tiny_vit(depth=6, drop_path_rate=0.1), keep_ratio=keep, attn_keep_ratio=attn_keep,
@@ -234,7 +215,6 @@ def test_unsupported_models_raise_type_error():
     (dict(attn_keep_ratio="0.3"), "attn_keep_ratio"), (dict(prune_layers=(3, 12)), "12"),
     (dict(prune_layers=(-1,)), "-1"), (dict(prune_layers=(3, 3)), "duplicate"),
     (dict(prune_layers=()), "at least one"), (dict(prune_layers=(1.5,)), "1.5"),
-    (dict(token_score="cls"), "token_score"),
 ])
 def test_bad_input_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

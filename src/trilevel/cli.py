@@ -119,7 +119,6 @@ def _prune_layers_text(text: str) -> Any:
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .data import ALLOWED_BAD_IMAGES
-    from .token_pruning import TOKEN_SCORES
     from .engine import (
         ALLOWED_AMP, ALLOWED_AUGS, ALLOWED_DATASETS, ALLOWED_DEVICES, ALLOWED_NONFINITE,
         ALLOWED_SELECTORS, TrainConfig,
@@ -188,9 +187,6 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--ratio-decay-end", "fraction of the run where the ratios reach their targets (e.g. 11/30)",
         type=_fraction_text, metavar="F")
     add(g, "--fuse-inattentive", "fuse the pruned tokens into one (EViT)", action=argparse.BooleanOptionalAction)
-    add(g, "--token-score", "what ranks patch tokens: cls-attention (the paper's) or cls-attention-value "
-        "([CLS] attention times value norm: attention sinks such as plain background go first)",
-        choices=TOKEN_SCORES)
     add(g, "--eval-keep-ratio", "token keep ratio for evaluation; none: the final schedule value",
         type=_optional(_float_text), metavar="R")
     add(g, "--eval-attn-keep-ratio", "attention keep ratio for evaluation; none: the final value",

@@ -78,7 +78,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from .data import ALLOWED_BAD_IMAGES, skip_unreadable_collate
-from .token_pruning import TOKEN_SCORES
 
 __all__ = [
     "ALLOWED_AMP",
@@ -198,9 +197,6 @@ class TrainConfig:
         ratio_warmup: Fraction of the run at ratio 1 before the decay (paper: 1/30).
         ratio_decay_end: Fraction of the run where the ratios reach their targets (paper: 11/30).
         fuse_inattentive: Fuse the pruned tokens into one (EViT), off in the paper.
-        token_score: What ranks patch tokens: ``cls-attention`` (the paper's) or
-            ``cls-attention-value`` ([CLS] attention times value norm; drops attention sinks
-            such as uniform background first). See :func:`trilevel.patch_vit`.
         eval_keep_ratio: Token keep ratio for evaluation; None: the final schedule value.
         eval_attn_keep_ratio: Attention keep ratio for evaluation; None: the final value.
         selector: Example selector, ``forgetting`` (paper) | ``random`` | ``loss`` | ``none``.
@@ -266,7 +262,6 @@ class TrainConfig:
     ratio_warmup: float = 1.0 / 30.0
     ratio_decay_end: float = 11.0 / 30.0
     fuse_inattentive: bool = False
-    token_score: str = "cls-attention"
     eval_keep_ratio: Optional[float] = None
     eval_attn_keep_ratio: Optional[float] = None
     selector: str = "forgetting"
@@ -386,7 +381,6 @@ class TrainConfig:
                 f"ratio-decay-end ({self.ratio_decay_end:g}) must be >= ratio-warmup ({self.ratio_warmup:g})"
             )
         self._bool("fuse_inattentive")
-        self._choice("token_score", TOKEN_SCORES)
         self._float("eval_keep_ratio", 0.0, 1.0, low_open=True, optional=True)
         self._float("eval_attn_keep_ratio", 0.0, 1.0, low_open=True, optional=True)
         self._choice("selector", ALLOWED_SELECTORS)
@@ -701,7 +695,6 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
                 keep_ratio=config.keep_ratio,
                 attn_keep_ratio=config.attn_keep_ratio,
                 fuse_inattentive=config.fuse_inattentive,
-                token_score=config.token_score,
             )
         except TypeError as e:
             raise ValueError(
@@ -1673,7 +1666,6 @@ class _Trainer:
             "ratio_warmup": cfg.ratio_warmup,
             "ratio_decay_end": cfg.ratio_decay_end,
             "fuse_inattentive": cfg.fuse_inattentive,
-            "token_score": None if cfg.dense else cfg.token_score,
             "eval_keep_ratio": kr_eval,
             "eval_attn_keep_ratio": akr_eval,
             "selector": cfg.effective_selector,

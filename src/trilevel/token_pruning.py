@@ -13,17 +13,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = [
-    "TOKEN_SCORES",
-    "num_kept_tokens",
-    "cls_attention_scores",
-    "cls_attention_value_scores",
-    "select_topk_tokens",
-]
-
-#: Token scores :func:`trilevel.patch_vit` can rank patch tokens by: ``cls-attention`` (the
-#: paper's) and ``cls-attention-value`` (see :func:`cls_attention_value_scores`).
-TOKEN_SCORES = ("cls-attention", "cls-attention-value")
+__all__ = ["num_kept_tokens", "cls_attention_scores", "select_topk_tokens"]
 
 
 def num_kept_tokens(num_tokens: int, keep_ratio: float) -> int:
@@ -63,37 +53,6 @@ def cls_attention_scores(attn_probs: torch.Tensor, num_prefix_tokens: int = 1) -
         patch token's key, head-mean.
     """
     return attn_probs[:, :, 0, num_prefix_tokens:].mean(dim=1)
-
-
-def cls_attention_value_scores(
-    attn_probs: torch.Tensor, v: torch.Tensor, num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Norm of each patch token's contribution to the [CLS] update, averaged over heads.
-
-    Head ``h`` adds ``a[h, 0, j] * v[h, j]`` of token ``j`` to the [CLS] token, so the score is
-    ``mean_h a[h, 0, j] * ||v[h, j]||_2`` - the [CLS] attention weighted by the value norm
-    (the norm-based view of attention of Kobayashi et al., "Attention is Not Only a Weight",
-    EMNLP 2020, without the output projection). A token that draws [CLS] attention but carries
-    a near-zero value - an attention sink, typically a uniform background patch (Darcet et al.,
-    "Vision Transformers Need Registers", ICLR 2024) - scores low, so it is dropped before the
-    patches that carry the object. Not in the paper: an option of this project.
-
-    Args:
-        attn_probs: Attention probabilities ``(B, H, N, N)`` or just the [CLS] row ``(B, H, 1, N)``.
-        v: Values ``(B, H, N, D)`` of the same attention.
-        num_prefix_tokens: Prefix tokens at the start of the sequence; they are not scored.
-
-    Returns:
-        Scores ``(B, N - num_prefix_tokens)``.
-
-    Raises:
-        ValueError: If ``v`` does not match ``attn_probs`` in ``B``, ``H`` and ``N``.
-    """
-    B, H, _, N = attn_probs.shape
-    if v.dim() != 4 or v.shape[:3] != (B, H, N):
-        raise ValueError(f"v must have shape (B, H, N, D) = ({B}, {H}, {N}, D), got {tuple(v.shape)}")
-    a = attn_probs[:, :, 0, num_prefix_tokens:]
-    return (a * v[:, :, num_prefix_tokens:].norm(dim=-1).to(a.dtype)).mean(dim=1)
 
 
 def select_topk_tokens(

@@ -36,7 +36,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention_sparsity import connection_mask, masked_attention
-from .token_pruning import TOKEN_SCORES, cls_attention_scores, cls_attention_value_scores, select_topk_tokens
+from .token_pruning import cls_attention_scores, select_topk_tokens
 
 __all__ = [
     "TriLevelInfo",
@@ -120,7 +120,6 @@ class TriLevelBlockMixin:
         keep_ratio (float): kept fraction of patch tokens in this block (pruning blocks).
         attn_keep_ratio (float): kept fraction of connections per query (pruning blocks).
         fuse_inattentive (bool): EViT-style fusion of the dropped tokens.
-        token_score (str): what ranks the patch tokens, one of ``TOKEN_SCORES``.
         num_prefix_tokens (int): prefix tokens of the model ([CLS], dist, registers).
     """
 
@@ -194,10 +193,7 @@ class TriLevelBlockMixin:
                 if mask is not None and attn_keep < 1.0:
                     logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
                 probs = logits.softmax(dim=-1)
-                if self.token_score == "cls-attention-value":
-                    scores = cls_attention_value_scores(probs, v, P)
-                else:
-                    scores = cls_attention_scores(probs, P)
+                scores = cls_attention_scores(probs, P)
                 if attn_keep < 1.0:
                     probs_mean = probs.mean(dim=1)  # (B, N, N)
         else:
@@ -321,7 +317,6 @@ def patch_vit(
     keep_ratio: float = 0.7,
     attn_keep_ratio: float = 0.3,
     fuse_inattentive: bool = False,
-    token_score: str = "cls-attention",
 ) -> nn.Module:
     """Add token- and attention-level sparsity to a timm Vision Transformer, in place.
 
@@ -340,10 +335,6 @@ def patch_vit(
             (authors' default 0.3); 1.0 turns the attention level off.
         fuse_inattentive: EViT-style option, off in the paper: merge the dropped tokens into one
             extra token weighted by their [CLS] attention.
-        token_score: What ranks the patch tokens: ``"cls-attention"`` (the paper's: the [CLS]
-            attention a token receives) or ``"cls-attention-value"`` (that attention times the
-            token's value norm, which drops attention sinks such as uniform background first;
-            see :func:`trilevel.token_pruning.cls_attention_value_scores`).
 
     Returns:
         The same model object, patched.
@@ -351,9 +342,8 @@ def patch_vit(
     Raises:
         TypeError: If the model or one of its blocks/attention modules is not a supported timm
             class (the message names the class).
-        ValueError: If a ratio is outside (0, 1], ``token_score`` is not one of the above, or
-            ``prune_layers`` has an index outside the model's depth, a duplicate, a non-integer,
-            or is empty.
+        ValueError: If a ratio is outside (0, 1], or ``prune_layers`` has an index outside the
+            model's depth, a duplicate, a non-integer, or is empty.
 
     Source: Kong et al., "Peeling the Onion", AAAI 2023, Secs. on token- and attention-level
     data reduction (SPEC sections 2-3).
@@ -381,8 +371,6 @@ def patch_vit(
     keep_ratio = _check_ratio("keep_ratio", keep_ratio)
     attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
     layers = _resolve_prune_layers(prune_layers, len(blocks))
-    if token_score not in TOKEN_SCORES:
-        raise ValueError(f"token_score must be one of {list(TOKEN_SCORES)}, got {token_score!r}")
 
     base.__class__ = _trilevel_class(TriLevelViTMixin, type(base))
     base.trilevel_prune_layers = layers
@@ -393,7 +381,6 @@ def patch_vit(
         blk.keep_ratio = keep_ratio
         blk.attn_keep_ratio = attn_keep_ratio
         blk.fuse_inattentive = bool(fuse_inattentive)
-        blk.token_score = token_score
         blk.num_prefix_tokens = base.num_prefix_tokens
     return model
 
@@ -405,8 +392,7 @@ def unpatch_vit(model: nn.Module) -> nn.Module:
         return model
     for blk in base.blocks:
         blk.__class__ = blk._trilevel_base
-        for name in ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "fuse_inattentive", "token_score",
-                     "num_prefix_tokens"):
+        for name in ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "fuse_inattentive", "num_prefix_tokens"):
             blk.__dict__.pop(name, None)
     base.__class__ = base._trilevel_base
     for name in ("trilevel_prune_layers", "trilevel_info"):
