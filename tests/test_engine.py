@@ -338,6 +338,15 @@ def test_nonfinite_skip_skips_the_batch(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_patchdropout_dense_run_counts_the_tokens_it_trains_on(tmp_path):
+    # timm's PatchDropout keeps max(1, int(16 * 0.7)) = 11 of the 16 patches of a 28x28 image with
+    # 7x7 patches, plus [CLS]; the metrics must say so, and the FLOPs with it
+    summary = train(tiny(tmp_path, "pd", dense=True, patch_drop=0.3, epochs=1, val_subset=50))
+    (m,) = read_metrics(tmp_path / "pd")
+    assert m["mean_tokens_per_block"] == pytest.approx(12.0)
+    assert summary["relative_train_flops"] < 0.8
+
+
 def test_evaluate_checkpoint_reproduces_final_val_top1(straight):
     out, summary = straight
     result = evaluate_checkpoint(out / "checkpoint.pt", val_subset=500, device="cpu")

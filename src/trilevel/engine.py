@@ -1117,7 +1117,7 @@ class _Trainer:
     def _build(self) -> None:
         from .data import build_datasets
         from .example_selection import ActiveSubsetSampler, IndexedDataset
-        from .flops import forward_flops
+        from .flops import forward_flops, tokens_per_block
         from .schedules import KeepRatioSchedule
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -1156,7 +1156,9 @@ class _Trainer:
             self.dense_flops = float(forward_flops(model, 1.0))
             # a training forward of a stock model with timm's PatchDropout sees fewer patches
             self._train_flops_dense = float(forward_flops(model, 1.0, training=True))
-            self._dense_tokens: Optional[float] = float(model.patch_embed.num_patches + model.num_prefix_tokens)
+            # tokens per block of a dense training forward (fewer with PatchDropout)
+            counts = tokens_per_block(model, 1.0, training=True)
+            self._dense_tokens: Optional[float] = sum(m for _, m in counts) / len(counts)
         else:  # a dense run of another timm model (e.g. a CNN): count once with torch's FLOP counter
             self.dense_flops = _measured_flops(model, self.info.in_chans, self.info.img_size, self.device)
             self._train_flops_dense = self.dense_flops
