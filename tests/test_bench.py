@@ -10,7 +10,8 @@ import json
 import pytest
 
 from trilevel import bench, engine
-from trilevel.bench import SpeedConfig, benchmark_speed, format_train_table, run_train_bench
+from trilevel.bench import (SpeedConfig, benchmark_speed, format_seeds_table, format_train_table, parse_seeds,
+                            run_train_bench, run_train_bench_seeds, summarize_seeds)
 
 from _models import tiny_vit
 
@@ -112,3 +113,71 @@ def test_bench_command_unknown_configuration_is_a_usage_error(tmp_path, capsys):
         bench.main(["train", "--configs", "dense,warp-speed", "--output-dir", str(tmp_path)])
     assert info.value.code == 2
     assert "warp-speed" in capsys.readouterr().err
+
+
+def test_bench_over_seeds_pairs_each_seed_with_its_own_dense(tmp_path, monkeypatch):
+    calls = []
+    top1 = {(0, "dense"): 60.0, (0, "trilevel"): 59.0, (1, "dense"): 64.0, (1, "trilevel"): 61.0,
+            (2, "dense"): 62.0, (2, "trilevel"): 62.5}
+    secs = {"dense": 500.0, "trilevel": 250.0}
+
+    def fake(cfg):
+        calls.append(cfg)
+        name = cfg["output_dir"].rsplit("/", 1)[-1]
+        return {"val_top1": top1[(cfg["seed"], name)], "train_seconds": secs[name] + cfg["seed"],
+                "epochs": cfg["epochs"], "relative_train_flops": 1.0 if name == "dense" else 0.6,
+                "train_images": 100, "keep_ratio": None, "attn_keep_ratio": None, "selector": None,
+                "eval_keep_ratio": None, "output_dir": cfg["output_dir"]}
+
+    monkeypatch.setattr(engine, "train", fake)
+    summary = run_train_bench_seeds({"epochs": 4, "seed": 7}, ["dense", "trilevel"], [0, 1, 2], str(tmp_path))
+    assert [c["seed"] for c in calls] == [0, 0, 1, 1, 2, 2]  # --seed 7 is replaced
+    assert calls[3]["output_dir"] == str(tmp_path / "seed-1" / "trilevel")
+    by = {r["name"]: r for r in summary}
+    ours = by["trilevel"]
+    # paired gaps -1.0, -3.0, +0.5: mean -7/6, sample std, worst -3.0
+    assert ours["seeds"] == 3 and ours["delta_mean"] == pytest.approx(-3.5 / 3)
+    assert ours["delta_std"] == pytest.approx(1.755942292142123)
+    assert ours["delta_sem"] == pytest.approx(1.755942292142123 / 3 ** 0.5)
+    assert ours["delta_min"] == -3.0 and ours["val_top1_mean"] == pytest.approx(182.5 / 3)
+    assert ours["speedup_median"] == pytest.approx(501 / 251)
+    assert by["dense"]["delta_mean"] == 0.0 and by["dense"]["speedup_median"] == 1.0
+    saved = json.loads((tmp_path / "bench_train_seeds.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and set(saved["per_seed"]) == {"0", "1", "2"}
+    assert (tmp_path / "bench_train_seeds.md").read_text().strip() == format_seeds_table(summary)
+    assert "| trilevel | 3 | 60.83 | -1.17 +- 1.76 (1.01) | -3.00 | 2.00x | 0.600 |" in format_seeds_table(summary)
+    assert (tmp_path / "seed-2" / "bench_train.md").exists()
+
+
+@pytest.mark.parametrize("seeds, configs, words", [
+    ([3], ["dense", "trilevel"], ["two seeds"]),
+    ([1, 1], ["dense", "trilevel"], ["repeat"]),
+    ([0, 1], ["trilevel", "token-only"], ["dense"]),
+])
+def test_bench_over_seeds_bad_input(tmp_path, monkeypatch, seeds, configs, words):
+    monkeypatch.setattr(engine, "train", lambda cfg: pytest.fail("nothing may train"))
+    with pytest.raises(ValueError) as info:
+        run_train_bench_seeds({"epochs": 2}, configs, seeds, str(tmp_path))
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("0,x", "1,,2", "-1,2", "1,1"):
+        with pytest.raises(ValueError, match="seeds"):
+            parse_seeds(bad)
+
+
+def test_bench_command_bad_seeds_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["train", "--seeds", "1,x", "--output-dir", str(tmp_path)])
+    assert info.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_summarize_seeds_single_seed_has_zero_spread():
+    rows = [{"name": "dense", "val_top1": 60.0, "delta_top1": 0.0, "speedup": 1.0, "relative_train_flops": 1.0}]
+    (r,) = summarize_seeds({5: rows})
+    assert (r["delta_std"], r["delta_sem"], r["seeds"]) == (0.0, 0.0, 1)
+

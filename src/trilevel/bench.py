@@ -15,7 +15,7 @@ import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,11 @@ import torch.nn as nn
 from .flops import forward_flops
 from .vit import patch_vit
 
-__all__ = ["SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "benchmark_speed", "format_speed_table"]
+__all__ = [
+    "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "benchmark_speed", "format_speed_table",
+    "TRAIN_PRESETS", "run_train_bench", "format_train_table",
+    "parse_seeds", "run_train_bench_seeds", "summarize_seeds", "format_seeds_table",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -291,6 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _add_train_arguments(train_p)
     train_p.add_argument("--configs", default="dense,trilevel,dense-same-time",
                          help="comma-separated configurations (default: dense,trilevel,dense-same-time)")
+    train_p.add_argument("--seeds", default=None, metavar="LIST",
+                         help="comma-separated seeds: the whole bench once per seed (replaces --seed), then "
+                              "a table of means and paired gaps to dense over the seeds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -298,11 +305,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             run_speed(args)
         else:
             configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-            ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("what", "configs")})
+            seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+            ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("what", "configs", "seeds")})
             base = parse_train_config(ns).to_dict()
             out = base.get("output_dir") or time.strftime("runs/bench-%Y%m%d-%H%M%S")
-            rows = run_train_bench(base, configs, out)
-            print(format_train_table(rows))
+            if seeds is None:
+                rows = run_train_bench(base, configs, out)
+                print(format_train_table(rows))
+            else:
+                summary = run_train_bench_seeds(base, configs, seeds, out)
+                print(format_seeds_table(summary))
             print(f"(tables and plot in {out})")
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"trilevel bench: error: {e}\n")
@@ -418,5 +430,117 @@ def format_train_table(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {r['name']} | {r['epochs']} | {r['val_top1']:.2f} | {r.get('delta_top1', 0.0):+.2f} | "
             f"{r['train_seconds']:.0f} | {r.get('speedup', 1.0):.2f}x | {r['relative_train_flops']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- bench train over seeds
+def parse_seeds(text: str) -> List[int]:
+    """Seeds from ``"0,1,2"``.
+
+    Raises:
+        ValueError: If an entry is not a non-negative integer, a seed repeats, or none is given.
+    """
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ValueError(f"--seeds must be comma-separated non-negative integers, got {text!r}")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {text!r}")
+    return seeds
+
+
+def run_train_bench_seeds(base: dict, configs: Sequence[str], seeds: Sequence[int], output_dir: str) -> List[dict]:
+    """:func:`run_train_bench` once per seed, then a summary over the seeds.
+
+    Each seed's rows, table and plot go to ``<output_dir>/seed-<s>/``; the summary to
+    ``<output_dir>/bench_train_seeds.md`` and ``.json``. The rows of one seed run back to back, so
+    their speedups are comparable; gaps to dense are paired (same seed: same initial weights,
+    data order and augmentation draws for every configuration).
+
+    Args:
+        base: Base training config, as for :func:`run_train_bench` (its ``seed`` is replaced).
+        configs: Names from :data:`TRAIN_PRESETS`; must include ``dense``.
+        seeds: The seeds, at least two, no repeats.
+        output_dir: Output folder.
+
+    Returns:
+        The summary rows of :func:`summarize_seeds`.
+
+    Raises:
+        ValueError: For fewer than two seeds, a repeated seed, no ``dense`` configuration, or the
+            errors of :func:`run_train_bench`.
+    """
+    import os
+
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"a bench over seeds needs at least two seeds, got {seeds}; use --seed for one")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}")
+    if "dense" not in configs:
+        raise ValueError("a bench over seeds reports paired gaps to dense: include 'dense' in the configurations")
+    per_seed = {}
+    for seed in seeds:
+        _LOG.info("bench train: seed %d", seed)
+        per_seed[seed] = run_train_bench({**base, "seed": seed}, configs, os.path.join(output_dir, f"seed-{seed}"))
+    summary = summarize_seeds(per_seed)
+    with open(os.path.join(output_dir, "bench_train_seeds.json"), "w", encoding="utf-8") as f:
+        json.dump({"seeds": seeds, "summary": summary, "per_seed": {str(k): v for k, v in per_seed.items()}},
+                  f, indent=2)
+    with open(os.path.join(output_dir, "bench_train_seeds.md"), "w", encoding="utf-8") as f:
+        f.write(format_seeds_table(summary) + "\n")
+    return summary
+
+
+def summarize_seeds(per_seed: Mapping[int, Sequence[dict]]) -> List[dict]:
+    """Per configuration: mean top-1, paired gap to dense (mean, sample std, standard error, worst)
+    and median speedup over the seeds.
+
+    Args:
+        per_seed: ``{seed: rows}``, rows as returned by :func:`run_train_bench` (with
+            ``delta_top1`` and ``speedup`` relative to that seed's dense row).
+
+    Returns:
+        One dict per configuration, in first-seen order: ``name``, ``seeds``, ``val_top1_mean``,
+        ``delta_mean``, ``delta_std`` (0 for one seed), ``delta_sem``, ``delta_min``,
+        ``speedup_median``, ``relative_flops_mean``.
+    """
+    names: List[str] = []
+    for rows in per_seed.values():
+        for r in rows:
+            if r["name"] not in names:
+                names.append(r["name"])
+    out = []
+    for name in names:
+        rs = [r for rows in per_seed.values() for r in rows if r["name"] == name]
+        deltas = [r["delta_top1"] for r in rs]
+        std = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        out.append({
+            "name": name,
+            "seeds": len(rs),
+            "val_top1_mean": statistics.fmean(r["val_top1"] for r in rs),
+            "delta_mean": statistics.fmean(deltas),
+            "delta_std": std,
+            "delta_sem": std / len(deltas) ** 0.5,
+            "delta_min": min(deltas),
+            "speedup_median": statistics.median(r["speedup"] for r in rs),
+            "relative_flops_mean": statistics.fmean(r["relative_train_flops"] for r in rs),
+        })
+    return out
+
+
+def format_seeds_table(summary: Sequence[dict]) -> str:
+    """Markdown table of :func:`summarize_seeds` rows."""
+    lines = ["| configuration | seeds | mean val top-1 % | gap to dense, mean +- std (sem) | worst gap | "
+             "median speedup | relative FLOPs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(
+            f"| {r['name']} | {r['seeds']} | {r['val_top1_mean']:.2f} | {r['delta_mean']:+.2f} +- "
+            f"{r['delta_std']:.2f} ({r['delta_sem']:.2f}) | {r['delta_min']:+.2f} | {r['speedup_median']:.2f}x | "
+            f"{r['relative_flops_mean']:.3f} |"
         )
     return "\n".join(lines)
