@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -369,8 +370,6 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
         ValueError: For an unknown configuration name (the allowed ones are listed), or when
             ``dense-same-time`` is asked without ``dense`` and another row to time.
     """
-    import os
-
     from .engine import train
 
     unknown = [c for c in configs if c not in TRAIN_PRESETS]
@@ -436,15 +435,21 @@ def format_train_table(rows: Sequence[dict]) -> str:
 
 # ------------------------------------------------------------------------- bench train over seeds
 def parse_seeds(text: str) -> List[int]:
-    """Seeds from ``"0,1,2"``.
+    """Seeds from the ``--seeds`` text, e.g. ``"0,1,2"``.
+
+    Args:
+        text: Comma-separated seeds (spaces around entries are allowed).
+
+    Returns:
+        The seeds, in the given order.
 
     Raises:
-        ValueError: If an entry is not a non-negative integer, a seed repeats, or none is given.
+        ValueError: If an entry is not a non-negative decimal integer, a seed repeats, or none is given.
     """
     seeds = []
     for part in str(text).split(","):
         part = part.strip()
-        if not part.isdigit():
+        if not part.isdecimal():
             raise ValueError(f"--seeds must be comma-separated non-negative integers, got {text!r}")
         seeds.append(int(part))
     if len(set(seeds)) != len(seeds):
@@ -473,8 +478,6 @@ def run_train_bench_seeds(base: dict, configs: Sequence[str], seeds: Sequence[in
         ValueError: For fewer than two seeds, a repeated seed, no ``dense`` configuration, or the
             errors of :func:`run_train_bench`.
     """
-    import os
-
     seeds = list(seeds)
     if len(seeds) < 2:
         raise ValueError(f"a bench over seeds needs at least two seeds, got {seeds}; use --seed for one")
@@ -506,7 +509,8 @@ def summarize_seeds(per_seed: Mapping[int, Sequence[dict]]) -> List[dict]:
     Returns:
         One dict per configuration, in first-seen order: ``name``, ``seeds``, ``val_top1_mean``,
         ``delta_mean``, ``delta_std`` (0 for one seed), ``delta_sem``, ``delta_min``,
-        ``speedup_median``, ``relative_flops_mean``.
+        ``speedup_median``, ``relative_flops_mean``. Top-1 is in percent, gaps in percentage
+        points, speedups are dense seconds over the row's seconds of the same seed.
     """
     names: List[str] = []
     for rows in per_seed.values():
@@ -533,7 +537,15 @@ def summarize_seeds(per_seed: Mapping[int, Sequence[dict]]) -> List[dict]:
 
 
 def format_seeds_table(summary: Sequence[dict]) -> str:
-    """Markdown table of :func:`summarize_seeds` rows."""
+    """Markdown table of :func:`summarize_seeds` rows.
+
+    Args:
+        summary: Rows from :func:`summarize_seeds`.
+
+    Returns:
+        The table: mean top-1 (%), gap to dense in points as ``mean +- std (sem)``, worst gap,
+        median speedup (dense wall-clock over the row's) and mean relative training FLOPs.
+    """
     lines = ["| configuration | seeds | mean val top-1 % | gap to dense, mean +- std (sem) | worst gap | "
              "median speedup | relative FLOPs |",
              "|---|---|---|---|---|---|---|"]
