@@ -15,6 +15,7 @@ from .token_pruning import cls_attention_scores, num_kept_tokens, select_topk_to
 from .vit import (
     TriLevelInfo,
     default_prune_layers,
+    unwrap_model,
     get_keep_ratios,
     get_trilevel_info,
     is_patched,

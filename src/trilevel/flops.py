@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import torch.nn as nn
 
 from .token_pruning import num_kept_tokens
-from .vit import _unwrap, get_keep_ratios, is_patched
+from .vit import unwrap_model, get_keep_ratios, is_patched
 
 __all__ = ["tokens_per_block", "forward_flops"]
 
@@ -38,7 +38,7 @@ def tokens_per_block(
     Returns:
         A list over blocks of ``(n_attention, n_mlp)`` token counts, prefix tokens included.
     """
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if keep_ratio is None:
         keep_ratio = get_keep_ratios(base)[0]
     P = base.num_prefix_tokens
@@ -76,7 +76,7 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training
         FLOPs (multiply-add = 2). Training (forward + backward) costs about 3x this; ratios
         between two settings are the same either way.
     """
-    base = _unwrap(model)
+    base = unwrap_model(model)
     keep, attn_keep = get_keep_ratios(base)
     if keep_ratio is not None:
         keep = keep_ratio

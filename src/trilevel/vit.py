@@ -47,6 +47,7 @@ __all__ = [
     "get_trilevel_info",
     "is_patched",
     "default_prune_layers",
+    "unwrap_model",
 ]
 
 
@@ -101,8 +102,15 @@ def _check_ratio(name: str, value) -> float:
     return value
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel / torch.compile wrappers
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers.
+
+    Args:
+        model: A model, wrapped or not.
+
+    Returns:
+        The innermost wrapped module (``model`` itself when it is not wrapped).
+    """
     while True:
         if hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
@@ -349,7 +357,7 @@ def patch_vit(
     data reduction (SPEC sections 2-3).
     """
     VisionTransformer, Block, Attention = _vit_classes()
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if not isinstance(base, VisionTransformer):
         raise TypeError(
             f"patch_vit supports timm VisionTransformer models (ViT, DeiT, DeiT-III, ...); "
@@ -387,7 +395,7 @@ def patch_vit(
 
 def unpatch_vit(model: nn.Module) -> nn.Module:
     """Restore the stock timm classes of a patched model, in place (weights untouched)."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if not is_patched(base):
         return model
     for blk in base.blocks:
@@ -402,11 +410,11 @@ def unpatch_vit(model: nn.Module) -> nn.Module:
 
 def is_patched(model: nn.Module) -> bool:
     """True if :func:`patch_vit` was applied to ``model`` (wrappers such as DDP are looked through)."""
-    return isinstance(_unwrap(model), TriLevelViTMixin)
+    return isinstance(unwrap_model(model), TriLevelViTMixin)
 
 
 def _require_patched(model: nn.Module) -> nn.Module:
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if not isinstance(base, TriLevelViTMixin):
         raise ValueError(f"model ({type(base).__name__}) is not patched; call trilevel.patch_vit(model) first")
     return base
@@ -441,7 +449,7 @@ def set_keep_ratios(
 
 def get_keep_ratios(model: nn.Module) -> Tuple[float, float]:
     """``(keep_ratio, attn_keep_ratio)`` of a patched model; ``(1.0, 1.0)`` for a stock model."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if not isinstance(base, TriLevelViTMixin):
         return 1.0, 1.0
     blk = base.blocks[base.trilevel_prune_layers[0]]

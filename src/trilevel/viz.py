@@ -206,9 +206,9 @@ class PruningTrace:
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    from .vit import _unwrap, is_patched
+    from .vit import unwrap_model, is_patched
 
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if not is_patched(base):
         raise ValueError(
             f"model ({type(base).__name__}) is not patched; call trilevel.patch_vit(model) first"
