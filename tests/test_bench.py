@@ -1,6 +1,6 @@
 """trilevel.bench: speed benchmark rows, bench-train bookkeeping, and the command's exits.
 
-The training bench is tested with ``trilevel.engine.train`` stubbed (no real training): what is
+The training bench is tested with ``trilevel.training.train`` stubbed (no real training): what is
 checked is which configurations run with which overrides, the dense-same-time epochs, the
 speedup and accuracy columns, and the files written.
 """
@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from trilevel import bench, engine
+from trilevel import training
+from trilevel.cli.bench import main as bench_main
 from trilevel.bench import (SpeedConfig, benchmark_speed, format_seeds_table, format_train_table, parse_seeds,
                             run_train_bench, run_train_bench_seeds, summarize_seeds)
 
@@ -45,7 +46,7 @@ def test_benchmark_speed_bad_input(kwargs, words):
 
 
 def _fake_train(calls, seconds):
-    """A stand-in for engine.train: records the config, returns a summary with given timings."""
+    """A stand-in for trilevel.training.train: records the config, returns a summary with given timings."""
 
     def fake(cfg):
         calls.append(cfg)
@@ -64,7 +65,7 @@ def _fake_train(calls, seconds):
 def test_run_train_bench_rows_and_dense_same_time(tmp_path, monkeypatch):
     calls = []
     seconds = {"dense": 500.0, "trilevel": 300.0, "token-only": 400.0, "dense-same-time": 310.0}
-    monkeypatch.setattr(engine, "train", _fake_train(calls, seconds))
+    monkeypatch.setattr(training, "train", _fake_train(calls, seconds))
     base = {"epochs": 10, "warmup_epochs": 1.0, "keep_ratio": 0.7, "attn_keep_ratio": 1.0,
             "selector": "forgetting"}
     rows = run_train_bench(base, ["dense-same-time", "dense", "trilevel", "token-only"], str(tmp_path))
@@ -89,7 +90,7 @@ def test_run_train_bench_rows_and_dense_same_time(tmp_path, monkeypatch):
     ([], ["at least one"]),
 ])
 def test_run_train_bench_bad_configs(tmp_path, monkeypatch, configs, words):
-    monkeypatch.setattr(engine, "train", lambda cfg: pytest.fail("nothing may train"))
+    monkeypatch.setattr(training, "train", lambda cfg: pytest.fail("nothing may train"))
     with pytest.raises(ValueError) as info:
         run_train_bench({"epochs": 2}, configs, str(tmp_path))
     for w in words:
@@ -98,20 +99,16 @@ def test_run_train_bench_bad_configs(tmp_path, monkeypatch, configs, words):
 
 def test_bench_command_reports_a_sigterm_with_the_checkpoint(tmp_path, monkeypatch, capsys):
     def interrupted(cfg):
-        raise engine.TrainingInterrupted("stopped by SIGTERM at epoch 1", str(tmp_path / "checkpoint.pt"))
+        raise training.TrainingInterrupted("stopped by SIGTERM at epoch 1", str(tmp_path / "checkpoint.pt"))
 
-    monkeypatch.setattr(engine, "train", interrupted)
-    with pytest.raises(SystemExit) as info:
-        bench.main(["train", "--dataset", "fashion-mnist", "--configs", "dense,trilevel",
-                    "--output-dir", str(tmp_path)])
-    assert info.value.code == 128 + 15
+    monkeypatch.setattr(training, "train", interrupted)
+    assert bench_main(["train", "--dataset", "fashion-mnist", "--configs", "dense,trilevel",
+                    "--output-dir", str(tmp_path)]) == 128 + 15
     assert "SIGTERM" in capsys.readouterr().err
 
 
 def test_bench_command_unknown_configuration_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        bench.main(["train", "--configs", "dense,warp-speed", "--output-dir", str(tmp_path)])
-    assert info.value.code == 2
+    assert bench_main(["train", "--configs", "dense,warp-speed", "--output-dir", str(tmp_path)]) == 2
     assert "warp-speed" in capsys.readouterr().err
 
 
@@ -129,7 +126,7 @@ def test_bench_over_seeds_pairs_each_seed_with_its_own_dense(tmp_path, monkeypat
                 "train_images": 100, "keep_ratio": None, "attn_keep_ratio": None, "selector": None,
                 "eval_keep_ratio": None, "output_dir": cfg["output_dir"]}
 
-    monkeypatch.setattr(engine, "train", fake)
+    monkeypatch.setattr(training, "train", fake)
     summary = run_train_bench_seeds({"epochs": 4, "seed": 7}, ["dense", "trilevel"], [0, 1, 2], str(tmp_path))
     assert [c["seed"] for c in calls] == [0, 0, 1, 1, 2, 2]  # --seed 7 is replaced
     assert calls[3]["output_dir"] == str(tmp_path / "seed-1" / "trilevel")
@@ -155,7 +152,7 @@ def test_bench_over_seeds_pairs_each_seed_with_its_own_dense(tmp_path, monkeypat
     ([0, 1], ["trilevel", "token-only"], ["dense"]),
 ])
 def test_bench_over_seeds_bad_input(tmp_path, monkeypatch, seeds, configs, words):
-    monkeypatch.setattr(engine, "train", lambda cfg: pytest.fail("nothing may train"))
+    monkeypatch.setattr(training, "train", lambda cfg: pytest.fail("nothing may train"))
     with pytest.raises(ValueError) as info:
         run_train_bench_seeds({"epochs": 2}, configs, seeds, str(tmp_path))
     for w in words:
@@ -170,9 +167,7 @@ def test_parse_seeds():
 
 
 def test_bench_command_bad_seeds_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        bench.main(["train", "--seeds", "1,x", "--output-dir", str(tmp_path)])
-    assert info.value.code == 2
+    assert bench_main(["train", "--seeds", "1,x", "--output-dir", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
 
 

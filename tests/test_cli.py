@@ -22,6 +22,8 @@ import yaml
 
 from trilevel import cli
 from trilevel.checkpoint import load_checkpoint
+from trilevel.cli.train import parse_train_config
+from trilevel.training.config import load_config_file
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(
@@ -175,7 +177,7 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "SIGTERM received" in stderr and "resume with --resume" in stderr
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["global_step"] >= 1 and ckpt["config"]["epochs"] == 4
+    assert ckpt["progress"]["global_step"] >= 1 and ckpt["config"]["epochs"] == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,8 +186,16 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
 
 
 def parse(argv: list[str]):
-    args = cli.build_parser().parse_args(argv)
-    return cli.parse_train_config(args)
+    assert argv[0] == "train"
+    return parse_train_config(argv[1:])
+
+
+def exit_status(argv: list[str]) -> int:
+    """The exit status of ``trilevel ARGV`` run in process (returned, or raised by the parser)."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def test_config_file_keys_and_flag_precedence(tmp_path):
@@ -213,10 +223,8 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path, capsys):
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text("batch_size: 64\nkeep-ration: 0.5\n")
     with pytest.raises(ValueError, match="keep-ration"):
-        cli.load_config_file(cfg_file)
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", "-c", str(cfg_file)])
-    assert info.value.code == 2
+        load_config_file(cfg_file)
+    assert exit_status(["train", "-c", str(cfg_file)]) == 2
     assert "keep-ration" in capsys.readouterr().err
 
 
@@ -224,7 +232,7 @@ def test_config_file_that_is_not_a_mapping(tmp_path):
     cfg_file = tmp_path / "list.yaml"
     cfg_file.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
-        cli.load_config_file(cfg_file)
+        load_config_file(cfg_file)
 
 
 @pytest.mark.parametrize(
@@ -243,22 +251,18 @@ def test_config_file_that_is_not_a_mapping(tmp_path):
     ],
 )
 def test_bad_flag_values_exit_with_usage_error(argv, expected, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", *argv])
-    assert info.value.code == 2
+    assert exit_status(["train", *argv]) == 2
     assert expected in capsys.readouterr().err
 
 
 def test_missing_config_file(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", "-c", str(tmp_path / "nope.yaml")])
-    assert info.value.code == 2
+    assert exit_status(["train", "-c", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
 
 
 def test_missing_data_path_gives_clear_error(tmp_path, capsys):
     missing = tmp_path / "no-mnist-here"
-    code = cli.main(["train", *TINY_FLAGS, "--dataset", "mnist", "--train-subset", "none", "--data-dir", str(missing),
+    code = exit_status(["train", *TINY_FLAGS, "--dataset", "mnist", "--train-subset", "none", "--data-dir", str(missing),
                      "--output-dir", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
@@ -275,6 +279,6 @@ def test_resume_flag_takes_configuration_from_checkpoint(trilevel_run):
 
 
 def test_eval_missing_checkpoint(tmp_path, capsys):
-    code = cli.main(["eval", "--checkpoint", str(tmp_path / "missing.pt")])
+    code = exit_status(["eval", "--checkpoint", str(tmp_path / "missing.pt")])
     assert code == 2
     assert "missing.pt" in capsys.readouterr().err

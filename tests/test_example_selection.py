@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from trilevel.example_selection import (
     ActiveSubsetSampler,
+    ExampleSelector,
     ForgettingSelector,
     IndexedDataset,
     LossSelector,
@@ -474,7 +475,7 @@ def test_resume_equals_uninterrupted_run(cls, tmp_path):
     assert orders_a == orders_b
     assert resumed.digest() == straight.digest()
     assert torch.equal(resumed.active_indices, straight.active_indices)
-    assert torch.equal(resumed._generator.get_state(), straight._generator.get_state())
+    assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
     if cls is not LossSelector:
         assert resumed.history == straight.history and len(straight.history) == 3
     # a fresh (not resumed) selector would have decided differently: the test can fail
@@ -647,6 +648,24 @@ def test_sampler_rereads_selector_after_load_state_dict():
     other.set_epoch(1)
     sel.load_state_dict(other.state_dict())
     assert sorted(s) == other.active_indices.tolist()
+
+
+def test_selector_interface_version_and_index_sets():
+    assert all(issubclass(c, ExampleSelector) for c in (ForgettingSelector, RandomSelector, LossSelector))
+    assert LossSelector.needs_loss and not ForgettingSelector.needs_loss
+    sel = ForgettingSelector(60, update_every=1, seed=0)
+    version = sel.active_set_version
+    active, removed = sel.index_sets()
+    assert sel.index_sets()[0] is active and sel.index_sets()[1] is removed  # cached, not copied
+    assert sel.active_indices is not active and torch.equal(sel.active_indices, active)
+    assert torch.equal(sel.active_mask.nonzero().flatten(), active)
+    sel.set_epoch(0)  # no update due at epoch 0: same sets, same version
+    assert sel.active_set_version == version and sel.index_sets()[0] is active
+    present(sel, active, torch.ones(48, dtype=torch.bool))
+    sel.set_epoch(1)  # an update: a new version and new cached tensors
+    assert sel.active_set_version != version and not torch.equal(sel.index_sets()[0], active)
+    with pytest.raises(AttributeError):
+        sel.active_set_version = 0
 
 
 class _Toy(torch.utils.data.Dataset):

@@ -5,7 +5,6 @@ validation images. The survival masks are checked as tensors (not pixels); the p
 to be real PNGs of a non-trivial size.
 """
 
-import argparse
 import json
 import math
 import struct
@@ -188,9 +187,10 @@ def test_visualize_pruning_errors(model, fmnist, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def _engine_checkpoint(path, dense=False, with_selector=True):
-    """A checkpoint with the layout trilevel.engine writes (config, model, selector, epoch)."""
-    from trilevel.engine import TrainConfig, build_model
+def _run_checkpoint(path, dense=False, with_selector=True):
+    """A checkpoint with the layout a training run writes (config, model, selector, epoch)."""
+    from trilevel.training.config import TrainConfig
+    from trilevel.training.factory import build_model
 
     cfg = TrainConfig(
         model="vit_tiny_patch16_224", patch_size=4, embed_dim=32, depth=4, num_heads=2, drop_path=0.0,
@@ -206,19 +206,19 @@ def _engine_checkpoint(path, dense=False, with_selector=True):
         idx = selector.active_indices
         targets = torch.randint(0, 10, (len(idx),), generator=g)
         selector.record(idx, torch.randn(len(idx), 10, generator=g), targets)
-    state = {
-        "engine_format": 1,
+    state = {  # the parts of a trilevel.training checkpoint that the pictures read
+        "format": 2,
         "config": cfg.to_dict(),
         "model": model.state_dict(),
-        "selector": selector.state_dict() if with_selector else None,
-        "epoch": 1,
+        "algorithm": {"selector": selector.state_dict() if with_selector else None},
+        "progress": {"epoch": 1},
     }
     save_checkpoint(state, path)
     return path, selector
 
 
 def test_visualize_checkpoint(tmp_path):
-    ckpt, _ = _engine_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt, _ = _run_checkpoint(tmp_path / "checkpoint.pt")
     out = viz.visualize_checkpoint(ckpt, 3, tmp_path / "vis.png", seed=1)
     w, h = png_size(out)
     assert w >= 4 * 150 and h >= 3 * 150
@@ -226,28 +226,11 @@ def test_visualize_checkpoint(tmp_path):
         viz.visualize_checkpoint(ckpt, 0, tmp_path / "v.png")
     with pytest.raises(ValueError, match="10001"):
         viz.visualize_checkpoint(ckpt, 10001, tmp_path / "v.png")
-    dense, _ = _engine_checkpoint(tmp_path / "dense.pt", dense=True)
+    dense, _ = _run_checkpoint(tmp_path / "dense.pt", dense=True)
     with pytest.raises(ValueError, match="dense"):
         viz.visualize_checkpoint(dense, 2, tmp_path / "v.png")
     with pytest.raises(FileNotFoundError):
         viz.visualize_checkpoint(tmp_path / "missing.pt", 2, tmp_path / "v.png")
-
-
-def test_cli_helpers(tmp_path):
-    ckpt, _ = _engine_checkpoint(tmp_path / "checkpoint.pt")
-    parser = argparse.ArgumentParser()
-    viz.add_visualize_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(ckpt), "--num-images", "2", "--query-patch", "10"])
-    assert viz.run_visualize(args) == 0
-    assert_png(tmp_path / "pruning.png")
-    assert parser.parse_args(["--checkpoint", str(ckpt), "--images", "3"]).num_images == 3  # the issue's spelling
-
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_top1": 10.0, "train_loss": 2.3}) + "\n")
-    parser = argparse.ArgumentParser()
-    viz.add_report_arguments(parser)
-    assert viz.run_report(parser.parse_args([str(tmp_path)])) == 0
-    assert (tmp_path / "report_accuracy.png").exists()
-    assert (tmp_path / "report_forgetting.png").exists()
 
 
 # ------------------------------------------------------------------------------ run report
@@ -282,7 +265,7 @@ def test_report_run_synthetic_metrics(tmp_path):
 
 
 def test_report_run_forgetting_histogram(tmp_path):
-    _, selector = _engine_checkpoint(tmp_path / "checkpoint.pt")
+    _, selector = _run_checkpoint(tmp_path / "checkpoint.pt")
     assert int(selector.forgetting_counts.sum()) > 0
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _metrics_rows(2)) + "\n")
     paths = viz.report_run(tmp_path)
@@ -291,7 +274,7 @@ def test_report_run_forgetting_histogram(tmp_path):
 
 
 def test_report_run_without_selector_state(tmp_path):
-    _engine_checkpoint(tmp_path / "checkpoint.pt", with_selector=False)
+    _run_checkpoint(tmp_path / "checkpoint.pt", with_selector=False)
     (tmp_path / "metrics.jsonl").write_text(json.dumps(_metrics_rows(1)[0]) + "\n")
     assert "report_forgetting.png" not in [p.name for p in viz.report_run(tmp_path)]
 
@@ -333,8 +316,10 @@ def test_plot_accuracy_vs_time(tmp_path):
 def test_scatter_labels_of_nearby_points_do_not_overlap():
     import numpy as np
 
+    from trilevel.viz.plots import label_offsets
+
     xs, ys = np.array([406.0, 409.0, 408.0, 536.0]), np.array([63.52, 63.58, 63.00, 40.0])
-    offsets = viz._label_offsets(xs, ys, ["evit", "example-only", "random-examples", "dense"])
+    offsets = label_offsets(xs, ys, ["evit", "example-only", "random-examples", "dense"])
     assert offsets[1] == 4.0 and offsets[3] == 4.0  # the top label and a far-away one stay put
     # the other two move down, each to its own line: no two label baselines within 11 pt
     assert offsets[0] < 4.0 and offsets[2] < 4.0
@@ -363,8 +348,8 @@ def test_plot_accuracy_vs_time_errors(tmp_path):
 
 @pytest.mark.slow
 def test_train_then_report_and_visualize(tmp_path):
-    """A real (tiny) run through trilevel.engine.train, then its report and picture."""
-    from trilevel.engine import train
+    """A real (tiny) run through trilevel.training.train, then its report and picture."""
+    from trilevel.training import train
 
     run = tmp_path / "run"
     train(dict(

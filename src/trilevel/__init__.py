@@ -25,8 +25,21 @@ from .vit import (
 )
 from .example_selection import (
     ActiveSubsetSampler,
+    ExampleSelector,
     ForgettingSelector,
     IndexedDataset,
     LossSelector,
     RandomSelector,
 )
+from .algorithm import TriLevel, TriLevelConfig
+
+#: Names served from :mod:`trilevel.training` on first use (it imports timm and torchvision data code).
+_TRAINING_NAMES = ("TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run")
+
+
+def __getattr__(name: str):
+    if name in _TRAINING_NAMES:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'trilevel' has no attribute {name!r}")

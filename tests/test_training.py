@@ -1,4 +1,4 @@
-"""Tests of trilevel.engine: configuration checks, training outputs, exact resume, SIGTERM,
+"""Tests of trilevel.training: configuration checks, training outputs, exact resume, SIGTERM,
 non-finite losses, evaluation of checkpoints.
 
 All runs are tiny (a 4-block, 32-wide ViT on 7x7 patches of 256 Fashion-MNIST training images,
@@ -17,9 +17,10 @@ import pytest
 import torch
 import yaml
 
-from trilevel import engine
+from trilevel import training
 from trilevel.checkpoint import load_checkpoint
-from trilevel.engine import NonFiniteLossError, TrainConfig, TrainingInterrupted, evaluate_checkpoint, train
+from trilevel.training import NonFiniteLossError, TrainConfig, TrainingInterrupted, evaluate_checkpoint, train
+from trilevel.training.factory import build_model
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
@@ -128,13 +129,13 @@ def test_update_every_and_prune_layers_parsing():
 def test_img_size_not_multiple_of_patch_is_a_clear_error():
     cfg = TrainConfig(embed_dim=32, depth=2, num_heads=2)  # patch 16 on 28x28 images
     with pytest.raises(ValueError, match="patch"):
-        engine.build_model(cfg, num_classes=10, in_chans=1, img_size=28)
+        build_model(cfg, num_classes=10, in_chans=1, img_size=28)
 
 
 def test_non_vit_model_needs_dense():
     cfg = TrainConfig(model="resnet18")
     with pytest.raises(ValueError, match="dense"):
-        engine.build_model(cfg, num_classes=10, in_chans=1, img_size=32)
+        build_model(cfg, num_classes=10, in_chans=1, img_size=32)
 
 
 def test_missing_data_dir_raises_file_not_found(tmp_path):
@@ -174,9 +175,9 @@ def test_tri_level_run_writes_outputs(straight):
     assert summary["val_top1"] == metrics[-1]["val_top1"]
     # One selector update happened at epoch 1 (update every epoch, 5% of 256 = 13 swapped).
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["selector"]["history"] == [{"epoch": 1, "removed": 13, "restored": 13}]
+    assert ckpt["algorithm"]["selector"]["history"] == [{"epoch": 1, "removed": 13, "restored": 13}]
     assert summary["selector_digest"] == ckpt["selector_digest"] and summary["selector_digest"]
-    assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0
+    assert ckpt["progress"]["epoch"] == 2 and ckpt["progress"]["step_in_epoch"] == 0
     stored = yaml.safe_load((out / "config.yaml").read_text())
     assert TrainConfig.from_dict(stored).to_dict() == stored
     assert stored["output_dir"] == str(out) and stored["keep_ratio"] == 0.7
@@ -233,7 +234,7 @@ def test_resume_after_epoch_one_matches_straight_run(straight, tmp_path):
     first = train(tiny(tmp_path, "split", stop_after_epoch=1))
     assert first["finished"] is False and first["epochs_done"] == 1
     ckpt_path = tmp_path / "split" / "checkpoint.pt"
-    assert load_checkpoint(ckpt_path)["epoch"] == 1
+    assert load_checkpoint(ckpt_path)["progress"]["epoch"] == 1
     resumed = train(tiny(tmp_path, "split", resume=str(ckpt_path)))
     assert resumed["finished"] is True
     assert resumed["selector_digest"] == s_straight["selector_digest"]
@@ -264,7 +265,7 @@ def test_resume_with_a_changed_setting_is_refused(straight, tmp_path):
 def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_path, monkeypatch):
     out_straight, s_straight = straight
     calls = {"n": 0}
-    original = engine._Trainer._flops
+    original = training.Trainer.flops_per_image
 
     def flops_and_signal(self, keep_ratio, training=False):
         calls["n"] += 1
@@ -272,7 +273,7 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, keep_ratio, training=training)
 
-    monkeypatch.setattr(engine._Trainer, "_flops", flops_and_signal)
+    monkeypatch.setattr(training.Trainer, "flops_per_image", flops_and_signal)
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny(tmp_path, "sig"))
@@ -281,9 +282,10 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
     assert info.value.checkpoint == str(ckpt_path)
     assert "epoch 2, step 3" in str(info.value)
     ckpt = load_checkpoint(ckpt_path)
-    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 3, 10)
+    p = ckpt["progress"]
+    assert (p["epoch"], p["step_in_epoch"], p["global_step"]) == (1, 3, 10)
     assert "SIGTERM received" in (tmp_path / "sig" / "train.log").read_text()
-    monkeypatch.setattr(engine._Trainer, "_flops", original)
+    monkeypatch.setattr(training.Trainer, "flops_per_image", original)
 
     resumed = train(tiny(tmp_path, "sig", resume=str(ckpt_path)))
     assert resumed["selector_digest"] == s_straight["selector_digest"]
@@ -317,7 +319,8 @@ def test_nonfinite_stop_saves_last_good_state(tmp_path, monkeypatch):
         train(tiny(tmp_path, "nan", epochs=1, warmup_epochs=0.0))
     assert "epoch 1, step 3" in str(info.value)
     ckpt = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
-    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 2, 2)
+    p = ckpt["progress"]
+    assert (p["epoch"], p["step_in_epoch"], p["global_step"]) == (0, 2, 2)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
@@ -329,7 +332,7 @@ def test_nonfinite_skip_skips_the_batch(tmp_path, monkeypatch):
     ckpt = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     # the skipped batch is not recorded by the selector: 205 active examples, 32 of them skipped
-    presentations = ckpt["selector"]["stats"]["presentations"]
+    presentations = ckpt["algorithm"]["selector"]["stats"]["presentations"]
     assert int(presentations.sum()) == 205 - 32
 
 

@@ -1,0 +1,264 @@
+"""Training-step throughput benchmark: dense timm against the tri-level patch, side by side.
+
+Every configuration gets its own copy of the same initial weights and its own AdamW. The
+configurations run in rounds, in rotating order (A B C, B C A, ...), a few timed steps each, so
+slow drifts of the machine hit all of them alike; the report gives the median step time, its
+min-max over rounds, throughput, the measured speedup over dense timm and the FLOP-implied one.
+Used by ``trilevel bench speed`` and by ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..flops import forward_flops
+from ..vit import patch_vit
+
+__all__ = [
+    "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "benchmark_speed", "format_speed_table", "speed_for_model",
+]
+
+_LOG = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """One benchmarked configuration.
+
+    Attributes:
+        name: Row label.
+        keep_ratio: Token keep ratio; None means stock timm (not patched).
+        attn_keep_ratio: Attention keep ratio (ignored for stock timm).
+        fuse_inattentive: EViT-style fusion of dropped tokens.
+    """
+
+    name: str
+    keep_ratio: Optional[float] = None
+    attn_keep_ratio: float = 1.0
+    fuse_inattentive: bool = False
+
+
+@dataclass
+class SpeedResult:
+    """Measured step times of one configuration (seconds per training step)."""
+
+    name: str
+    keep_ratio: Optional[float]
+    attn_keep_ratio: float
+    median_s: float
+    min_s: float
+    max_s: float
+    images_per_s: float
+    speedup: float
+    flops_speedup: float
+    relative_flops: float
+
+
+def DEFAULT_SPEED_CONFIGS(keep_ratio: float = 0.7, attn_keep_ratio: float = 0.3) -> List[SpeedConfig]:
+    """Dense timm, the patch at ratio 1, token level alone, attention level alone, tri-level."""
+    return [
+        SpeedConfig("dense timm"),
+        SpeedConfig("patched, ratios 1.0/1.0", 1.0, 1.0),
+        SpeedConfig(f"token {keep_ratio} / attn 1.0", keep_ratio, 1.0),
+        SpeedConfig(f"token 1.0 / attn {attn_keep_ratio}", 1.0, attn_keep_ratio),
+        SpeedConfig(f"token {keep_ratio} / attn {attn_keep_ratio}", keep_ratio, attn_keep_ratio),
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_speed(
+    make_model: Callable[[], nn.Module],
+    configs: Sequence[SpeedConfig],
+    batch_size: int,
+    input_shape: Sequence[int],
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    steps_per_round: int = 3,
+    warmup_steps: int = 2,
+    amp_dtype: Optional[torch.dtype] = None,
+    prune_layers: Optional[Sequence[int]] = None,
+    seed: int = 0,
+) -> List[SpeedResult]:
+    """Time forward + backward + AdamW step for each configuration, alternating.
+
+    Args:
+        make_model: Builds the stock timm model (called once; copies are patched).
+        configs: Configurations to compare; the first one without ``keep_ratio`` is the
+            dense baseline (speedups are relative to it; else to the first config).
+        batch_size: Images per step.
+        input_shape: ``(C, H, W)`` of one image.
+        num_classes: Classes of the random labels.
+        device: ``"cpu"`` or ``"cuda"``.
+        rounds: Rounds; each config runs ``steps_per_round`` timed steps per round.
+        steps_per_round: Timed steps per config per round; the round's mean is one sample.
+        warmup_steps: Untimed steps per config before the first round.
+        amp_dtype: ``torch.bfloat16``/``torch.float16`` for autocast, None for full precision.
+        prune_layers: Pruning blocks (None: the paper's default).
+        seed: Seed of the weights and the (fixed) random batch.
+
+    Returns:
+        One :class:`SpeedResult` per config, in ``configs`` order.
+
+    Raises:
+        ValueError: If ``batch_size``, ``rounds`` or ``steps_per_round`` is not positive, or
+            ``configs`` is empty.
+    """
+    for name, v in (("batch_size", batch_size), ("rounds", rounds), ("steps_per_round", steps_per_round)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not configs:
+        raise ValueError("configs must not be empty")
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    base = make_model()
+    x = torch.randn(batch_size, *input_shape, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    dense_flops = forward_flops(base)
+
+    runners = []
+    for cfg in configs:
+        model = copy.deepcopy(base)
+        if cfg.keep_ratio is not None:
+            patch_vit(model, prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
+                      attn_keep_ratio=cfg.attn_keep_ratio, fuse_inattentive=cfg.fuse_inattentive)
+        model.to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        runners.append((cfg, model, opt))
+    del base
+
+    def step(model, opt):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _, model, opt in runners:
+        for _ in range(warmup_steps):
+            step(model, opt)
+    _sync(device)
+
+    samples: Dict[int, List[float]] = {i: [] for i in range(len(runners))}
+    for r in range(rounds):
+        order = [(r + j) % len(runners) for j in range(len(runners))]
+        for i in order:
+            _, model, opt = runners[i]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                step(model, opt)
+            _sync(device)
+            samples[i].append((time.perf_counter() - t0) / steps_per_round)
+        _LOG.info("round %d/%d done", r + 1, rounds)
+
+    base_i = next((i for i, (c, _, _) in enumerate(runners) if c.keep_ratio is None), 0)
+    base_median = statistics.median(samples[base_i])
+    base_cfg_flops = forward_flops(runners[base_i][1])
+    results = []
+    for i, (cfg, model, _) in enumerate(runners):
+        med = statistics.median(samples[i])
+        fl = forward_flops(model)
+        results.append(SpeedResult(
+            name=cfg.name, keep_ratio=cfg.keep_ratio, attn_keep_ratio=cfg.attn_keep_ratio,
+            median_s=med, min_s=min(samples[i]), max_s=max(samples[i]),
+            images_per_s=batch_size / med, speedup=base_median / med,
+            flops_speedup=base_cfg_flops / fl, relative_flops=fl / dense_flops,
+        ))
+    return results
+
+
+def format_speed_table(results: Sequence[SpeedResult], as_json: bool = False) -> str:
+    """Markdown table (or JSON) of :func:`benchmark_speed` results."""
+    if as_json:
+        return json.dumps([asdict(r) for r in results], indent=2)
+    lines = [
+        "| configuration | step median (min-max) ms | images/s | speedup | FLOP-implied | measured / implied |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.median_s * 1e3:.1f} ({r.min_s * 1e3:.1f}-{r.max_s * 1e3:.1f}) | "
+            f"{r.images_per_s:.1f} | {r.speedup:.3f}x | {r.flops_speedup:.3f}x | "
+            f"{r.speedup / r.flops_speedup:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def speed_for_model(
+    model: str,
+    model_kwargs: Mapping[str, Any],
+    batch_size: int = 128,
+    keep_ratio: float = 0.7,
+    attn_keep_ratio: float = 0.3,
+    prune_layers: Optional[Sequence[int]] = None,
+    rounds: int = 5,
+    steps_per_round: int = 3,
+    warmup_steps: int = 2,
+    device: str = "auto",
+    amp: str = "none",
+) -> List[SpeedResult]:
+    """:func:`benchmark_speed` of a timm ViT by name, with :data:`DEFAULT_SPEED_CONFIGS`.
+
+    Args:
+        model: timm model name (a ``VisionTransformer``).
+        model_kwargs: Keyword arguments of ``timm.create_model`` (``num_classes``, ``img_size``,
+            ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``).
+        batch_size: Images per step.
+        keep_ratio: Token keep ratio of the pruned rows.
+        attn_keep_ratio: Attention keep ratio of the pruned rows.
+        prune_layers: Pruning blocks; None: the paper's default.
+        rounds: Rounds of the alternation.
+        steps_per_round: Timed steps per configuration per round.
+        warmup_steps: Untimed steps per configuration first.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        amp: ``none``, ``bf16`` or ``fp16``.
+
+    Returns:
+        One :class:`SpeedResult` per configuration.
+
+    Raises:
+        ValueError: For an unknown or unsupported model (not a timm VisionTransformer), an
+            unavailable device, or a bad setting (named).
+    """
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not timm.is_model(model):
+        raise ValueError(f"--model {model!r} is not a timm model name (e.g. vit_tiny_patch16_224)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch.cuda.is_available() is False")
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def make():
+        return timm.create_model(model, pretrained=False, **model_kwargs)
+
+    probe = make()
+    if not isinstance(probe, VisionTransformer):
+        raise ValueError(
+            f"--model {model!r} is a {type(probe).__name__}; bench speed compares a timm VisionTransformer "
+            f"(vit_*, deit_*) with its tri-level patch"
+        )
+    in_chans = probe.patch_embed.proj.in_channels
+    img = probe.patch_embed.img_size
+    del probe
+    return benchmark_speed(
+        make, DEFAULT_SPEED_CONFIGS(keep_ratio, attn_keep_ratio), batch_size, (in_chans, img[0], img[1]),
+        int(model_kwargs.get("num_classes", 10)), device=device, rounds=rounds, steps_per_round=steps_per_round,
+        warmup_steps=warmup_steps, amp_dtype=amp_dtype, prune_layers=prune_layers,
+    )

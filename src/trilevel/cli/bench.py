@@ -1,0 +1,161 @@
+"""``trilevel bench speed`` and ``trilevel bench train``: the benchmarks of ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import tyro
+from typing_extensions import Annotated
+
+from ..options import BlockList, OptionalInt
+from ..training.config import AmpName, DeviceName, TrainConfig
+from .common import (
+    EXIT_FAILURE, EXIT_OK, EXIT_SIGTERM, flag_value, parse_options, split_common_flags, usage_error,
+)
+from .train import base_train_options
+
+__all__ = ["SpeedOptions", "BenchTrainOptions", "main"]
+
+logger = logging.getLogger("trilevel.cli")
+
+
+@dataclass
+class SpeedOptions:
+    """Options of ``trilevel bench speed`` (training-step throughput, dense timm vs the tri-level patch).
+
+    Attributes:
+        model: timm ViT name.
+        img_size: Input side in pixels; none: the model's.
+        patch_size: Patch side in pixels; none: the model's.
+        in_chans: Input channels; none: the model's.
+        embed_dim: Embedding width; none: the model's.
+        depth: Number of blocks; none: the model's.
+        num_heads: Attention heads; none: the model's.
+        num_classes: Classes of the random labels.
+        batch_size: Images per step.
+        keep_ratio: Token keep ratio of the pruned rows.
+        attn_keep_ratio: Attention keep ratio of the pruned rows.
+        prune_layers: Pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4.
+        rounds: Rounds of the alternation (the median is over rounds).
+        steps_per_round: Timed steps per configuration per round.
+        warmup_steps: Untimed steps per configuration before the first round.
+        device: Device.
+        amp: Mixed precision.
+        json: Print JSON instead of a table.
+    """
+
+    model: str = "vit_tiny_patch16_224"
+    img_size: OptionalInt = None
+    patch_size: OptionalInt = None
+    in_chans: OptionalInt = None
+    embed_dim: OptionalInt = None
+    depth: OptionalInt = None
+    num_heads: OptionalInt = None
+    num_classes: int = 10
+    batch_size: int = 128
+    keep_ratio: float = 0.7
+    attn_keep_ratio: float = 0.3
+    prune_layers: BlockList = None
+    rounds: int = 5
+    steps_per_round: int = 3
+    warmup_steps: int = 2
+    device: DeviceName = "auto"
+    amp: AmpName = "none"
+    json: bool = False
+
+
+@dataclass
+class BenchTrainOptions:
+    """Options of ``trilevel bench train`` (full runs of several configurations with one recipe).
+
+    Attributes:
+        configs: Comma-separated configurations (see trilevel.bench.TRAIN_PRESETS).
+        seeds: Comma-separated seeds: the whole bench once per seed (replaces --seed), then a table of means and paired gaps to dense; none: one run per configuration at --seed.
+        recipe: The training recipe every configuration shares (the flags of trilevel train).
+    """
+
+    configs: str = "dense,trilevel,dense-same-time"
+    seeds: Optional[str] = None
+    recipe: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
+
+
+def _check_positive(name: str, value: Optional[int]) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def _speed(argv: Sequence[str]) -> int:
+    from ..bench.speed import format_speed_table, speed_for_model
+
+    opts = parse_options(SpeedOptions, argv, "trilevel bench speed", "Training-step throughput, dense vs tri-level.")
+    kw = {"num_classes": opts.num_classes}
+    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+        value = getattr(opts, name)
+        _check_positive(name, value)
+        if value is not None:
+            kw[name] = value
+    for name in ("num_classes", "batch_size", "rounds", "steps_per_round"):
+        _check_positive(name, getattr(opts, name))
+    results = speed_for_model(
+        opts.model, kw, batch_size=opts.batch_size, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
+        prune_layers=opts.prune_layers, rounds=opts.rounds, steps_per_round=opts.steps_per_round,
+        warmup_steps=opts.warmup_steps, device=opts.device, amp=opts.amp,
+    )
+    print(format_speed_table(results, as_json=opts.json))
+    return EXIT_OK
+
+
+def _train(argv: Sequence[str]) -> int:
+    from ..bench.train import TRAIN_PRESETS, format_seeds_table, format_train_table, parse_seeds
+    from ..bench.train import run_train_bench, run_train_bench_seeds
+
+    common, rest = split_common_flags(argv)
+    base = TrainConfig.from_dict(base_train_options(common.config, flag_value(rest, "--resume")),
+                                 source=common.config or "the resumed checkpoint")
+    opts = parse_options(
+        BenchTrainOptions, rest, "trilevel bench train",
+        "Train each configuration with the same recipe (the train flags below) and print a table of val top-1, "
+        "training wall-clock, speedup and relative FLOPs. Configurations: " + ", ".join(TRAIN_PRESETS),
+        default=BenchTrainOptions(recipe=base),
+    )
+    configs = [c.strip() for c in opts.configs.split(",") if c.strip()]
+    seeds = parse_seeds(opts.seeds) if opts.seeds is not None else None
+    recipe = opts.recipe.to_dict()
+    out = recipe.get("output_dir") or time.strftime("runs/bench-%Y%m%d-%H%M%S")
+    if seeds is None:
+        print(format_train_table(run_train_bench(recipe, configs, out)))
+    else:
+        print(format_seeds_table(run_train_bench_seeds(recipe, configs, seeds, out)))
+    print(f"(tables and plot in {out})")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``trilevel bench speed|train ...``; returns the exit status (2 on bad input, 143 on SIGTERM)."""
+    from ..training import NonFiniteLossError, TrainingInterrupted
+
+    argv = list(argv)
+    usage = "usage: trilevel bench {speed,train} [options]  (trilevel bench speed --help, trilevel bench train --help)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return EXIT_OK if argv else usage_error("trilevel bench", "name what to benchmark: speed or train")
+    what, rest = argv[0], argv[1:]
+    if what not in ("speed", "train"):
+        return usage_error("trilevel bench", f"unknown benchmark {what!r}; choose speed or train")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _speed(rest) if what == "speed" else _train(rest)
+    except (ValueError, FileNotFoundError) as e:
+        return usage_error("trilevel bench", str(e))
+    except TrainingInterrupted as e:  # SIGTERM during a row: its checkpoint is saved, say where
+        print(f"trilevel bench: {e}", file=sys.stderr)
+        return EXIT_SIGTERM
+    except NonFiniteLossError as e:
+        print(f"trilevel bench: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+

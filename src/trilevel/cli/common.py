@@ -1,0 +1,121 @@
+"""What every ``trilevel`` command shares: exit codes, logging, ``-c FILE`` and tyro parsing.
+
+Each command's options are a dataclass; `tyro <https://brentyi.github.io/tyro/>`_ turns its
+fields into flags (hyphenated names, types, choices, defaults, help from the ``Attributes:``
+docstring). ``-c/--config FILE`` (a YAML file of the same option names) and ``-v/--verbose`` are
+read first: the file's values become the defaults that flags override.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "EXIT_SIGTERM",
+    "CommonFlags",
+    "split_common_flags",
+    "flag_value",
+    "setup_logging",
+    "parse_options",
+    "usage_error",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_SIGTERM = 128 + 15
+
+T = TypeVar("T")
+
+
+class CommonFlags:
+    """``-c/--config FILE`` and ``-v/--verbose``, read before the command's own flags.
+
+    Attributes:
+        config: The YAML option file, or None.
+        verbose: Debug logging.
+    """
+
+    def __init__(self, config: Optional[str] = None, verbose: bool = False) -> None:
+        self.config = config
+        self.verbose = verbose
+
+
+def split_common_flags(argv: Sequence[str]) -> Tuple[CommonFlags, List[str]]:
+    """Take ``-c/--config FILE`` and ``-v/--verbose`` out of ``argv``.
+
+    Returns:
+        The common flags and the remaining arguments (in order).
+
+    Raises:
+        ValueError: If ``-c/--config`` has no value.
+    """
+    flags = CommonFlags()
+    rest: List[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-c", "--config"):
+            if i + 1 >= len(args):
+                raise ValueError(f"{a} needs a YAML file")
+            flags.config = args[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            flags.config = a.split("=", 1)[1]
+        elif a in ("-v", "--verbose"):
+            flags.verbose = True
+        else:
+            rest.append(a)
+        i += 1
+    return flags, rest
+
+
+def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value given to ``--name`` in ``argv`` (``--name V`` or ``--name=V``; the last wins), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr: INFO on rank 0 (DEBUG with ``verbose``), WARNING on the other ranks."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    if rank != 0:
+        level = logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def parse_options(cls: Type[T], argv: Sequence[str], prog: str, description: str, default: Any = None) -> T:
+    """Parse ``argv`` into ``cls`` with tyro (exits 2 with a message on bad flags).
+
+    Args:
+        cls: The options dataclass.
+        argv: The command's arguments (common flags already removed).
+        prog: Program name for usage lines, e.g. ``trilevel train``.
+        description: Help text heading.
+        default: An instance whose values are the defaults (e.g. from ``-c FILE``).
+    """
+    import tyro
+
+    kwargs = {} if default is None else {"default": default}
+    return tyro.cli(cls, args=list(argv), prog=prog, description=description, **kwargs)
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print ``<prog>: error: <message>`` to stderr; returns :data:`EXIT_USAGE`."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

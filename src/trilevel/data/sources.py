@@ -1,0 +1,369 @@
+"""Dataset builders of :mod:`trilevel.data`: IDX (MNIST, Fashion-MNIST), CIFAR and ImageFolder.
+
+:func:`build_datasets` checks its arguments, loads the data of one source and wraps them with the
+transforms of :mod:`trilevel.data.transforms`. Sources:
+
+* Fashion-MNIST: Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for
+  Benchmarking Machine Learning Algorithms", arXiv:1708.07747, 2017, as installed by the Debian
+  package ``dataset-fashion-mnist``; MNIST-format IDX files in general (see
+  :mod:`trilevel.data.idx`).
+* CIFAR-10/100: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009, the
+  "python version" from https://www.cs.toronto.edu/~kriz/cifar.html, read with torchvision's
+  ``CIFAR10``/``CIFAR100``.
+* ImageFolder: torchvision's ``ImageFolder`` layout (one subfolder per class), normalised with
+  ImageNet's mean and std.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset, Subset
+
+from .datasets import CheckedImageFolder, DataInfo, DatasetNotFoundError, TensorImageDataset
+from .idx import load_idx, uint8_mean_std
+from .transforms import imagefolder_transforms, tensor_transforms
+
+__all__ = [
+    "ALLOWED_AUGS",
+    "ALLOWED_BAD_IMAGES",
+    "ALLOWED_NAMES",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "build_datasets",
+]
+
+# The package's name, as log lines were named before trilevel.data became a package.
+logger = logging.getLogger(__package__)
+
+ALLOWED_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+"""Dataset names accepted by :func:`build_datasets`."""
+
+ALLOWED_AUGS = ("light", "none", "deit")
+"""Training augmentations accepted by :func:`build_datasets`."""
+
+ALLOWED_BAD_IMAGES = ("fail", "skip")
+"""What :func:`build_datasets` does with unreadable ``"imagefolder"`` images (``bad_images``)."""
+
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files."""
+
+# Per-channel statistics of the CIFAR training sets (pixel values scaled to [0, 1]).
+_CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR_BASE_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+_DEFAULT_IMAGEFOLDER_SIZE = 224
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_choice(what: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def _check_positive_int(what: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _resolve_in_chans(name: str, native: int, in_chans: object) -> int:
+    if in_chans is None:
+        return native
+    allowed = (1, 3) if native == 1 else (native,)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans not in allowed:
+        raise ValueError(
+            f"in_chans={in_chans!r} is not supported for {name!r} ({native}-channel images); "
+            f"allowed: None (native) or {' or '.join(map(str, allowed))}"
+        )
+    return in_chans
+
+
+def _check_subset(train_subset: object, num_train: int) -> int | None:
+    if train_subset is None:
+        return None
+    if (
+        isinstance(train_subset, bool)
+        or not isinstance(train_subset, int)
+        or not 1 <= train_subset <= num_train
+    ):
+        raise ValueError(
+            f"train_subset must be None or an integer in [1, {num_train}] (the training set "
+            f"size), got {train_subset!r}"
+        )
+    return train_subset
+
+
+def _data_dir_or_raise(name: str, data_dir: str | os.PathLike | None, hint: str) -> Path:
+    if data_dir is None:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} has no default location; pass data_dir (--data-dir). {hint}"
+        )
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"data_dir {str(path)!r} for {name!r} is not a folder. {hint}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Builders per source
+
+
+def _warn_if_classes_missing(name: str, targets: torch.Tensor, num_classes: int) -> None:
+    present = int(torch.unique(targets).numel())
+    if present < num_classes:
+        logger.warning(
+            "%s training subset holds only %d of %d classes (the subset is the first examples "
+            "in the dataset's order)", name, present, num_classes,
+        )
+
+
+def _build_in_memory(
+    name: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    train_subset: int | None,
+    img_size: int | None,
+    aug: str,
+    in_chans: int | None,
+) -> tuple[Dataset, Dataset, DataInfo]:
+    native_chans, native_h, native_w = train_x.shape[1:]
+    if native_h != native_w:
+        raise ValueError(f"{name}: expected square images, got {native_h}x{native_w} pixels")
+    chans = _resolve_in_chans(name, native_chans, in_chans)
+    size = native_h if img_size is None else _check_positive_int("img_size", img_size)
+    if aug == "deit" and chans != 3:
+        raise ValueError(
+            f"aug='deit' needs 3-channel images but {name!r} gives in_chans={chans}; "
+            "pass in_chans=3 (grayscale is repeated) or use aug='light' or 'none'"
+        )
+    n = _check_subset(train_subset, len(train_x))
+    if n is not None:
+        # clone: a slice would keep (and pickle) the whole storage.
+        train_x, train_y = train_x[:n].clone(), train_y[:n].clone()
+        _warn_if_classes_missing(name, train_y, num_classes)
+    train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std)
+    train = TensorImageDataset(train_x, train_y, train_tf)
+    val = TensorImageDataset(val_x, val_y, val_tf)
+    out_mean = mean * 3 if chans != native_chans else mean
+    out_std = std * 3 if chans != native_chans else std
+    info = DataInfo(
+        num_classes=num_classes, in_chans=chans, img_size=size, mean=tuple(out_mean),
+        std=tuple(out_std), name=name, num_train=len(train), num_val=len(val),
+    )
+    return train, val, info
+
+
+def _build_idx(name: str, data_dir, **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
+    if name == "fashion-mnist":
+        hint = (
+            "Install it with `sudo apt-get install dataset-fashion-mnist` (files go to "
+            f"{DEFAULT_FASHION_MNIST_DIR}), or pass data_dir (--data-dir) pointing to a folder "
+            "with the four Fashion-MNIST IDX files."
+        )
+        if data_dir is None:
+            data_dir = DEFAULT_FASHION_MNIST_DIR
+        folder = _data_dir_or_raise(name, data_dir, hint)
+    else:
+        hint = (
+            "Pass data_dir (--data-dir) pointing to a folder with the four MNIST IDX files "
+            "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte, each optionally .gz)."
+        )
+        folder = _data_dir_or_raise(name, data_dir, hint)
+    train_x, train_y, val_x, val_y = load_idx(name, folder, hint)
+    max_label = int(max(train_y.max(), val_y.max()))
+    min_label = int(min(train_y.min(), val_y.min()))
+    if name == "fashion-mnist":
+        num_classes = 10
+        if min_label < 0 or max_label >= num_classes:
+            raise ValueError(
+                f"fashion-mnist labels in {str(folder)!r} span [{min_label}, {max_label}], "
+                f"expected [0, {num_classes - 1}]"
+            )
+    else:  # any IDX dataset: classes are 0..max label
+        num_classes = max_label + 1
+    mean, std = uint8_mean_std(train_x)  # of the full training set, before any subset
+    return _build_in_memory(
+        name, train_x, train_y, val_x, val_y, num_classes, (mean,), (std,), **kwargs
+    )
+
+
+def _build_cifar(name: str, data_dir, **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
+    base = _CIFAR_BASE_FOLDER[name]
+    hint = (
+        f"Pass data_dir (--data-dir) pointing to the folder that contains {base}/ (the "
+        "'python version' archive from https://www.cs.toronto.edu/~kriz/cifar.html, extracted); "
+        "nothing is downloaded at run time."
+    )
+    root = _data_dir_or_raise(name, data_dir, hint)
+    if root.name == base:  # accept the extracted folder itself too
+        root = root.parent
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        train_ds = cls(root=str(root), train=True, download=False)
+        val_ds = cls(root=str(root), train=False, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DatasetNotFoundError(
+            f"{name} not found or corrupted in {str(root / base)!r} ({exc}). {hint}"
+        ) from exc
+
+    def as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        return images, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    train_x, train_y = as_tensors(train_ds)
+    val_x, val_y = as_tensors(val_ds)
+    mean, std = _CIFAR_STATS[name]
+    return _build_in_memory(
+        name, train_x, train_y, val_x, val_y, len(train_ds.classes), mean, std, **kwargs
+    )
+
+
+def _build_imagefolder(
+    name: str,
+    data_dir,
+    train_subset: int | None,
+    img_size: int | None,
+    aug: str,
+    in_chans: int | None,
+    bad_images: str = "fail",
+) -> tuple[Dataset, Dataset, DataInfo]:
+    hint = (
+        "Pass data_dir (--data-dir) pointing to a folder with train/ and val/ subfolders, each "
+        "holding one subfolder of images per class (torchvision ImageFolder layout)."
+    )
+    root = _data_dir_or_raise(name, data_dir, hint)
+    chans = _resolve_in_chans(name, 3, in_chans)
+    size = _DEFAULT_IMAGEFOLDER_SIZE if img_size is None else img_size
+    train_tf, val_tf = imagefolder_transforms(size, aug)
+    datasets = []
+    for split, tf in (("train", train_tf), ("val", val_tf)):
+        folder = root / split
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"imagefolder: {str(folder)!r} is not a folder. {hint}")
+        try:
+            datasets.append(CheckedImageFolder(str(folder), transform=tf, bad_images=bad_images))
+        except FileNotFoundError as exc:  # no class folders / no images
+            raise DatasetNotFoundError(
+                f"imagefolder: no images found in {str(folder)!r} ({exc}). {hint}"
+            ) from exc
+    train_ds, val_ds = datasets
+    if train_ds.classes != val_ds.classes:
+        raise ValueError(
+            f"imagefolder: class folders differ between {str(root / 'train')!r} "
+            f"({train_ds.classes}) and {str(root / 'val')!r} ({val_ds.classes})"
+        )
+    num_classes = len(train_ds.classes)
+    n = _check_subset(train_subset, len(train_ds))
+    train: Dataset = train_ds
+    if n is not None:
+        train = Subset(train_ds, range(n))
+        _warn_if_classes_missing(name, torch.as_tensor(train_ds.targets[:n]), num_classes)
+    info = DataInfo(
+        num_classes=num_classes, in_chans=chans, img_size=size,
+        mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD), name=name,
+        num_train=len(train), num_val=len(val_ds),
+    )
+    return train, val_ds, info
+
+
+def build_datasets(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    train_subset: int | None = None,
+    img_size: int | None = None,
+    aug: str = "light",
+    in_chans: int | None = None,
+    bad_images: str = "fail",
+) -> tuple[Dataset, Dataset, DataInfo]:
+    """Builds the training and validation datasets of ``name`` with their transforms.
+
+    Items of both datasets are ``(image, target)``: ``image`` a ``float32`` tensor of shape
+    ``(in_chans, img_size, img_size)`` normalised with ``info.mean``/``info.std``, ``target`` an
+    ``int`` in ``[0, info.num_classes)``.
+
+    Training transforms by ``aug``:
+
+    * ``"light"`` (default, meant for small images): random crop with zero padding of
+      ``img_size // 7`` pixels (4 for 28 and 32) and a horizontal flip, then normalisation. For
+      ``"imagefolder"``: random-resized crop and horizontal flip.
+    * ``"none"``: the validation transform (no randomness).
+    * ``"deit"``: timm's DeiT pipeline (random-resized crop, RandAugment
+      ``rand-m9-mstd0.5-inc1``, random erasing with p=0.25); needs 3 channels, so pass
+      ``in_chans=3`` for grayscale data.
+
+    Validation transform: resize to ``img_size`` if it differs from the native size, then
+    normalise. For ``"imagefolder"``: resize the shorter side to ``img_size / 0.875`` and
+    centre-crop ``img_size`` (timm's evaluation transform).
+
+    Args:
+        name: One of :data:`ALLOWED_NAMES`.
+        data_dir: Folder with the data. Default: ``/usr/share/datasets/fashion-mnist`` for
+            ``"fashion-mnist"``; required for the others. IDX datasets: the four IDX files
+            (plain or ``.gz``; torchvision's ``<dir>/MNIST/raw`` or ``<dir>/FashionMNIST/raw``
+            layout works too). CIFAR: the folder holding ``cifar-10-batches-py/`` or
+            ``cifar-100-python/``. ``"imagefolder"``: a folder with ``train/`` and ``val/``
+            class-per-subfolder trees.
+        train_subset: Keep only the first ``train_subset`` training examples (deterministic;
+            in ``[1, training set size]``). ``None`` keeps all. The validation set is never cut.
+            For ``"imagefolder"`` the order is class by class, so a small subset may miss
+            classes (a warning is logged).
+        img_size: Side of the produced square images, in pixels. Default: native size (28 for
+            the IDX datasets, 32 for CIFAR), 224 for ``"imagefolder"``.
+        aug: Training augmentation, one of :data:`ALLOWED_AUGS`.
+        in_chans: Channels of the produced images. ``None`` keeps the native count; ``3`` for
+            grayscale data repeats the channel (for RGB models such as ``deit_tiny_patch16_224``).
+        bad_images: ``"imagefolder"`` only: an unreadable image file raises
+            :class:`UnreadableImageError` naming its path (``"fail"``), or is logged with its
+            path and dropped from its batch (``"skip"``; use :func:`skip_unreadable_collate`).
+
+    Returns:
+        ``(train, val, info)``: two picklable map-style datasets and their :class:`DataInfo`.
+        IDX and CIFAR data come as :class:`TensorImageDataset` (with a ``targets`` tensor);
+        ``"imagefolder"`` as torchvision ``ImageFolder`` (training set wrapped in a ``Subset``
+        when ``train_subset`` is given). The normalisation statistics are computed from the
+        full training images for IDX data and fixed (published) values otherwise (ImageNet's
+        for ``"imagefolder"``).
+
+    Raises:
+        ValueError: If ``name``, ``aug``, ``img_size``, ``in_chans`` or ``train_subset`` is not
+            allowed (the message names the value and the allowed ones), or if the files exist
+            but are malformed or inconsistent.
+        DatasetNotFoundError: If the data are not found (a ``FileNotFoundError``); the message
+            says where it looked and how to install or point to the data.
+    """
+    _check_choice("name", name, ALLOWED_NAMES)
+    _check_choice("aug", aug, ALLOWED_AUGS)
+    _check_choice("bad_images", bad_images, ALLOWED_BAD_IMAGES)
+    if img_size is not None:
+        _check_positive_int("img_size", img_size)
+    kwargs = dict(train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans)
+    if name in ("fashion-mnist", "mnist"):
+        train, val, info = _build_idx(name, data_dir, **kwargs)
+    elif name in ("cifar10", "cifar100"):
+        train, val, info = _build_cifar(name, data_dir, **kwargs)
+    else:
+        train, val, info = _build_imagefolder(name, data_dir, bad_images=bad_images, **kwargs)
+    logger.info(
+        "dataset %s: %d train / %d val examples, %d classes, images (%d, %d, %d), aug=%s",
+        info.name, info.num_train, info.num_val, info.num_classes, info.in_chans,
+        info.img_size, info.img_size, aug,
+    )
+    return train, val, info

@@ -1,0 +1,185 @@
+"""InfoBatch-style loss-based soft pruning behind the example-selector interface.
+
+A baseline for the example level of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
+Redundancy for Efficient Vision Transformer Training", AAAI 2023 (example-level sparsity), after Qin
+et al., "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic Data Pruning", ICLR 2024: each
+epoch, low-loss examples are dropped at random and the kept ones are up-weighted so that the
+expected gradient is unchanged; the final epochs train on the full data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .base import ExampleSelector
+from .validation import check_fraction, check_int
+
+__all__ = ["LossSelector"]
+
+
+class LossSelector(ExampleSelector):
+    """Loss-based soft pruning with rescaling, after InfoBatch (Qin et al., ICLR 2024).
+
+    At every new epoch (:meth:`set_epoch`) before ``anneal_start_epoch``: among the examples with a
+    recorded loss, those whose last recorded loss is below the mean of the recorded losses are each
+    dropped from the active set with probability ``prune_ratio`` (seeded generator); the kept low-loss
+    examples get weight ``1 / (1 - prune_ratio)``, all other examples weight 1. Examples without a
+    recorded loss are kept with weight 1. From ``anneal_start_epoch =
+    num_epochs - round(anneal_fraction * num_epochs)`` on, the full data set is used with weight 1.
+    The active set therefore changes size every epoch; :class:`ActiveSubsetSampler` re-reads it at
+    ``set_epoch``. Dropped examples keep their last loss (they are not presented).
+
+    Args:
+        num_examples: Size of the training set (``>= 1``).
+        prune_ratio: Probability of dropping a low-loss example, in ``[0, 1)`` (InfoBatch: 0.5).
+        num_epochs: Length of the run in epochs (``>= 1``); required, positional or keyword.
+        anneal_fraction: Final fraction of the epochs trained on the full data, in ``[0, 1)``
+            (InfoBatch: 0.125, i.e. ``delta = 0.875``).
+        seed: Seed of the selector's generator.
+
+    Attributes:
+        last_loss (torch.FloatTensor): ``(num_examples,)`` last recorded loss (NaN = none yet).
+        has_loss (torch.BoolTensor): ``(num_examples,)`` whether a loss was recorded.
+        weights (torch.FloatTensor): ``(num_examples,)`` loss weight of each example this epoch.
+        anneal_start_epoch (int): First epoch on the full data.
+
+    Raises:
+        ValueError: If ``num_examples < 1``, ``num_epochs`` is missing or ``< 1``, or ``prune_ratio``
+            or ``anneal_fraction`` is outside ``[0, 1)``.
+    """
+
+    needs_loss = True
+
+    def __init__(
+        self,
+        num_examples: int,
+        prune_ratio: float = 0.5,
+        num_epochs: int | None = None,
+        anneal_fraction: float = 0.125,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_examples, seed)
+        if num_epochs is None:
+            raise ValueError("num_epochs is required by LossSelector (an integer >= 1), got None")
+        self.num_epochs = check_int("num_epochs", num_epochs, 1)
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio)
+        self.anneal_fraction = check_fraction("anneal_fraction", anneal_fraction)
+        self.anneal_start_epoch = self.num_epochs - round(self.anneal_fraction * self.num_epochs)
+        n = self.num_examples
+        self.last_loss = torch.full((n,), float("nan"), dtype=torch.float32)
+        self.has_loss = torch.zeros(n, dtype=torch.bool)
+        self.weights = torch.ones(n, dtype=torch.float32)
+
+    def on_epoch(self, epoch: int) -> None:
+        """Draw this epoch's active set and weights, or use the full data from ``anneal_start_epoch`` on.
+
+        Hook of :meth:`set_epoch`.
+
+        Args:
+            epoch: The epoch about to start (``>= 0``).
+        """
+        n = self.num_examples
+        mask = torch.ones(n, dtype=torch.bool)
+        weights = torch.ones(n, dtype=torch.float32)
+        if epoch < self.anneal_start_epoch and bool(self.has_loss.any()):
+            recorded = self.last_loss[self.has_loss]
+            mean = recorded.to(torch.float64).mean().to(torch.float32)
+            low = torch.nonzero(self.has_loss & (self.last_loss < mean), as_tuple=False).flatten()
+            dropped = torch.rand(low.numel(), generator=self.generator) < self.prune_ratio
+            mask[low[dropped]] = False
+            weights[low[~dropped]] = 1.0 / (1.0 - self.prune_ratio)
+        self.weights.copy_(weights)
+        self.set_active_mask(mask)
+
+    def record(
+        self,
+        indices: torch.Tensor | Sequence[int],
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        loss: torch.Tensor | None = None,
+        tie_break: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Record per-example losses and return the reweighted mean loss to back-propagate.
+
+        Args:
+            indices: ``(B,)`` integer example indices.
+            logits: ``(B, K)`` model outputs (validated; not used for the choice).
+            targets: ``(B,)`` class indices or ``(B, K)`` soft targets (validated; not used).
+            loss: ``(B,)`` per-example loss (``reduction="none"``); required. Its detached value is
+                stored as the example's last loss (all-gathered across ranks when distributed).
+            tie_break: Optional ``(B,)``; accepted for interface compatibility, unused.
+
+        Returns:
+            ``(loss * weights[indices]).mean()``, a scalar with grad on ``loss``'s device (NaN for an
+            empty batch). Only the local batch enters it.
+
+        Raises:
+            ValueError: ``loss`` missing or not of shape ``(B,)``, and the checks of
+                :meth:`~trilevel.example_selection.ForgettingSelector.record`.
+            TypeError: A non-tensor argument.
+        """
+        return super().record(indices, logits, targets, loss, tie_break)
+
+    def observe(
+        self,
+        idx: torch.Tensor,
+        correct: torch.Tensor,
+        loss: torch.Tensor | None,
+        tie_break: torch.Tensor | None,
+    ) -> None:
+        """Store the gathered batch's losses as the examples' last losses (hook of :meth:`record`).
+
+        Args:
+            idx: ``(N,)`` int64 CPU indices, distinct.
+            correct: Unused.
+            loss: ``(N,)`` float32 CPU per-example loss (always given: :attr:`needs_loss` is True).
+            tie_break: Unused.
+        """
+        if idx.numel() == 0:
+            return
+        self.last_loss[idx] = loss
+        self.has_loss[idx] = True
+
+    def reweighted(
+        self,
+        idx: torch.Tensor,
+        indices: torch.Tensor | Sequence[int],
+        loss: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The local batch's loss weighted by this epoch's weights (the value :meth:`record` returns).
+
+        Args:
+            idx: Unused (the global indices).
+            indices: ``(B,)`` the local batch's indices.
+            loss: ``(B,)`` the local per-example loss, with grad.
+
+        Returns:
+            ``(loss * weights[indices]).mean()``, a scalar on ``loss``'s device.
+        """
+        local = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+        w = self.weights[local.detach().to("cpu", torch.int64)]
+        return (loss * w.to(device=loss.device, dtype=loss.dtype)).mean()
+
+    def config(self) -> dict[str, Any]:
+        """The settings that a loaded state must match.
+
+        Returns:
+            ``{"num_examples", "prune_ratio", "num_epochs", "anneal_start_epoch", "seed"}``.
+        """
+        return {
+            "num_examples": self.num_examples,
+            "prune_ratio": self.prune_ratio,
+            "num_epochs": self.num_epochs,
+            "anneal_start_epoch": self.anneal_start_epoch,
+            "seed": self.seed,
+        }
+
+    def stat_tensors(self) -> dict[str, torch.Tensor]:
+        """The live ``(num_examples,)`` statistics tensors, by attribute name.
+
+        Returns:
+            ``{"last_loss", "has_loss", "weights"}``.
+        """
+        return {"last_loss": self.last_loss, "has_loss": self.has_loss, "weights": self.weights}

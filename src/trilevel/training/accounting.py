@@ -1,0 +1,246 @@
+"""What the training loop counts: the run's progress and totals, one epoch's running sums, and the
+per-step flags read from the device.
+
+Host-device synchronisation: the loop reads one small flag tensor per step (is the loss finite,
+and, under DDP, did any rank receive SIGTERM), copied asynchronously into pinned memory and waited
+for only after the backward pass has been queued, so the device queue does not drain. Loss and
+accuracy are accumulated as device tensors and read once per log interval and per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .distributed import DistContext, all_reduce_sum
+
+__all__ = ["RunProgress", "EpochAccumulator", "StepFlags", "FlopMeter"]
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands and what it has consumed (saved in every checkpoint).
+
+    Attributes:
+        epoch: The next epoch to run (0-based); the number of epochs completed at an epoch boundary.
+        step_in_epoch: The next step inside ``epoch`` (0 at an epoch boundary).
+        global_step: Optimizer steps taken (skipped non-finite steps included).
+        train_seconds: Wall-clock of the training loops so far (seconds, summed over resumes;
+            evaluation and checkpoint writing excluded).
+        train_images: Training images consumed in completed epochs.
+        flops_sum: Forward FLOPs of the completed epochs' training steps (images x FLOPs per image).
+        skipped_steps: Steps skipped for a non-finite loss.
+        last_metrics: The metrics line of the last completed epoch.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    train_seconds: float = 0.0
+    train_images: int = 0
+    flops_sum: float = 0.0
+    skipped_steps: int = 0
+    last_metrics: Dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The fields as plain values."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Raises:
+            ValueError: If a field is missing.
+        """
+        for f in dataclasses.fields(self):
+            if f.name not in state:
+                raise ValueError(f"run progress state lacks {f.name!r}")
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.train_seconds = float(state["train_seconds"])
+        self.train_images = int(state["train_images"])
+        self.flops_sum = float(state["flops_sum"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.last_metrics = dict(state["last_metrics"] or {})
+
+
+@dataclass
+class EpochAccumulator:
+    """Running sums of one epoch (device tensors where they come from the device).
+
+    Attributes:
+        device: Where the loss and accuracy sums live.
+        loss_sum: Summed training loss (device tensor).
+        correct: Correct training predictions (device tensor).
+        images: Images consumed this epoch on this rank.
+        counted: Images whose loss and accuracy entered the sums (finite steps).
+        steps: Finite steps.
+        skipped: Skipped (non-finite) steps.
+        tokens_sum: Sum over steps of the mean tokens per block.
+        flops: Forward FLOPs of this epoch's steps on this rank.
+        seconds: Training wall-clock of this epoch (seconds).
+    """
+
+    device: torch.device
+    loss_sum: torch.Tensor = None  # type: ignore[assignment]
+    correct: torch.Tensor = None  # type: ignore[assignment]
+    images: int = 0
+    counted: int = 0
+    steps: int = 0
+    skipped: int = 0
+    tokens_sum: float = 0.0
+    flops: float = 0.0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def reduced(self, ctx: DistContext) -> Dict[str, float]:
+        """Global sums over ranks (one collective; syncs with the device)."""
+        t = torch.stack([
+            self.loss_sum, self.correct,
+            torch.tensor(float(self.images), dtype=torch.float64, device=self.device),
+            torch.tensor(float(self.counted), dtype=torch.float64, device=self.device),
+            torch.tensor(self.flops, dtype=torch.float64, device=self.device),
+            torch.tensor(float(self.skipped), dtype=torch.float64, device=self.device),
+        ])
+        all_reduce_sum(t, ctx)
+        loss_sum, correct, images, counted, flops, skipped = t.tolist()
+        return {"loss_sum": loss_sum, "correct": correct, "images": int(round(images)),
+                "counted": int(round(counted)), "flops": flops, "skipped": int(round(skipped))}
+
+    def state(self, ctx: DistContext) -> Dict[str, Any]:
+        """Plain-value state for a mid-epoch checkpoint (global sums; a collective under DDP)."""
+        r = self.reduced(ctx)
+        return {**r, "steps": self.steps, "tokens_sum": self.tokens_sum, "seconds": self.seconds}
+
+    def load(self, state: Mapping[str, Any], ctx: DistContext) -> None:
+        """Restore global sums on rank 0 (zeros elsewhere, so the next reduction is exact)."""
+        self.steps = int(state["steps"])
+        self.tokens_sum = float(state["tokens_sum"])
+        self.seconds = float(state["seconds"])
+        if ctx.is_main:
+            self.loss_sum.fill_(float(state["loss_sum"]))
+            self.correct.fill_(float(state["correct"]))
+            self.images = int(state["images"])
+            self.counted = int(state["counted"])
+            self.flops = float(state["flops"])
+            self.skipped = int(state["skipped"])
+
+
+class StepFlags:
+    """Per-step ``[loss not finite, stop requested]`` flags, read with one async host copy.
+
+    Under DDP the flags are summed over ranks so that every rank takes the same decision.
+
+    Args:
+        ctx: The process's distributed context.
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.device = ctx.device
+        self.cuda = self.device.type == "cuda"
+        self._host = torch.zeros(2, dtype=torch.float32, pin_memory=self.cuda)
+        self._event = torch.cuda.Event() if self.cuda else None
+        self._flags: Optional[torch.Tensor] = None
+
+    def launch(self, loss: torch.Tensor, stop_requested: bool) -> None:
+        """Queue the flags of this step (loss finiteness; this rank's stop request)."""
+        flags = torch.zeros(2, dtype=torch.float32, device=self.device)
+        flags[0] = (~torch.isfinite(loss.detach().float())).any().float()
+        if self.ctx.distributed:
+            flags[1].fill_(1.0 if stop_requested else 0.0)
+            dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        if self.cuda:
+            self._host.copy_(flags, non_blocking=True)
+            self._event.record()
+        else:
+            self._flags = flags
+
+    def read(self, stop_requested: bool) -> Tuple[bool, bool]:
+        """``(loss not finite, stop requested)``, agreed over ranks (waits for the device)."""
+        if self.cuda:
+            self._event.synchronize()
+            bad, stop = self._host.tolist()
+        else:
+            bad, stop = self._flags.tolist()
+        if not self.ctx.distributed:
+            stop = 1.0 if stop_requested else 0.0
+        return bad > 0, stop > 0
+
+
+class FlopMeter:
+    """Forward FLOPs per image and tokens per block of a run's model, at any keep ratio (cached).
+
+    Timm Vision Transformers are counted analytically (:func:`trilevel.forward_flops`, which also
+    counts timm's PatchDropout in training forwards); other models (a dense run of a CNN) once with
+    ``torch.utils.flop_counter``.
+
+    Args:
+        model: The run's model (patched or not), unwrapped.
+        patched: Whether the tri-level patch is applied (FLOPs then depend on the keep ratio).
+        in_chans: Input channels (for counting a non-ViT model).
+        img_size: Input side in pixels (likewise).
+        device: The model's device.
+
+    Attributes:
+        dense_flops (float): Forward FLOPs per image of the dense model at evaluation.
+        dense_tokens (float or None): Mean tokens per block of a dense training forward; None for
+            models without tokens.
+    """
+
+    def __init__(self, model: nn.Module, patched: bool, in_chans: int, img_size: int, device: torch.device) -> None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        from ..flops import forward_flops, tokens_per_block
+        from .factory import measured_flops
+
+        self.model = model
+        self.patched = patched
+        self._forward_flops = forward_flops
+        self._cache: Dict[Tuple[float, bool], float] = {}
+        if isinstance(model, VisionTransformer):
+            self.dense_flops = float(forward_flops(model, 1.0))
+            # a training forward of a stock model with timm's PatchDropout sees fewer patches
+            self._train_dense = float(forward_flops(model, 1.0, training=True))
+            counts = tokens_per_block(model, 1.0, training=True)
+            self.dense_tokens: Optional[float] = sum(m for _, m in counts) / len(counts)
+        else:
+            self.dense_flops = measured_flops(model, in_chans, img_size, device)
+            self._train_dense = self.dense_flops
+            self.dense_tokens = None
+
+    def per_image(self, keep_ratio: float, training: bool = False) -> float:
+        """Forward FLOPs per image at ``keep_ratio`` (the dense count for an unpatched model).
+
+        Args:
+            keep_ratio: Token keep ratio.
+            training: Count a training forward (timm's PatchDropout active, when configured).
+        """
+        if not self.patched:
+            return self._train_dense if training else self.dense_flops
+        f = self._cache.get((keep_ratio, training))
+        if f is None:
+            f = float(self._forward_flops(self.model, keep_ratio, training=training))
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[(keep_ratio, training)] = f
+        return f
+
+    def mean_tokens(self) -> Optional[float]:
+        """Mean tokens per block of the model's last forward (prefix tokens included); None: no tokens."""
+        if not self.patched:
+            return self.dense_tokens
+        from ..vit import get_trilevel_info
+
+        info = get_trilevel_info(self.model)
+        tpb = info.tokens_per_block if info is not None else None
+        return sum(tpb) / len(tpb) if tpb else self.dense_tokens

@@ -1,0 +1,381 @@
+"""The configuration of one training run: the one source of ``trilevel train``'s options.
+
+:class:`TrainConfig` extends :class:`trilevel.algorithm.TriLevelConfig` (the method's settings)
+with the training recipe (DeiT's, Touvron et al., ICML 2021, through timm), data, and runtime
+settings. Construction validates every field; the command line is generated from the fields
+(:mod:`trilevel.cli.train`), YAML files use the same names (hyphens or underscores), and the
+resolved configuration is written to the run folder and checked on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, get_args
+
+import yaml
+
+from ..algorithm import TriLevelConfig
+from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
+from ..options import (
+    OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
+    parse_fraction,
+)
+
+__all__ = [
+    "ALLOWED_AMP",
+    "ALLOWED_DATASETS",
+    "ALLOWED_DEVICES",
+    "ALLOWED_NONFINITE",
+    "RUNTIME_KEYS",
+    "TrainConfig",
+    "config_from_checkpoint",
+    "load_config_file",
+    "normalize_keys",
+    "check_resume",
+]
+
+DatasetName = Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
+AugName = Literal["light", "none", "deit"]
+AmpName = Literal["none", "bf16", "fp16"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+NonFiniteName = Literal["stop", "skip"]
+BadImagesName = Literal["fail", "skip"]
+
+ALLOWED_DATASETS: Tuple[str, ...] = get_args(DatasetName)
+ALLOWED_AMP: Tuple[str, ...] = get_args(AmpName)
+ALLOWED_DEVICES: Tuple[str, ...] = get_args(DeviceName)
+ALLOWED_NONFINITE: Tuple[str, ...] = get_args(NonFiniteName)
+if get_args(AugName) != tuple(ALLOWED_AUGS) or get_args(BadImagesName) != tuple(ALLOWED_BAD_IMAGES):
+    raise ImportError("trilevel.training.config is out of step with trilevel.data's allowed values")
+
+#: Configuration keys that may differ between a checkpoint and the run resuming it.
+RUNTIME_KEYS = frozenset(
+    {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
+     "bad_images", "eval_every"}
+)
+
+
+@dataclass
+class TrainConfig(TriLevelConfig):
+    """Every setting of one training run (the flags of ``trilevel train``, hyphens for underscores).
+
+    Construction validates every field and raises ``ValueError`` naming the option, the value and
+    what is allowed. Use :meth:`from_dict` for mappings from files (hyphenated keys accepted,
+    unknown keys rejected). The tri-level fields are those of
+    :class:`~trilevel.algorithm.TriLevelConfig`.
+
+    Attributes:
+        model: timm model name; tri-level training needs a timm VisionTransformer (vit_*, deit_*).
+        img_size: Input side in pixels; none: the dataset's native size.
+        patch_size: Patch side in pixels; none: the model's.
+        in_chans: Input channels; none: the dataset's (3 repeats a grayscale channel).
+        embed_dim: Embedding width; none: the model's.
+        depth: Number of blocks; none: the model's.
+        num_heads: Attention heads; none: the model's.
+        drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
+        patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023), in [0, 1); 0: off.
+        dataset: Dataset.
+        data_dir: Data folder; none: the dataset's default (Fashion-MNIST only).
+        train_subset: Train on the first N training examples only; none: all.
+        val_subset: Evaluate on the first N validation examples only; none: all.
+        aug: Training augmentation (light: random crop and flip; deit: timm's DeiT pipeline).
+        workers: DataLoader worker processes per rank (0: load in the main process).
+        epochs: Training epochs (>= 1).
+        batch_size: Batch size per process (global batch = batch size x world size).
+        lr: Peak learning rate, absolute (not scaled by the batch size).
+        min_lr: Final learning rate of the cosine schedule.
+        warmup_lr: Learning rate at the start of the linear warm-up (DeiT: 1e-6).
+        warmup_epochs: Linear LR warm-up in epochs (may be fractional), < epochs.
+        weight_decay: AdamW weight decay (DeiT: 0.05).
+        seed: Seed of model init, data order, augmentation and the example selector (the same on every rank).
+        device: Device: auto (CUDA when available), cpu or cuda.
+        smoothing: Label smoothing, in [0, 1) (DeiT: 0.1).
+        mixup: Mixup alpha (0: off; DeiT: 0.8).
+        cutmix: CutMix alpha (0: off; DeiT: 1.0).
+        clip_grad: Max gradient norm; none or 0: no clipping.
+        amp: Mixed precision: none, bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler).
+        ema_decay: EMA decay of the weights, in [0, 1); 0: no EMA.
+        dense: Baseline: stock timm model, no keep-ratio schedules, no example selector.
+        output_dir: Output folder; none: runs/<timestamp> (on resume: the checkpoint's folder).
+        resume: Checkpoint to resume from (its configuration is the base); none: start fresh.
+        stop_after_epoch: End this invocation after this (1-based) epoch, checkpoint saved, to resume later; none: run to the end.
+        nonfinite: On a NaN/inf loss: stop (save the last good state and fail) or skip the batch.
+        bad_images: imagefolder: on an unreadable image file, fail naming its path, or skip it.
+        log_interval: Steps between progress updates (the only per-step-range host reads).
+        eval_every: Epochs between validation passes (the last epoch of the run and of this invocation is always evaluated).
+    """
+
+    # model
+    model: str = "vit_tiny_patch16_224"
+    img_size: OptionalInt = None
+    patch_size: OptionalInt = None
+    in_chans: OptionalInt = None
+    embed_dim: OptionalInt = None
+    depth: OptionalInt = None
+    num_heads: OptionalInt = None
+    drop_path: float = 0.1
+    patch_drop: float = 0.0
+    # data
+    dataset: DatasetName = "fashion-mnist"
+    data_dir: Optional[str] = None
+    train_subset: OptionalInt = None
+    val_subset: OptionalInt = None
+    aug: AugName = "light"
+    workers: int = 2
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    seed: int = 0
+    device: DeviceName = "auto"
+    smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    clip_grad: OptionalFloat = None
+    amp: AmpName = "none"
+    ema_decay: float = 0.0
+    # the baseline switch
+    dense: bool = False
+    # output / runtime
+    output_dir: Optional[str] = None
+    resume: Optional[str] = None
+    stop_after_epoch: OptionalInt = None
+    nonfinite: NonFiniteName = "stop"
+    bad_images: BadImagesName = "fail"
+    log_interval: int = 50
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check and normalise every field in place (also run on construction).
+
+        Raises:
+            ValueError: Naming the first invalid option, its value and what is allowed.
+        """
+        inf = math.inf
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a timm model name, got {self.model!r}")
+        import timm
+
+        if not timm.is_model(self.model):
+            raise ValueError(
+                f"model {self.model!r} is not a timm model name; see timm.list_models('vit_*') "
+                f"(e.g. vit_tiny_patch16_224, deit_small_patch16_224)"
+            )
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            check_int(name, getattr(self, name), 1, optional=True)
+        self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True)
+        check_choice("dataset", self.dataset, ALLOWED_DATASETS)
+        if self.data_dir is not None:
+            if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
+                raise ValueError(f"data-dir must be a folder path, got {self.data_dir!r}")
+            self.data_dir = os.fspath(self.data_dir)
+        check_int("train_subset", self.train_subset, 1, optional=True)
+        check_int("val_subset", self.val_subset, 1, optional=True)
+        check_choice("aug", self.aug, ALLOWED_AUGS)
+        check_int("workers", self.workers, 0)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        self.lr = check_float("lr", self.lr, 0.0, inf, low_open=True, high_open=True)
+        self.min_lr = check_float("min_lr", self.min_lr, 0.0, inf, high_open=True)
+        self.warmup_lr = check_float("warmup_lr", self.warmup_lr, 0.0, inf, high_open=True)
+        self.warmup_epochs = check_float("warmup_epochs", self.warmup_epochs, 0.0, inf, high_open=True)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup-epochs ({self.warmup_epochs:g}) must be smaller than epochs ({self.epochs}); "
+                f"pass --warmup-epochs 0 (or a fraction of an epoch) for so short a run"
+            )
+        self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0, inf, high_open=True)
+        check_int("seed", self.seed, 0)
+        check_choice("device", self.device, ALLOWED_DEVICES)
+        self.smoothing = check_float("smoothing", self.smoothing, 0.0, 1.0, high_open=True)
+        self.mixup = check_float("mixup", self.mixup, 0.0, inf, high_open=True)
+        self.cutmix = check_float("cutmix", self.cutmix, 0.0, inf, high_open=True)
+        self.clip_grad = check_float("clip_grad", self.clip_grad, 0.0, inf, high_open=True, optional=True)
+        if self.clip_grad == 0.0:
+            self.clip_grad = None
+        check_choice("amp", self.amp, ALLOWED_AMP)
+        self.ema_decay = check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"batch-size must be even with mixup/cutmix (timm Mixup mixes pairs), got {self.batch_size}")
+        self.validate_trilevel()
+        check_bool("dense", self.dense)
+        for name in ("output_dir", "resume"):
+            setattr(self, name, check_path(name, getattr(self, name)))
+        check_int("stop_after_epoch", self.stop_after_epoch, 1, optional=True)
+        check_choice("nonfinite", self.nonfinite, ALLOWED_NONFINITE)
+        check_choice("bad_images", self.bad_images, ALLOWED_BAD_IMAGES)
+        check_int("log_interval", self.log_interval, 1)
+        check_int("eval_every", self.eval_every, 1)
+
+    # ------------------------------------------------------------------------------ conversions
+    @classmethod
+    def field_names(cls) -> List[str]:
+        """Names of all fields (underscored)."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build a config from a mapping whose keys are field names (hyphens or underscores).
+
+        Args:
+            mapping: Keys such as ``batch-size`` or ``batch_size``.
+            source: Where the mapping comes from, for error messages (e.g. a file name).
+
+        Raises:
+            ValueError: If a key is unknown (all unknown keys are named, with the allowed ones),
+                a key appears twice (hyphen and underscore spelling), or a value is invalid.
+        """
+        return cls(**normalize_keys(mapping, source))
+
+    @property
+    def tri_level(self) -> bool:
+        """Whether the model is patched (token/attention levels): ``not dense``."""
+        return not self.dense
+
+    @property
+    def effective_selector(self) -> str:
+        """The selector actually used (``none`` for a dense run)."""
+        return "none" if self.dense else self.selector
+
+    def eval_ratios(self) -> Tuple[float, float]:
+        """``(keep_ratio, attn_keep_ratio)`` for evaluation; ``(1.0, 1.0)`` for a dense run."""
+        return (1.0, 1.0) if self.dense else super().eval_ratios()
+
+    def to_dict(self) -> Dict[str, Any]:
+        """All fields as plain Python values (YAML/JSON/``torch.load(weights_only=True)`` safe)."""
+        d = dataclasses.asdict(self)
+        if d["prune_layers"] is not None:
+            d["prune_layers"] = list(d["prune_layers"])
+        return d
+
+
+def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[str, Any]:
+    """Turn hyphenated keys into :class:`TrainConfig` field names; reject unknown or duplicate keys.
+
+    Raises:
+        ValueError: Unknown keys (named, with the allowed keys) or a key given twice.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{source} must be a mapping of option names to values, got {type(mapping).__name__}")
+    names = set(TrainConfig.field_names())
+    out: Dict[str, Any] = {}
+    unknown = []
+    for key, value in mapping.items():
+        norm = str(key).replace("-", "_")
+        if norm not in names:
+            unknown.append(str(key))
+            continue
+        if norm in out:
+            raise ValueError(f"{source}: option {flag(norm)!r} is given twice")
+        out[norm] = value
+    if unknown:
+        allowed = ", ".join(sorted(flag(n) for n in names))
+        raise ValueError(f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys: {allowed}")
+    return out
+
+
+def _float_fields() -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type).lower()
+                     or "Fraction" in str(f.type))
+
+
+def load_config_file(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a YAML option file into a dict of :class:`TrainConfig` field names.
+
+    Args:
+        path: YAML file with a mapping of option names (flag names, hyphens or underscores) to
+            values. An empty file is an empty mapping.
+
+    Returns:
+        The options, keys normalised to field names; numbers written as strings (YAML 1.1 reads
+        ``1e-3`` as a string; fractions such as ``1/30``) converted for number options.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not valid YAML, not a mapping, or has unknown keys (all named).
+    """
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
+    options = normalize_keys(data, source=str(path))
+    floats = _float_fields()
+    for key, value in options.items():
+        if key in floats and isinstance(value, str):
+            try:
+                options[key] = parse_fraction(value)
+            except ValueError:
+                raise ValueError(f"{path}: {flag(key)} must be a number, got {value!r}") from None
+    return options
+
+
+def config_from_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """The configuration stored in a checkpoint written by :func:`trilevel.train`, as a dict.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        trilevel.checkpoint.CheckpointError: If it is not a readable checkpoint.
+        ValueError: If it holds no trilevel training configuration.
+    """
+    from ..checkpoint import load_checkpoint
+
+    return stored_config(load_checkpoint(path), path)
+
+
+def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
+    """The ``config`` entry of a loaded training checkpoint, as a new dict.
+
+    Raises:
+        ValueError: If the checkpoint holds no configuration.
+    """
+    config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{path} is not a trilevel training checkpoint (no 'config' entry)")
+    return dict(config)
+
+
+def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format: int) -> None:
+    """Check that ``config`` may resume the loaded training checkpoint ``ckpt``.
+
+    Only :data:`RUNTIME_KEYS` may differ between the two configurations.
+
+    Args:
+        config: The resuming run's configuration (``resume`` names the checkpoint).
+        ckpt: The loaded checkpoint.
+        checkpoint_format: The layout version this code writes and reads.
+
+    Raises:
+        ValueError: Naming every setting that differs, or an unsupported checkpoint layout.
+    """
+    stored = stored_config(ckpt, config.resume)
+    diffs = [
+        f"{flag(k)}: checkpoint {stored.get(k)!r}, now {v!r}"
+        for k, v in config.to_dict().items()
+        if k not in RUNTIME_KEYS and stored.get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume {config.resume}: the configuration differs from the checkpoint's in "
+            f"{'; '.join(diffs)} (only {', '.join(sorted(flag(k) for k in RUNTIME_KEYS))} may change)"
+        )
+    if ckpt.get("format") != checkpoint_format:
+        raise ValueError(
+            f"{config.resume}: training-checkpoint format {ckpt.get('format', ckpt.get('engine_format'))!r} "
+            f"cannot be resumed by this version (format {checkpoint_format}); it can still be evaluated"
+        )

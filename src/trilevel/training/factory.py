@@ -1,0 +1,126 @@
+"""Building a run's model (timm, patched for tri-level training) and counting its FLOPs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+
+__all__ = ["build_model", "build_criterion", "measured_flops"]
+
+
+def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+    """Create the timm model of ``config`` (random init) and, unless ``dense``, patch it.
+
+    Args:
+        config: The run configuration (model name, architecture overrides, drop-path,
+            tri-level settings).
+        num_classes: Classifier outputs.
+        in_chans: Input channels.
+        img_size: Input side in pixels.
+
+    Returns:
+        The model on the CPU; patched (:func:`trilevel.patch_vit`) with the *final* keep ratios
+        (training sets the scheduled ratios every iteration).
+
+    Raises:
+        ValueError: If ``img_size`` is not a multiple of the patch size, or tri-level training
+            is asked of a model that is not a timm ``VisionTransformer``, or timm rejects the
+            architecture overrides.
+    """
+    import timm
+
+    kwargs: Dict[str, Any] = dict(
+        pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+        drop_path_rate=config.drop_path,
+    )
+    for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+        value = getattr(config, name)
+        if value is not None:
+            kwargs[name] = value
+    if config.patch_drop > 0:
+        kwargs["patch_drop_rate"] = config.patch_drop
+    if config.embed_dim is not None and config.num_heads is not None and config.embed_dim % config.num_heads:
+        # timm would fail later with an opaque reshape error
+        raise ValueError(f"embed-dim ({config.embed_dim}) must be divisible by num-heads ({config.num_heads})")
+    try:
+        try:
+            model = timm.create_model(config.model, **kwargs)
+        except TypeError as e:
+            # Size-agnostic models (CNNs) take no img_size; fine for a dense run that did not set it.
+            if not (config.dense and config.img_size is None and "img_size" in str(e)):
+                raise
+            kwargs.pop("img_size")
+            model = timm.create_model(config.model, **kwargs)
+    except TypeError as e:
+        hint = "" if config.dense else (
+            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), use --dense for other models"
+        )
+        raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e}{hint}") from e
+    pe = getattr(model, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    if patch is not None:
+        ph, pw = patch if isinstance(patch, (tuple, list)) else (patch, patch)
+        if img_size % ph or img_size % pw:
+            divisors = [d for d in range(2, img_size + 1) if img_size % d == 0 and d <= 32]
+            raise ValueError(
+                f"img-size {img_size} is not a multiple of the patch size {ph}x{pw} of {config.model}; "
+                f"pass --patch-size one of {divisors} or --img-size a multiple of {ph}"
+            )
+    if config.tri_level:
+        from ..vit import patch_vit
+
+        try:
+            patch_vit(
+                model,
+                prune_layers=config.prune_layers,
+                keep_ratio=config.keep_ratio,
+                attn_keep_ratio=config.attn_keep_ratio,
+                fuse_inattentive=config.fuse_inattentive,
+            )
+        except TypeError as e:
+            raise ValueError(
+                f"model {config.model!r} cannot be trained tri-level ({e}); use a timm VisionTransformer "
+                f"(vit_*, deit_*) or --dense"
+            ) from e
+    return model
+
+
+def measured_flops(model: nn.Module, in_chans: int, img_size: int, device: torch.device) -> float:
+    """Forward FLOPs of one image counted by ``torch.utils.flop_counter`` (eval mode, no grad).
+
+    Used for dense runs of models that :func:`trilevel.forward_flops` does not model (e.g. CNNs).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_chans, img_size, img_size, device=device))
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def build_criterion(config: TrainConfig, num_classes: int) -> Tuple[Optional[Any], Callable]:
+    """The batch mixer and the loss of the recipe (DeiT's, through timm).
+
+    Returns:
+        ``(mixup, criterion)``: with ``mixup``/``cutmix`` > 0, timm's ``Mixup`` (label smoothing
+        folded into its soft targets) and ``SoftTargetCrossEntropy``; else None and
+        ``LabelSmoothingCrossEntropy`` (``smoothing`` > 0) or plain cross-entropy.
+    """
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
+                      num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if config.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=config.smoothing)
+    return None, nn.CrossEntropyLoss()

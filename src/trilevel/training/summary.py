@@ -1,0 +1,77 @@
+"""The summary of a run (``summary.json``): its result, cost and settings in one flat dict."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict
+
+from .distributed import all_gather_objects
+
+__all__ = ["run_summary"]
+
+
+def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
+    """The summary of a :class:`~trilevel.training.Trainer` after its last epoch (a collective under DDP).
+
+    Args:
+        trainer: The trainer (its configuration, progress, algorithm and data sizes are read).
+        finished: Whether the run reached its last epoch (False after ``stop_after_epoch``).
+
+    Returns:
+        ``val_top1`` (percent), ``train_seconds``, ``epochs``/``epochs_done``, ``train_images``,
+        ``relative_train_flops`` (the run's forward FLOPs over ``epochs x train-set size x dense
+        forward FLOPs``), the tri-level settings, the selector digest on every rank, and more.
+    """
+    cfg, ctx, p = trainer.cfg, trainer.ctx, trainer.progress
+    digest = trainer.algorithm.digest() if trainer.algorithm is not None else None
+    digests = all_gather_objects(digest, ctx)
+    if len(set(digests)) > 1:
+        logging.getLogger("trilevel.training").error("selector state differs between ranks: %s", digests)
+    m = p.last_metrics
+    epochs_done = int(m.get("epoch", 0))
+    kr_eval, akr_eval = trainer.eval_ratios
+    return {
+        "finished": finished,
+        "val_top1": m.get("val_top1"),
+        "val_top1_ema": m.get("val_top1_ema"),
+        "val_loss": m.get("val_loss"),
+        "train_loss": m.get("train_loss"),
+        "train_acc": m.get("train_acc"),
+        "train_seconds": p.train_seconds,
+        "epochs": cfg.epochs,
+        "epochs_done": epochs_done,
+        "train_images": p.train_images,
+        "relative_train_flops": p.flops_sum / (cfg.epochs * trainer.num_train * trainer.dense_flops),
+        "dense_gflops_per_image": trainer.dense_flops / 1e9,
+        "eval_gflops_per_image": trainer.flops_per_image(kr_eval) / 1e9,
+        "skipped_steps": p.skipped_steps,
+        "global_steps": p.global_step,
+        "model": cfg.model,
+        "params": sum(q.numel() for q in trainer.model_base.parameters()),
+        "dataset": cfg.dataset,
+        "num_train": trainer.num_train,
+        "num_val": len(trainer.val_ds),  # type: ignore[arg-type]
+        "dense": cfg.dense,
+        "keep_ratio": 1.0 if cfg.dense else cfg.keep_ratio,
+        "attn_keep_ratio": 1.0 if cfg.dense else cfg.attn_keep_ratio,
+        "prune_layers": None if cfg.dense else list(trainer.model_base.trilevel_prune_layers),
+        "ratio_warmup": cfg.ratio_warmup,
+        "ratio_decay_end": cfg.ratio_decay_end,
+        "fuse_inattentive": cfg.fuse_inattentive,
+        "eval_keep_ratio": kr_eval,
+        "eval_attn_keep_ratio": akr_eval,
+        "selector": cfg.effective_selector,
+        "example_remove": cfg.example_remove,
+        "example_swap": cfg.example_swap,
+        "example_update_every": cfg.example_update_every,
+        "example_max_updates": cfg.example_max_updates,
+        "active_examples": m.get("active_examples"),
+        "selector_digest": digest,
+        "selector_digest_per_rank": digests,
+        "world_size": ctx.world_size,
+        "global_batch_size": cfg.batch_size * ctx.world_size,
+        "device": str(trainer.device),
+        "amp": cfg.amp,
+        "output_dir": str(trainer.out),
+        "checkpoint": str(trainer.ckpt_path),
+    }

@@ -1,0 +1,577 @@
+"""The training loop of ``trilevel train``: tri-level (or dense) training of a timm model.
+
+:func:`train` runs one job from a :class:`~trilevel.training.TrainConfig` and returns its summary
+(Kong et al., "Peeling the Onion", AAAI 2023; DeiT's recipe, Touvron et al., ICML 2021, via timm).
+Unless ``dense``, the :class:`~trilevel.algorithm.TriLevel` algorithm patches the model and owns
+the keep-ratio schedules, the example selector and its sampler; the loop calls it at
+``on_epoch_start``, ``on_step`` (progress ``(epoch + i / iters_this_epoch) / epochs``, which also
+drives the per-iteration cosine LR with warm-up) and ``after_forward``. Under ``torchrun`` the
+model is wrapped in DDP, every rank seeds with the same ``seed``, the selector all-gathers its
+observations, evaluation is sharded, and only rank 0 writes (:class:`~trilevel.training.output.RunOutput`).
+Each stateful part (model, optimizer, LR scheduler, grad scaler, EMA, algorithm, run progress)
+contributes its own ``state_dict`` to the checkpoint, so a resumed run (after an epoch, or after
+SIGTERM mid-epoch) ends bit-identical to an uninterrupted one on CPU with ``workers=0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DistributedSampler, Sampler, Subset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .accounting import EpochAccumulator, FlopMeter, RunProgress, StepFlags
+from .config import TrainConfig, check_resume
+from .distributed import DistContext, agree, all_gather_objects, setup_distributed, shard
+from .evaluation import autocast, evaluate
+from .loaders import SkipSampler, make_loader
+from .output import RunOutput
+
+__all__ = ["CHECKPOINT_FORMAT", "NonFiniteLossError", "Trainer", "TrainingInterrupted", "train"]
+
+logger = logging.getLogger("trilevel.training")
+
+#: Layout version of the training checkpoint (the parts each state_dict'd under its own key).
+CHECKPOINT_FORMAT = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (``nonfinite="stop"``).
+
+    The message names the epoch and step; the last good state (before the bad step's update) has
+    been saved to the run's checkpoint.
+    """
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint; resume with ``resume=<checkpoint>``.
+
+    Attributes:
+        checkpoint: Path of the checkpoint written before stopping.
+    """
+
+    def __init__(self, message: str, checkpoint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class Trainer:
+    """One training run (see :func:`train`); ``run()`` does the work and returns the summary.
+
+    Args:
+        config: The run's configuration (``output_dir`` is resolved in place).
+        ctx: This process's distributed context.
+    """
+
+    def __init__(self, config: TrainConfig, ctx: DistContext) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self.device = ctx.device
+        self._stop_requested = False
+        self.progress = RunProgress()
+
+    # ------------------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import CosineLRScheduler
+        from timm.utils import ModelEmaV3
+
+        from ..algorithm import TriLevel
+        from ..data import build_datasets
+        from ..example_selection import IndexedDataset
+        from .factory import build_criterion, build_model
+
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp 'fp16' needs a CUDA device; use --amp bf16 or none on the CPU")
+        # Same seed on every rank (never seed + rank): identical init and augmentation streams.
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        self.train_ds, self.val_ds, self.info = build_datasets(
+            cfg.dataset, cfg.data_dir, train_subset=cfg.train_subset, img_size=cfg.img_size,
+            aug=cfg.aug, in_chans=cfg.in_chans, bad_images=cfg.bad_images,
+        )
+        self.num_train = len(self.train_ds)  # type: ignore[arg-type]
+        if cfg.val_subset is not None:
+            if cfg.val_subset > len(self.val_ds):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"val-subset {cfg.val_subset} is larger than the validation set ({len(self.val_ds)} examples)"  # type: ignore[arg-type]
+                )
+            self.val_ds = Subset(self.val_ds, range(cfg.val_subset))
+        model = build_model(cfg, self.info.num_classes, self.info.in_chans, self.info.img_size)
+        model.to(self.device)
+        self.model_base = model
+
+        self.meter = FlopMeter(model, patched=cfg.tri_level, in_chans=self.info.in_chans,
+                               img_size=self.info.img_size, device=self.device)
+        self.dense_flops = self.meter.dense_flops
+
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        if ctx.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        else:
+            self.model = model
+
+        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+
+        self.algorithm: Optional[TriLevel] = None
+        if cfg.tri_level:
+            self.algorithm = TriLevel(model, self.num_train, epochs=cfg.epochs, config=cfg, seed=cfg.seed,
+                                      num_replicas=ctx.world_size, rank=ctx.rank)
+        self.train_indexed = IndexedDataset(self.train_ds)
+        if self.algorithm is not None and self.algorithm.sampler is not None:
+            self.sampler = self.algorithm.sampler
+        else:
+            self.sampler = DistributedSampler(
+                self.train_indexed, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed
+            )
+        self.mixup, self.criterion = build_criterion(cfg, self.info.num_classes)
+        self.drop_last = self.mixup is not None  # Mixup needs even batches
+
+        # LR schedule in iterations of a nominal epoch (the first epoch's length); the LR is set
+        # from the run progress, so epochs of other lengths still cover their share.
+        self._start_epoch(0)
+        self.nominal_iters = self._iters(len(self.sampler))
+        if self.nominal_iters == 0:
+            raise ValueError(
+                f"batch-size {cfg.batch_size} is larger than the per-rank share of the training set "
+                f"({len(self.sampler)} examples); lower --batch-size"
+            )
+        self.total_updates = cfg.epochs * self.nominal_iters
+        self.lr_scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=self.total_updates, lr_min=cfg.min_lr,
+            warmup_t=int(round(cfg.warmup_epochs * self.nominal_iters)), warmup_lr_init=cfg.warmup_lr,
+            t_in_epochs=False,
+        )
+        self.eval_ratios = cfg.eval_ratios()
+        self.val_loader = make_loader(shard(self.val_ds, ctx), 2 * cfg.batch_size, cfg.workers, self.device,
+                                      cfg.seed, 0, ctx.rank)
+
+    def _start_epoch(self, epoch: int) -> None:
+        if self.algorithm is not None:
+            self.algorithm.on_epoch_start(epoch)
+        if self.sampler is not getattr(self.algorithm, "sampler", None):
+            self.sampler.set_epoch(epoch)
+
+    def _iters(self, n: int) -> int:
+        b = self.cfg.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def flops_per_image(self, keep_ratio: float, training: bool = False) -> float:
+        """Forward FLOPs per image at ``keep_ratio`` (cached; the dense count for a dense model).
+
+        Args:
+            keep_ratio: Token keep ratio.
+            training: Count a training forward (timm's PatchDropout active, when configured).
+        """
+        return self.meter.per_image(keep_ratio, training)
+
+    # ------------------------------------------------------------------------------ state
+    def _stateful(self) -> Dict[str, Any]:
+        """The parts that contribute their own ``state_dict`` to a checkpoint, by key."""
+        parts: Dict[str, Any] = {
+            "model": self.model_base, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
+            "scaler": self.scaler, "progress": self.progress,
+        }
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        if self.algorithm is not None:
+            parts["algorithm"] = self.algorithm
+        return parts
+
+    def _state(self, acc: Optional[EpochAccumulator]) -> Dict[str, Any]:
+        """Checkpoint content; a collective under DDP (every rank must call it)."""
+        from ..checkpoint import capture_rng_state
+
+        state = {name: part.state_dict() for name, part in self._stateful().items()}
+        state.update(
+            format=CHECKPOINT_FORMAT,
+            config=self.cfg.to_dict(),
+            data_info=dataclasses.asdict(self.info),
+            rng=all_gather_objects(capture_rng_state(), self.ctx),
+            world_size=self.ctx.world_size,
+            selector_digest=self.algorithm.digest() if self.algorithm is not None else None,
+            epoch_acc=acc.state(self.ctx) if acc is not None else None,
+        )
+        return state
+
+    def _save(self, next_epoch: int, next_step: int, acc: Optional[EpochAccumulator] = None) -> None:
+        from ..checkpoint import save_checkpoint
+
+        self.progress.epoch, self.progress.step_in_epoch = int(next_epoch), int(next_step)
+        state = self._state(acc)
+        if self.ctx.is_main:
+            save_checkpoint(state, self.ckpt_path)
+        if self.ctx.distributed:
+            dist.barrier()
+
+    def _load(self, ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+        from ..checkpoint import restore_rng_state
+
+        for name, part in self._stateful().items():
+            if ckpt.get(name) is None:
+                raise ValueError(f"{self.cfg.resume}: the checkpoint lacks the {name!r} state")
+            part.load_state_dict(ckpt[name])
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.ctx.world_size:
+            logger.warning(
+                "resuming a run saved with world size %d on world size %d: the data split per rank "
+                "differs, so the run is not an exact continuation", saved_world, self.ctx.world_size,
+            )
+        rng = ckpt["rng"]
+        restore_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
+        if self.algorithm is not None and ckpt.get("selector_digest") != self.algorithm.digest():
+            raise ValueError(f"{self.cfg.resume}: the restored selector does not match its saved digest")
+        return ckpt.get("epoch_acc")
+
+    # ------------------------------------------------------------------------------ signals
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ANN001
+        if not self._stop_requested:
+            self._stop_requested = True
+            logger.warning("SIGTERM received: finishing the current step, then saving a checkpoint and exiting")
+
+    # ------------------------------------------------------------------------------ the run
+    def run(self) -> Dict[str, Any]:
+        """Train (or resume) to the end or to ``stop_after_epoch``; returns the summary.
+
+        Raises:
+            ValueError, FileNotFoundError, NonFiniteLossError, TrainingInterrupted: See :func:`train`.
+        """
+        from ..checkpoint import load_checkpoint
+
+        cfg = self.cfg
+        ckpt = None
+        if cfg.resume is not None:
+            ckpt = load_checkpoint(cfg.resume)
+            check_resume(cfg, ckpt, CHECKPOINT_FORMAT)
+        self.output = RunOutput(cfg, self.ctx)
+        self.out, self.ckpt_path = self.output.folder, self.output.checkpoint
+        self.output.open()
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._run(ckpt)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            self.output.close()
+
+    def _run(self, ckpt: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        logger.info(
+            "trilevel train: %s on %s, world size %d, device %s, output %s%s",
+            cfg.model, cfg.dataset, ctx.world_size, self.device, self.out,
+            f", resuming {cfg.resume}" if cfg.resume else "",
+        )
+        self._build()
+        acc_state = None
+        if ckpt is not None:
+            acc_state = self._load(ckpt)
+            logger.info("resumed from %s at epoch %d, step %d", cfg.resume, self.progress.epoch + 1,
+                        self.progress.step_in_epoch)
+        start_epoch, start_step = self.progress.epoch, self.progress.step_in_epoch
+        n_params = sum(p.numel() for p in self.model_base.parameters())
+        logger.info(
+            "model %s: %.2fM parameters, %.3f GFLOPs/image dense; %s; selector %s; %d train / %d val images; "
+            "global batch %d; %d iterations in the first epoch",
+            cfg.model, n_params / 1e6, self.dense_flops / 1e9,
+            "dense" if cfg.dense else f"tri-level keep {cfg.keep_ratio:g} attn-keep {cfg.attn_keep_ratio:g} "
+            f"blocks {list(self.model_base.trilevel_prune_layers)}",
+            cfg.effective_selector, self.num_train, len(self.val_ds),  # type: ignore[arg-type]
+            cfg.batch_size * ctx.world_size, self.nominal_iters,
+        )
+
+        finished = True
+        for epoch in range(start_epoch, cfg.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            metrics = self._train_epoch(epoch, skip, acc_state)
+            acc_state = None
+            self.progress.last_metrics = metrics
+            self._save(epoch + 1, 0)
+            self.output.append_metrics(metrics)
+            stop = agree(self._stop_requested, ctx)
+            if stop and epoch + 1 < cfg.epochs:
+                msg = (f"stopped by SIGTERM after epoch {epoch + 1}/{cfg.epochs}; checkpoint saved to "
+                       f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
+                logger.warning(msg)
+                raise TrainingInterrupted(msg, str(self.ckpt_path))
+            if epoch + 1 < cfg.epochs and self._last_epoch_of_invocation(epoch):
+                logger.info(
+                    "stopping after epoch %d as requested (stop-after-epoch); resume with --resume %s",
+                    epoch + 1, self.ckpt_path,
+                )
+                finished = False
+                break
+        return self._write_summary(finished)
+
+    def _last_epoch_of_invocation(self, epoch: int) -> bool:
+        """Whether this invocation ends after 0-based ``epoch`` (end of run or ``stop_after_epoch``)."""
+        stop_after = self.cfg.stop_after_epoch
+        return epoch + 1 >= self.cfg.epochs or (stop_after is not None and epoch + 1 >= stop_after)
+
+    def _train_epoch(self, epoch: int, skip: int, acc_state: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self._start_epoch(epoch)
+        iters = self._iters(len(self.sampler))
+        sampler: Sampler = self.sampler if skip == 0 else SkipSampler(self.sampler, skip * cfg.batch_size)
+        loader = make_loader(self.train_indexed, cfg.batch_size, cfg.workers, self.device, cfg.seed, epoch,
+                             ctx.rank, sampler=sampler, drop_last=self.drop_last)
+        acc = EpochAccumulator(self.device)
+        if acc_state is not None:
+            acc.load(acc_state, ctx)
+        flags = StepFlags(ctx)
+        self.model.train()
+        bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                   disable=not ctx.is_main, leave=False, dynamic_ncols=True)
+        kr = akr = 1.0
+        lr = self.optimizer.param_groups[0]["lr"]
+        redirect = logging_redirect_tqdm() if ctx.is_main else nullcontext()
+        seconds_before = acc.seconds
+        t0 = time.perf_counter()
+        try:
+            with redirect:
+                for i, (images, targets, indices) in enumerate(loader, start=skip):
+                    progress = (epoch + i / iters) / cfg.epochs
+                    if self.algorithm is not None:
+                        kr, akr = self.algorithm.on_step(progress)
+                    self.lr_scheduler.step_update(num_updates=progress * self.total_updates)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    batch = int(images.shape[0])
+                    bad, stop = self._step(images, targets, indices, flags, acc)
+                    if bad:
+                        if cfg.nonfinite == "stop":
+                            self._stop_nonfinite(epoch, i, acc)
+                        acc.skipped += 1
+                        self.progress.skipped_steps += 1
+                        logger.warning("non-finite loss at epoch %d, step %d: batch skipped (nonfinite=skip)",
+                                       epoch + 1, i + 1)
+                    self.progress.global_step += 1
+                    acc.images += batch
+                    acc.flops += batch * self.flops_per_image(kr, training=True)
+                    tokens = self.meter.mean_tokens()
+                    acc.tokens_sum += tokens if tokens is not None else float("nan")
+                    done = i + 1
+                    if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):
+                        # One host read per log interval (rank 0's running loss; the epoch line is global).
+                        elapsed = seconds_before + time.perf_counter() - t0
+                        loss_now = acc.loss_sum.item() / max(1, acc.counted)
+                        rate = acc.images * ctx.world_size / max(elapsed, 1e-9)
+                        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
+                        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s",
+                                     epoch + 1, done, iters, loss_now, lr, rate)
+                    bar.update(1)
+                    if stop or (not ctx.distributed and self._stop_requested):
+                        acc.seconds = seconds_before + self._elapsed(t0)
+                        self._interrupt(epoch, done, iters, acc)
+                acc.seconds = seconds_before + self._elapsed(t0)
+        finally:
+            bar.close()
+        return self._end_epoch(epoch, acc, kr, akr, lr)
+
+    def _end_epoch(self, epoch: int, acc: EpochAccumulator, kr: float, akr: float, lr: float) -> Dict[str, Any]:
+        """Fold the epoch into the run totals, validate if due, log; returns the metrics line."""
+        cfg = self.cfg
+        totals = acc.reduced(self.ctx)
+        # The checkpoint's run totals exclude a partial epoch (its sums travel in epoch_acc).
+        self.progress.train_seconds += acc.seconds
+        epoch_images = totals["images"]
+        self.progress.train_images += epoch_images
+        self.progress.flops_sum += totals["flops"]
+        counted = max(1, totals["counted"])
+        ratios = self.eval_ratios if self.algorithm is not None else (None, None)
+        if self._last_epoch_of_invocation(epoch) or (epoch + 1) % cfg.eval_every == 0:
+            val = evaluate(self.model, self.val_loader, self.device, cfg.amp, *ratios)
+        else:
+            val = {"top1": None, "loss": None, "images": None}
+        metrics: Dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": totals["loss_sum"] / counted,
+            "train_acc": 100.0 * totals["correct"] / counted,
+            "val_top1": val["top1"],
+            "val_loss": val["loss"],
+            "val_images": val["images"],
+        }
+        if self.ema is not None and val["top1"] is not None:
+            metrics["val_top1_ema"] = evaluate(self.ema.module, self.val_loader, self.device, cfg.amp, *ratios)["top1"]
+        num_active = self.algorithm.num_active if self.algorithm is not None else None
+        metrics.update(
+            epoch_seconds=acc.seconds,
+            train_images=epoch_images,
+            train_images_per_s=epoch_images / max(acc.seconds, 1e-9),
+            active_examples=num_active if num_active is not None else self.num_train,
+            mean_tokens_per_block=(acc.tokens_sum / max(1, acc.steps + acc.skipped)
+                                   if self.meter.dense_tokens is not None else None),
+            keep_ratio=kr,
+            attn_keep_ratio=akr,
+            lr=lr,
+            skipped_steps=totals["skipped"],
+            relative_flops_so_far=self.progress.flops_sum / ((epoch + 1) * self.num_train * self.dense_flops),
+        )
+        logger.info(
+            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %s%s | %.1f s, %.0f img/s | active %d/%d | "
+            "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
+            epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"],
+            "n/a" if metrics["val_top1"] is None else f"{metrics['val_top1']:.2f}%",
+            f" (EMA {metrics['val_top1_ema']:.2f}%)" if "val_top1_ema" in metrics else "",
+            acc.seconds, metrics["train_images_per_s"], metrics["active_examples"], self.num_train,
+            "n/a" if metrics["mean_tokens_per_block"] is None else f"{metrics['mean_tokens_per_block']:.1f}",
+            kr, akr, lr,
+        )
+        return metrics
+
+    def _step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        indices: torch.Tensor,
+        flags: StepFlags,
+        acc: EpochAccumulator,
+    ) -> tuple:
+        """Forward, loss, backward and update on one batch.
+
+        Returns:
+            ``(loss not finite, stop requested)``, agreed over ranks. A batch whose loss is not
+            finite changes nothing: no update, not recorded by the selector, not counted.
+        """
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        loss_targets = targets
+        if self.mixup is not None:
+            images, loss_targets = self.mixup(images, targets)  # soft (B, K) targets
+        with autocast(self.device, cfg.amp):
+            logits = self.model(images)
+        logits = logits.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.algorithm is not None and self.algorithm.reweights_loss:
+            # The algorithm weights the per-example losses (InfoBatch): check them before recording.
+            per_example = F.cross_entropy(
+                logits, loss_targets, reduction="none",
+                label_smoothing=0.0 if self.mixup is not None else cfg.smoothing,
+            )
+            flags.launch(per_example, self._stop_requested)
+            bad, stop = flags.read(self._stop_requested)
+            weights = None if bad else self.algorithm.after_forward(
+                indices, logits.detach(), loss_targets, per_example.detach())
+            loss = per_example.mean() if weights is None else (per_example * weights).mean()
+            loss_sum = per_example.detach().sum()
+            self.scaler.scale(loss).backward()  # also for a bad batch: DDP expects every backward
+        else:
+            loss = self.criterion(logits, loss_targets)
+            loss_sum = loss.detach() * images.shape[0]
+            flags.launch(loss, self._stop_requested)
+            self.scaler.scale(loss).backward()  # queued before the flag wait: the device stays busy
+            bad, stop = flags.read(self._stop_requested)
+            if not bad and self.algorithm is not None:
+                self.algorithm.after_forward(indices, logits.detach(), loss_targets)
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return True, stop
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model_base.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model_base, step=self.progress.global_step)
+        with torch.no_grad():
+            # Accuracy against the hard label, or the dominant class of a mixed target.
+            label = loss_targets.argmax(dim=1) if loss_targets.dim() == 2 else loss_targets
+            acc.correct += (logits.detach().argmax(dim=1) == label).sum()
+            acc.loss_sum += loss_sum.double()
+        acc.steps += 1
+        acc.counted += int(images.shape[0])
+        return False, stop
+
+    def _elapsed(self, t0: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per epoch (or at a stop): honest timing
+        return time.perf_counter() - t0
+
+    def _interrupt(self, epoch: int, done: int, iters: int, acc: EpochAccumulator) -> None:
+        self._save(epoch, done, acc)
+        msg = (f"stopped by SIGTERM at epoch {epoch + 1}, step {done}/{iters}; checkpoint saved to "
+               f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
+        logger.warning(msg)
+        raise TrainingInterrupted(msg, str(self.ckpt_path))
+
+    def _stop_nonfinite(self, epoch: int, step: int, acc: EpochAccumulator) -> None:
+        # Parameters and optimizer are untouched by the bad step: this is the last good state.
+        # (The checkpoint resumes at this batch.)
+        self._save(epoch, step, acc)
+        msg = (
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {self.progress.global_step + 1}); "
+            f"the last good state was saved to {self.ckpt_path}. Lower --lr, set --clip-grad, or pass "
+            f"--nonfinite skip to skip such batches"
+        )
+        logger.error(msg)
+        raise NonFiniteLossError(msg)
+
+    def _write_summary(self, finished: bool) -> Dict[str, Any]:
+        from .summary import run_summary
+
+        summary = run_summary(self, finished)
+        self.output.write_summary(summary)
+        if self.ctx.is_main:
+            logger.info(
+                "%s: val top-1 %.2f%% after %d/%d epochs, %.1f s of training, %d training images, "
+                "relative training FLOPs %.3f, world size %d, selector digest %s",
+                "done" if finished else "paused",
+                float("nan") if summary["val_top1"] is None else summary["val_top1"], summary["epochs_done"],
+                self.cfg.epochs, self.progress.train_seconds, self.progress.train_images,
+                summary["relative_train_flops"], self.ctx.world_size, summary["selector_digest"],
+            )
+        return summary
+
+
+def train(config: TrainConfig | Mapping[str, Any]) -> Dict[str, Any]:
+    """Run one training job; returns the summary (also written to ``<output_dir>/summary.json``).
+
+    Launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment) it initialises the process
+    group itself (and destroys it at the end); inside an already initialised group it uses that.
+
+    Args:
+        config: A :class:`~trilevel.training.TrainConfig`, or a mapping of its fields (hyphens or
+            underscores).
+
+    Returns:
+        The summary dict: ``val_top1`` (percent), ``train_seconds`` (training loops only, summed
+        over resumes), ``epochs``, ``train_images``, ``relative_train_flops`` (sum over steps of
+        images x forward FLOPs at that step's keep ratio, over ``epochs x train-set size x dense
+        forward FLOPs``), the tri-level settings, ``world_size``, ``selector_digest`` (and one per
+        rank), ``finished`` (False after ``stop_after_epoch``), and more.
+
+    Raises:
+        ValueError: An invalid setting (named), a resume configuration that does not match the
+            checkpoint, or a corrupt checkpoint (``CheckpointError``).
+        FileNotFoundError: Missing data (``DatasetNotFoundError``) or checkpoint.
+        NonFiniteLossError: The loss became NaN/inf with ``nonfinite="stop"`` (state saved).
+        TrainingInterrupted: SIGTERM was received (checkpoint saved).
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg = dataclasses.replace(cfg)  # a copy: output_dir gets resolved
+    ctx = setup_distributed(cfg.device)
+    try:
+        return Trainer(cfg, ctx).run()
+    finally:
+        ctx.close()

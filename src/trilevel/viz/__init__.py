@@ -1,0 +1,39 @@
+"""Pictures of what the three levels remove, and plots of a training run.
+
+* :func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
+  of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
+  at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``.
+  :func:`trace_pruning` and :func:`stage_survival_masks` compute the drawn masks (no plotting).
+* :func:`report_run` turns a run folder's ``metrics.jsonl`` (and the example selector's state in
+  its ``checkpoint.pt``) into PNG plots next to it.
+* :func:`plot_accuracy_vs_time` plots validation top-1 against training time for a benchmark.
+
+This package is a library only; the ``trilevel visualize`` and ``trilevel report`` commands are
+in :mod:`trilevel.cli`.
+
+Plotting uses matplotlib's Agg renderer through an explicit ``FigureCanvasAgg`` on each
+``Figure``: nothing is imported from matplotlib until a plotting function runs, pyplot is never
+used, and the process-wide backend is left untouched, so these functions are safe in headless
+jobs, in threads and inside notebooks alike.
+
+The method visualised is that of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
+Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [CLS]-attention top-k
+pruning; attention level: per-query top-k connection masks; example level: forgetting events).
+"""
+
+from .plots import plot_accuracy_vs_time
+from .pruning import visualize_checkpoint, visualize_pruning
+from .report import REPORT_FILES, read_metrics, report_run
+from .trace import PruningTrace, stage_survival_masks, trace_pruning
+
+__all__ = [
+    "PruningTrace",
+    "stage_survival_masks",
+    "trace_pruning",
+    "visualize_pruning",
+    "visualize_checkpoint",
+    "read_metrics",
+    "report_run",
+    "REPORT_FILES",
+    "plot_accuracy_vs_time",
+]

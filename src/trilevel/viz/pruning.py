@@ -1,0 +1,258 @@
+"""Pictures of which patch tokens and attention connections a patched ViT keeps.
+
+:func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
+of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
+at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``. The
+masks come from :func:`trilevel.viz.trace.trace_pruning`.
+
+The method drawn is that of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
+Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [CLS]-attention
+top-k pruning; attention level: per-query top-k connection masks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .figures import PathLike, check_png_path, new_figure, save_figure
+from .trace import trace_pruning
+
+__all__ = ["visualize_pruning", "visualize_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+# Display of a dropped patch: 20% of the image over 80% of a grey-blue tint (a tint, not a grey,
+# so that both black and white dropped patches stand out from the kept grayscale ones).
+_DIM_ALPHA = 0.2
+_DIM_COLOR = np.array([0.45, 0.55, 0.75])
+# Display of a patch kept at the last stage that the query may not attend to.
+_HALF_ALPHA = 0.5
+_QUERY_COLOR = "red"
+_ATTEND_COLOR = "gold"
+
+
+def _channel_stats(value: Any, name: str, chans: int) -> np.ndarray:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number or one value per channel, got {value!r}")
+    if isinstance(value, (int, float)):
+        arr = np.full(chans, float(value))
+    else:
+        try:
+            arr = np.asarray([float(v) for v in value], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number or one value per channel, got {value!r}") from None
+        if arr.size == 1:
+            arr = np.full(chans, arr[0])
+        if arr.size != chans:
+            raise ValueError(f"{name} has {arr.size} values, the images have {chans} channels")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if name == "std" and np.any(arr <= 0):
+        raise ValueError(f"std must be positive, got {value!r}")
+    return arr
+
+
+def _to_display(images: torch.Tensor, mean: Any, std: Any) -> np.ndarray:
+    """Undo the normalisation: ``(K, H, W, 3)`` floats in [0, 1] (grayscale repeated)."""
+    K, C, H, W = images.shape
+    m = _channel_stats(mean, "mean", C)
+    s = _channel_stats(std, "std", C)
+    x = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * s + m
+    x = np.clip(x, 0.0, 1.0)
+    if C == 1:
+        x = np.repeat(x, 3, axis=-1)
+    elif C != 3:
+        x = x.mean(axis=-1, keepdims=True).repeat(3, axis=-1)  # no natural colours: show the mean
+    return x
+
+
+def _upsample(grid_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    gh, gw = grid_mask.shape
+    H, W = shape
+    rows = np.minimum(np.arange(H) * gh // H, gh - 1)
+    cols = np.minimum(np.arange(W) * gw // W, gw - 1)
+    return grid_mask[rows][:, cols]
+
+
+def _dim(img: np.ndarray, keep: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend the pixels outside ``keep`` (pixel mask) towards the dim tint, leaving ``alpha`` of them."""
+    dimmed = alpha * img + (1.0 - alpha) * _DIM_COLOR
+    return np.where(keep[..., None], img, dimmed)
+
+
+def _patch_rect(ax, index: int, grid: tuple[int, int], shape: tuple[int, int], **kwargs):
+    from matplotlib.patches import Rectangle
+
+    gh, gw = grid
+    H, W = shape
+    r, c = divmod(index, gw)
+    ph, pw = H / gh, W / gw
+    ax.add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, **kwargs))
+
+
+def visualize_pruning(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: Union[float, Sequence[float]],
+    std: Union[float, Sequence[float]],
+    output_path: PathLike,
+    query_patch: Optional[int] = None,
+    row_labels: Optional[Sequence[str]] = None,
+) -> Path:
+    """Draw which patch tokens and attention connections a patched ViT keeps, as a PNG grid.
+
+    One row per image. Columns: the image; one column per pruning stage (block index in the
+    title) where the patches dropped by that stage or earlier are dimmed (20% of the image over a
+    grey-blue tint); a last column with the connections of one query patch after the last pruning
+    block: the query outlined in red, the kept patches it may attend to shown in full with gold
+    outlines, kept patches it may not attend to half-dimmed, pruned patches dimmed.
+
+    The default query (``query_patch=None``) is, per image, the kept patch with the highest
+    [CLS] attention in the last pruning block. See :func:`trace_pruning` for how the masks are
+    obtained.
+
+    Args:
+        model: A model patched by :func:`trilevel.vit.patch_vit`; run in eval mode with its
+            current keep ratios (its mode is restored).
+        images: Normalised images ``(K, C, H, W)``.
+        mean: Per-channel normalisation mean (or one number), pixel values in [0, 1].
+        std: Per-channel normalisation standard deviation (or one number).
+        output_path: PNG file to write (folders are created).
+        query_patch: Row-major patch index of the query for every image, or None (see above).
+            An index pruned in some image is drawn outlined with no connections.
+        row_labels: Optional text per image, shown left of its row above the predicted class.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: If the model is not patched; ``images``, ``mean``, ``std``, ``query_patch``
+            or ``row_labels`` do not fit (the bad value is named); ``output_path`` is not a
+            ``.png``.
+    """
+    check_png_path(output_path)
+    trace = trace_pruning(model, images, query_patch)
+    K = images.shape[0]
+    if row_labels is not None:
+        row_labels = [str(v) for v in row_labels]
+        if len(row_labels) != K:
+            raise ValueError(f"row_labels has {len(row_labels)} entries for {K} images")
+    pix = _to_display(images, mean, std)
+    H, W = pix.shape[1:3]
+    grid = trace.grid_size
+    n = grid[0] * grid[1]
+    S = len(trace.prune_layers)
+    cols = 2 + S
+    cell = 2.0
+    fig = new_figure(cell * cols, cell * K + 0.6)
+    axes = fig.subplots(K, cols, squeeze=False)
+    counts = trace.kept_counts
+    for b in range(K):
+        img = pix[b]
+        ax = axes[b, 0]
+        ax.imshow(img, interpolation="nearest")
+        pred = f"pred {int(trace.predictions[b])}"
+        ax.set_ylabel(pred if row_labels is None else f"{row_labels[b]}\n{pred}", fontsize=8)
+        if b == 0:
+            ax.set_title("input", fontsize=9)
+        for s in range(S):
+            keep = _upsample(trace.survival[b, s].numpy(), (H, W))
+            ax = axes[b, 1 + s]
+            ax.imshow(_dim(img, keep, _DIM_ALPHA), interpolation="nearest")
+            if b == 0:
+                ax.set_title(f"block {trace.prune_layers[s]}: {counts[s]}/{n} kept", fontsize=9)
+        ax = axes[b, -1]
+        kept = _upsample(trace.survival[b, -1].numpy(), (H, W))
+        att = _upsample(trace.attended[b].numpy(), (H, W))
+        shown = _dim(img, kept, _DIM_ALPHA)
+        shown = np.where((kept & ~att)[..., None], _dim(img, att, _HALF_ALPHA), shown)
+        ax.imshow(shown, interpolation="nearest")
+        for idx in torch.nonzero(trace.attended[b].flatten()).flatten().tolist():
+            _patch_rect(ax, idx, grid, (H, W), edgecolor=_ATTEND_COLOR, linewidth=0.8)
+        q = int(trace.query[b])
+        _patch_rect(ax, q, grid, (H, W), edgecolor=_QUERY_COLOR, linewidth=2.0,
+                    linestyle="-" if trace.query_kept[b] else "--")
+        n_att = int(trace.attended[b].sum())
+        label = f"query {q}: {n_att}/{counts[-1]}" if trace.query_kept[b] else f"query {q} pruned"
+        ax.set_xlabel(label, fontsize=8)
+        if b == 0:
+            ax.set_title(f"connections after block {trace.prune_layers[-1]}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("tokens kept per pruning stage (dropped: tinted); query (red) and its kept connections (gold)",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, output_path)
+
+
+def visualize_checkpoint(
+    checkpoint_path: PathLike,
+    num_images: int,
+    output_path: PathLike,
+    data_dir: Optional[PathLike] = None,
+    seed: int = 0,
+    query_patch: Optional[int] = None,
+    keep_ratio: Optional[float] = None,
+    attn_keep_ratio: Optional[float] = None,
+) -> Path:
+    """Rebuild a run's model from its checkpoint and draw :func:`visualize_pruning` for it.
+
+    The model and the validation set (no augmentation) are rebuilt on the CPU by
+    :func:`trilevel.training.run.load_run` from the configuration stored in the checkpoint, with
+    the weights loaded and the keep ratios set to the run's evaluation ratios
+    (``eval_keep_ratio`` / ``eval_attn_keep_ratio`` or the schedules' final values) unless
+    overridden. ``num_images`` validation images are drawn at random with ``seed``; each row is
+    labelled with the validation index, the true and the predicted class.
+
+    Args:
+        checkpoint_path: A ``checkpoint.pt`` written by a ``trilevel train`` run.
+        num_images: Number of validation images (rows), >= 1.
+        output_path: PNG file to write.
+        data_dir: Data folder; None: the one stored in the checkpoint's configuration.
+        seed: Seed of the image choice.
+        query_patch: See :func:`visualize_pruning`.
+        keep_ratio: Token keep ratio to draw with; None: the run's evaluation ratio.
+        attn_keep_ratio: Attention keep ratio to draw with; None: the run's evaluation ratio.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        FileNotFoundError: Missing checkpoint or data.
+        ValueError: Not a training checkpoint (``CheckpointError`` is a ``ValueError``), a dense
+            run (nothing is pruned), ``num_images`` not in ``[1, validation set size]``, or
+            another bad argument (named).
+    """
+    from ..training.run import load_run
+    from ..vit import set_keep_ratios
+
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_png_path(output_path)
+    overrides = None if data_dir is None else {"data_dir": os.fspath(data_dir)}
+    run = load_run(checkpoint_path, overrides, device="cpu")
+    if run.config.dense:
+        raise ValueError(f"{checkpoint_path} is a dense run: its model prunes nothing to visualise")
+    val_ds, info = run.val_set, run.data_info
+    if num_images > len(val_ds):
+        raise ValueError(f"num_images {num_images} exceeds the {len(val_ds)} validation images")
+    kr, akr = run.eval_ratios
+    set_keep_ratios(run.model, kr if keep_ratio is None else keep_ratio,
+                    akr if attn_keep_ratio is None else attn_keep_ratio)
+    g = torch.Generator().manual_seed(int(seed))
+    indices = torch.randperm(len(val_ds), generator=g)[:num_images].tolist()
+    items = [val_ds[i] for i in indices]
+    images = torch.stack([item[0] for item in items])
+    labels = [f"val #{i}, class {int(item[1])}" for i, item in zip(indices, items)]
+    logger.info("visualising %d validation images of %s (epoch %s)", num_images, checkpoint_path, run.epoch)
+    return visualize_pruning(run.model, images, info.mean, info.std, output_path, query_patch, row_labels=labels)
