@@ -33,6 +33,15 @@ from .example_selection import (
 )
 from .algorithm import TriLevel, TriLevelConfig
 
+__all__ = [
+    "connection_mask", "masked_attention", "topk_connection_mask", "forward_flops", "tokens_per_block",
+    "KeepRatioSchedule", "run_progress", "cls_attention_scores", "num_kept_tokens", "select_topk_tokens",
+    "TriLevelInfo", "default_prune_layers", "unwrap_model", "get_keep_ratios", "get_trilevel_info", "is_patched",
+    "patch_vit", "set_keep_ratios", "unpatch_vit", "ActiveSubsetSampler", "ExampleSelector", "ForgettingSelector",
+    "IndexedDataset", "LossSelector", "RandomSelector", "TriLevel", "TriLevelConfig",
+    "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run",
+]
+
 #: Names served from :mod:`trilevel.training` on first use (it imports timm and torchvision data code).
 _TRAINING_NAMES = ("TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run")
 

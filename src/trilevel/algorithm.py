@@ -75,10 +75,10 @@ class TriLevelConfig:
     example_max_updates: int = 5
 
     def __post_init__(self) -> None:
-        self.validate_trilevel()
+        self.validate()
 
-    def validate_trilevel(self) -> None:
-        """Check and normalise the tri-level fields in place.
+    def validate(self) -> None:
+        """Check and normalise the tri-level fields in place (subclasses extend it).
 
         Raises:
             ValueError: Naming the first invalid option.

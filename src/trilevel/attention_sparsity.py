@@ -2,7 +2,7 @@
 
 Pure tensor functions; :mod:`trilevel.vit` calls them in each pruning block and carries the mask
 to the following blocks. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec.
-"Attention-level data reduction" (SPEC section 3).
+"Attention-level data reduction".
 """
 
 from __future__ import annotations

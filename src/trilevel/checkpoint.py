@@ -242,11 +242,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"{FORMAT_KEY}={CHECKPOINT_FORMAT!r}, found {found}"
         )
     version = obj.get(VERSION_KEY)
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or not 1 <= version <= CHECKPOINT_VERSION
-    ):
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint version {version!r}; this trilevel reads versions "
             f"1 to {CHECKPOINT_VERSION}"

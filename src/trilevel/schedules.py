@@ -1,6 +1,6 @@
 """Keep-ratio schedules for the token and attention levels.
 
-Both ratios start dense and decay to their targets while training (SPEC section 4; the schedule
+Both ratios start dense and decay to their targets while training (the schedule
 is EViT's keep-rate schedule, Liang et al., ICLR 2022, used unchanged by Kong et al., AAAI 2023):
 ratio 1 during a warm-up, then a per-iteration cosine from 1 down to the target, then constant.
 The paper's 300-epoch run warms up for 10 epochs and finishes the decay at epoch 110, i.e. at
@@ -44,7 +44,7 @@ class KeepRatioSchedule:
         ValueError: If ``target`` is outside (0, 1], or the fractions are outside [0, 1] or
             out of order.
 
-    Source: SPEC section 4; EViT (Liang et al., ICLR 2022) keep-rate schedule, as used by
+    Source: EViT (Liang et al., ICLR 2022) keep-rate schedule, as used by
     Kong et al., AAAI 2023, Sec. "Experiments".
     """
 

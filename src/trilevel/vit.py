@@ -8,7 +8,7 @@ reuses its own submodules (``norm1``, ``attn`` with its ``qkv``, ``q_norm``, ``k
 so LayerScale (DeiT-III) and QK-norm models work unchanged. Keep ratios are block attributes,
 set by :func:`set_keep_ratios`; nothing per-call is passed through ``forward``.
 
-Per pruning block (SPEC sections 2-3; Kong et al., AAAI 2023, Sec. "Token-level" and
+Per pruning block (Kong et al., AAAI 2023, Sec. "Token-level" and
 "Attention-level data reduction"):
 
 1. attention with the connection mask carried from the previous pruning block (if any);
@@ -354,7 +354,7 @@ def patch_vit(
             model's depth, a duplicate, a non-integer, or is empty.
 
     Source: Kong et al., "Peeling the Onion", AAAI 2023, Secs. on token- and attention-level
-    data reduction (SPEC sections 2-3).
+    data reduction.
     """
     VisionTransformer, Block, Attention = _vit_classes()
     base = unwrap_model(model)

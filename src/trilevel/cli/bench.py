@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 import tyro
 from typing_extensions import Annotated
 
-from ..options import BlockList, OptionalInt
-from ..training.config import AmpName, DeviceName, TrainConfig
+from ..options import BlockList
+from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
 from .common import (
     EXIT_FAILURE, EXIT_OK, EXIT_SIGTERM, flag_value, parse_options, split_common_flags, usage_error,
 )
@@ -24,17 +24,12 @@ logger = logging.getLogger("trilevel.cli")
 
 
 @dataclass
-class SpeedOptions:
+class SpeedOptions(ModelConfig):
     """Options of ``trilevel bench speed`` (training-step throughput, dense timm vs the tri-level patch).
 
+    The model fields are those of :class:`~trilevel.training.config.ModelConfig` (none: the model's own).
+
     Attributes:
-        model: timm ViT name.
-        img_size: Input side in pixels; none: the model's.
-        patch_size: Patch side in pixels; none: the model's.
-        in_chans: Input channels; none: the model's.
-        embed_dim: Embedding width; none: the model's.
-        depth: Number of blocks; none: the model's.
-        num_heads: Attention heads; none: the model's.
         num_classes: Classes of the random labels.
         batch_size: Images per step.
         keep_ratio: Token keep ratio of the pruned rows.
@@ -48,13 +43,6 @@ class SpeedOptions:
         json: Print JSON instead of a table.
     """
 
-    model: str = "vit_tiny_patch16_224"
-    img_size: OptionalInt = None
-    patch_size: OptionalInt = None
-    in_chans: OptionalInt = None
-    embed_dim: OptionalInt = None
-    depth: OptionalInt = None
-    num_heads: OptionalInt = None
     num_classes: int = 10
     batch_size: int = 128
     keep_ratio: float = 0.7
@@ -92,12 +80,7 @@ def _speed(argv: Sequence[str]) -> int:
     from ..bench.speed import format_speed_table, speed_for_model
 
     opts = parse_options(SpeedOptions, argv, "trilevel bench speed", "Training-step throughput, dense vs tri-level.")
-    kw = {"num_classes": opts.num_classes}
-    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-        value = getattr(opts, name)
-        _check_positive(name, value)
-        if value is not None:
-            kw[name] = value
+    kw = {"num_classes": opts.num_classes, **opts.model_kwargs()}
     for name in ("num_classes", "batch_size", "rounds", "steps_per_round"):
         _check_positive(name, getattr(opts, name))
     results = speed_for_model(

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar
+
+from ..options import OptionalFloat
 
 __all__ = [
     "EXIT_OK",
@@ -23,7 +26,9 @@ __all__ = [
     "flag_value",
     "setup_logging",
     "parse_options",
+    "parse_command",
     "usage_error",
+    "CheckpointOptions",
 ]
 
 EXIT_OK = 0
@@ -119,3 +124,27 @@ def usage_error(prog: str, message: str) -> int:
     """Print ``<prog>: error: <message>`` to stderr; returns :data:`EXIT_USAGE`."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def parse_command(cls: Type[T], argv: Sequence[str], prog: str, description: str) -> T:
+    """Set up logging from ``-v`` and parse the rest of ``argv`` into ``cls`` (see :func:`parse_options`)."""
+    common, rest = split_common_flags(argv)
+    setup_logging(common.verbose)
+    return parse_options(cls, rest, prog, description)
+
+
+@dataclass
+class CheckpointOptions:
+    """Options of the commands that rebuild a run from its checkpoint.
+
+    Attributes:
+        checkpoint: checkpoint.pt written by trilevel train.
+        keep_ratio: Token keep ratio; none: the run's evaluation ratio.
+        attn_keep_ratio: Attention keep ratio; none: the run's evaluation ratio.
+        data_dir: Data folder; none: the run's.
+    """
+
+    checkpoint: str
+    keep_ratio: OptionalFloat = None
+    attn_keep_ratio: OptionalFloat = None
+    data_dir: Optional[str] = None

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
-from ..options import OptionalFloat, OptionalInt
+from ..options import OptionalInt
 from ..training.config import DeviceName
-from .common import EXIT_OK, parse_options, setup_logging, split_common_flags, usage_error
+from .common import EXIT_OK, CheckpointOptions, parse_command, usage_error
 
 __all__ = ["EvalOptions", "main"]
 
-logger = logging.getLogger("trilevel.cli")
-PROG = "trilevel eval"
-
 
 @dataclass
-class EvalOptions:
-    """Options of ``trilevel eval``.
+class EvalOptions(CheckpointOptions):
+    """Options of ``trilevel eval`` (and those of :class:`~trilevel.cli.common.CheckpointOptions`).
 
     Attributes:
-        checkpoint: checkpoint.pt written by trilevel train.
-        keep_ratio: Token keep ratio; none: the run's evaluation ratio.
-        attn_keep_ratio: Attention keep ratio; none: the run's evaluation ratio.
-        data_dir: Data folder; none: the run's.
         val_subset: Evaluate on the first N validation examples only; none: all.
         batch_size: Batch size; none: twice the training batch size.
         device: Device.
@@ -35,10 +27,6 @@ class EvalOptions:
         json: Print the result as JSON.
     """
 
-    checkpoint: str
-    keep_ratio: OptionalFloat = None
-    attn_keep_ratio: OptionalFloat = None
-    data_dir: Optional[str] = None
     val_subset: OptionalInt = None
     batch_size: OptionalInt = None
     device: DeviceName = "auto"
@@ -51,9 +39,7 @@ def main(argv: Sequence[str]) -> int:
     """Run ``trilevel eval``; returns 0, or 2 on a bad option, checkpoint or data."""
     from ..training import evaluate_checkpoint
 
-    common, rest = split_common_flags(argv)
-    setup_logging(common.verbose)
-    opts = parse_options(EvalOptions, rest, PROG,
+    opts = parse_command(EvalOptions, argv, "trilevel eval",
                          "Rebuild the model stored in a trilevel checkpoint and print its validation top-1.")
     try:
         result = evaluate_checkpoint(
@@ -62,8 +48,7 @@ def main(argv: Sequence[str]) -> int:
             ema=opts.ema, val_subset=opts.val_subset,
         )
     except (ValueError, FileNotFoundError) as e:
-        logger.debug("details", exc_info=True)
-        return usage_error(PROG, str(e))
+        return usage_error("trilevel eval", str(e))
     if int(os.environ.get("RANK", "0")) == 0:
         if opts.json:
             print(json.dumps(result))

@@ -9,12 +9,9 @@ from typing import Sequence
 import tyro
 from typing_extensions import Annotated
 
-from .common import EXIT_OK, parse_options, setup_logging, split_common_flags, usage_error
+from .common import EXIT_OK, parse_command, usage_error
 
 __all__ = ["ReportOptions", "main"]
-
-logger = logging.getLogger("trilevel.cli")
-PROG = "trilevel report"
 
 
 @dataclass
@@ -32,14 +29,12 @@ def main(argv: Sequence[str]) -> int:
     """Run ``trilevel report``; returns 0, or 2 when the folder or its metrics are missing or bad."""
     from ..viz import report_run
 
-    common, rest = split_common_flags(argv)
-    setup_logging(common.verbose)
-    opts = parse_options(ReportOptions, rest, PROG,
+    opts = parse_command(ReportOptions, argv, "trilevel report",
                          "Loss/accuracy curves, images/s, tokens per block, active-set size and the "
                          "forgetting-count histogram, written into the run folder.")
     try:
         paths = report_run(opts.run_dir)
     except (ValueError, FileNotFoundError) as e:
-        return usage_error(PROG, str(e))
-    logger.info("%d plots written to %s", len(paths), opts.run_dir)
+        return usage_error("trilevel report", str(e))
+    logging.getLogger("trilevel.cli").info("%d plots written to %s", len(paths), opts.run_dir)
     return EXIT_OK

@@ -10,47 +10,34 @@ from typing import Optional, Sequence
 import tyro
 from typing_extensions import Annotated
 
-from ..options import OptionalFloat, OptionalInt
-from .common import EXIT_OK, parse_options, setup_logging, split_common_flags, usage_error
+from ..options import OptionalInt
+from .common import EXIT_OK, CheckpointOptions, parse_command, usage_error
 
 __all__ = ["VisualizeOptions", "main"]
 
-logger = logging.getLogger("trilevel.cli")
-PROG = "trilevel visualize"
-
 
 @dataclass
-class VisualizeOptions:
-    """Options of ``trilevel visualize``.
+class VisualizeOptions(CheckpointOptions):
+    """Options of ``trilevel visualize`` (and those of :class:`~trilevel.cli.common.CheckpointOptions`).
 
     Attributes:
-        checkpoint: checkpoint.pt of a tri-level run.
         images: Validation images (rows) to draw.
         output: PNG to write; none: pruning.png next to the checkpoint.
-        data_dir: Data folder; none: the run's.
         seed: Seed of the image choice.
         query_patch: Row-major patch index whose kept connections to draw; none: per image, the kept patch with the highest [CLS] attention.
-        keep_ratio: Token keep ratio; none: the run's evaluation ratio.
-        attn_keep_ratio: Attention keep ratio; none: the run's evaluation ratio.
     """
 
-    checkpoint: str
     images: Annotated[int, tyro.conf.arg(aliases=("--num-images",))] = 4
     output: Optional[str] = None
-    data_dir: Optional[str] = None
     seed: int = 0
     query_patch: OptionalInt = None
-    keep_ratio: OptionalFloat = None
-    attn_keep_ratio: OptionalFloat = None
 
 
 def main(argv: Sequence[str]) -> int:
     """Run ``trilevel visualize``; returns 0, or 2 on a bad option, checkpoint or data."""
     from ..viz import visualize_checkpoint
 
-    common, rest = split_common_flags(argv)
-    setup_logging(common.verbose)
-    opts = parse_options(VisualizeOptions, rest, PROG,
+    opts = parse_command(VisualizeOptions, argv, "trilevel visualize",
                          "For K validation images: which patches survive each pruning stage (dropped ones "
                          "dimmed) and the attention connections kept for one query patch.")
     output = opts.output or os.path.join(os.path.dirname(os.path.abspath(opts.checkpoint)), "pruning.png")
@@ -60,6 +47,6 @@ def main(argv: Sequence[str]) -> int:
             query_patch=opts.query_patch, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         )
     except (ValueError, FileNotFoundError) as e:
-        return usage_error(PROG, str(e))
-    logger.info("pruning visualisation written to %s", path)
+        return usage_error("trilevel visualize", str(e))
+    logging.getLogger("trilevel.cli").info("pruning visualisation written to %s", path)
     return EXIT_OK

@@ -183,26 +183,48 @@ class ExampleSelector:
         loss: torch.Tensor | None = None,
         tie_break: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Record the outcome of one batch (see the subclass docstrings for what is kept).
+        """Record the outcome of one batch.
 
-        Validates the batch, judges top-1 correctness on the logits' device, all-gathers the
-        observations of every rank under ``torch.distributed`` (world size > 1), drops duplicate
-        indices (first occurrence kept), then calls :meth:`observe` and returns :meth:`reweighted`.
+        An example is correct when the logit of its label is the largest logit (top-1; an exact tie
+        for the maximum counts as correct). With soft targets of shape ``(B, K)`` (mixup, cutmix,
+        label smoothing) the label is ``argmax(targets)``, the class with the larger mixing weight
+        (the first one on an exact tie), instead of the original hard label of an image that was
+        mixed (what the authors' released code does). What is kept is the subclass's
+        :meth:`observe`: forgetting events and presentations (:class:`ForgettingSelector`), or the
+        last loss (:class:`LossSelector`).
+
+        Vectorised; the statistics stay on the CPU. Per batch there is one device-to-host copy of
+        the correctness (plus the indices if they live on a device), no per-example ``.item()``.
+        With ``torch.distributed`` initialised (world size > 1) the observations (indices,
+        correctness, ``loss``, ``tie_break``) of all ranks are all-gathered first - two collectives,
+        on CUDA (the logits' device) for NCCL and on the CPU for gloo/MPI, unequal batch sizes padded
+        to the largest - so every rank updates identical global statistics. Every rank must
+        therefore call ``record`` the same number of times (batch sizes may differ, also 0); an
+        invalid shape on one rank only raises there and leaves the others waiting. Duplicate
+        indices in one (gathered) batch count as one presentation with the outcome of the first
+        occurrence (in batch order, then rank order); :class:`ActiveSubsetSampler` never repeats an
+        index within one rank's epoch, but its padding may repeat one across ranks.
 
         Args:
-            indices: ``(B,)`` integer example indices in ``[0, num_examples)``, any device.
+            indices: ``(B,)`` integer example indices in ``[0, num_examples)`` (e.g. from
+                :class:`IndexedDataset`), any device.
             logits: ``(B, K)`` model outputs.
-            targets: ``(B,)`` integer class indices in ``[0, K)``, or ``(B, K)`` soft targets.
-            loss: Optional ``(B,)`` per-example loss (required when :attr:`needs_loss`).
-            tie_break: Optional ``(B,)`` per-example score.
+            targets: ``(B,)`` integer class indices in ``[0, K)``, or ``(B, K)`` soft / mixed targets.
+            loss: ``(B,)`` per-example loss (``reduction="none"``); required when :attr:`needs_loss`
+                (:class:`LossSelector` stores its detached value), else unused.
+            tie_break: Optional ``(B,)`` per-example score; :class:`ForgettingSelector` stores the
+                last one in ``tie_break_scores`` and breaks ties in the forgetting count with it,
+                lower removed first (paper variant: variance of the last block's [CLS] attention).
 
         Returns:
-            What :meth:`reweighted` returns (None unless a subclass overrides it).
+            What :meth:`reweighted` returns: None, or for :class:`LossSelector`
+            ``(loss * weights[indices]).mean()``, a scalar with grad on ``loss``'s device (NaN for an
+            empty batch; only the local batch enters it).
 
         Raises:
-            ValueError: A wrong shape, dtype or batch size, an index or class index out of range, a
-                missing ``loss`` when :attr:`needs_loss`, or ``loss``/``tie_break`` given on some
-                ranks only.
+            ValueError: A wrong shape, dtype or batch size, float 1-D targets, an index or class
+                index out of range, a missing ``loss`` when :attr:`needs_loss`, or
+                ``loss``/``tie_break`` given on some ranks only.
             TypeError: ``logits``, ``targets``, ``loss`` or ``tie_break`` not a tensor.
         """
         idx, correct, loss_cpu, tb_cpu = self._prepare(indices, logits, targets, loss, tie_break)
@@ -247,14 +269,8 @@ class ExampleSelector:
         """
         return None
 
-    def _prepare(
-        self,
-        indices: torch.Tensor | Sequence[int],
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        loss: torch.Tensor | None,
-        tie_break: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _prepare(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor, targets: torch.Tensor,
+                 loss: torch.Tensor | None, tie_break: torch.Tensor | None) -> tuple:
         """Validate one batch, judge correctness, gather across ranks, drop duplicates.
 
         Returns CPU tensors ``(indices int64, correct bool, loss float32|None, tie_break float32|None)``

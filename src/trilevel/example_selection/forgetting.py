@@ -12,7 +12,7 @@ for examples drawn at random from the removed pool, so the active set keeps its 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -162,63 +162,8 @@ class ForgettingSelector(ExampleSelector):
         self.set_active_mask(mask)
 
     # ----------------------------------------------------------------------------- recording
-    def record(
-        self,
-        indices: torch.Tensor | Sequence[int],
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        loss: torch.Tensor | None = None,
-        tie_break: torch.Tensor | None = None,
-    ) -> None:
-        """Record one batch: per-example correctness, forgetting events, presentations.
-
-        An example is correct when the logit of its label is the largest logit (top-1; an exact tie
-        for the maximum counts as correct). With soft targets of shape ``(B, K)`` (mixup, cutmix,
-        label smoothing) the label is ``argmax(targets)``, the class with the larger mixing weight
-        (the first one on an exact tie), instead of the original hard label of an image that was
-        mixed (what the authors' released code does). A forgetting event (Toneva et al., ICLR 2019)
-        is counted when the previous presentation since the last update was correct and this one is
-        not; the first presentation after an update cannot be one.
-
-        Vectorised; the statistics stay on the CPU. Per batch there is one device-to-host copy of
-        the correctness (plus the indices if they live on a device), no per-example ``.item()``.
-        With ``torch.distributed`` initialised (world size > 1) the observations (indices,
-        correctness, ``tie_break``) of all ranks are all-gathered first - two collectives, on CUDA
-        (the logits' device) for NCCL and on the CPU for gloo/MPI, unequal batch sizes padded to the
-        largest - so every rank updates identical global statistics. Every rank must therefore call
-        ``record`` the same number of times (batch sizes may differ, also 0); an invalid shape on
-        one rank only raises there and leaves the others waiting. Duplicate indices in one
-        (gathered) batch count as one presentation with the outcome of the first occurrence (in
-        batch order, then rank order); :class:`~trilevel.example_selection.ActiveSubsetSampler`
-        never repeats an index within one rank's epoch, but its padding may repeat one across ranks.
-
-        Args:
-            indices: ``(B,)`` integer example indices (e.g. from :class:`IndexedDataset`), any device.
-            logits: ``(B, K)`` model outputs.
-            targets: ``(B,)`` integer class indices, or ``(B, K)`` soft / mixed targets.
-            loss: Optional ``(B,)`` per-example loss; accepted for interface compatibility, unused.
-            tie_break: Optional ``(B,)`` per-example score stored in ``tie_break_scores`` (last value
-                kept); breaks ties in the forgetting count, lower removed first (paper variant:
-                variance of the last block's [CLS] attention).
-
-        Returns:
-            None.
-
-        Raises:
-            ValueError: Wrong dims, batch-size mismatch between the arguments, float 1-D targets,
-                indices outside ``[0, num_examples)``, class indices outside ``[0, K)``,
-                ``loss``/``tie_break`` not of shape ``(B,)``, or ``tie_break`` given on some ranks only.
-            TypeError: ``logits``, ``targets``, ``loss`` or ``tie_break`` not a tensor.
-        """
-        return super().record(indices, logits, targets, loss, tie_break)
-
-    def observe(
-        self,
-        idx: torch.Tensor,
-        correct: torch.Tensor,
-        loss: torch.Tensor | None,
-        tie_break: torch.Tensor | None,
-    ) -> None:
+    def observe(self, idx: torch.Tensor, correct: torch.Tensor, loss: torch.Tensor | None,
+                tie_break: torch.Tensor | None) -> None:
         """Count presentations and forgetting events of one gathered batch (hook of :meth:`record`).
 
         Args:

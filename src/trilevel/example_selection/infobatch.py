@@ -93,42 +93,8 @@ class LossSelector(ExampleSelector):
         self.weights.copy_(weights)
         self.set_active_mask(mask)
 
-    def record(
-        self,
-        indices: torch.Tensor | Sequence[int],
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        loss: torch.Tensor | None = None,
-        tie_break: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Record per-example losses and return the reweighted mean loss to back-propagate.
-
-        Args:
-            indices: ``(B,)`` integer example indices.
-            logits: ``(B, K)`` model outputs (validated; not used for the choice).
-            targets: ``(B,)`` class indices or ``(B, K)`` soft targets (validated; not used).
-            loss: ``(B,)`` per-example loss (``reduction="none"``); required. Its detached value is
-                stored as the example's last loss (all-gathered across ranks when distributed).
-            tie_break: Optional ``(B,)``; accepted for interface compatibility, unused.
-
-        Returns:
-            ``(loss * weights[indices]).mean()``, a scalar with grad on ``loss``'s device (NaN for an
-            empty batch). Only the local batch enters it.
-
-        Raises:
-            ValueError: ``loss`` missing or not of shape ``(B,)``, and the checks of
-                :meth:`~trilevel.example_selection.ForgettingSelector.record`.
-            TypeError: A non-tensor argument.
-        """
-        return super().record(indices, logits, targets, loss, tie_break)
-
-    def observe(
-        self,
-        idx: torch.Tensor,
-        correct: torch.Tensor,
-        loss: torch.Tensor | None,
-        tie_break: torch.Tensor | None,
-    ) -> None:
+    def observe(self, idx: torch.Tensor, correct: torch.Tensor, loss: torch.Tensor | None,
+                tie_break: torch.Tensor | None) -> None:
         """Store the gathered batch's losses as the examples' last losses (hook of :meth:`record`).
 
         Args:

@@ -165,13 +165,8 @@ class TriLevelCallback(pl.Callback):
         self.algorithm.on_step(run_progress(trainer.current_epoch, min(batch_idx, steps - 1), steps,
                                             self.algorithm.epochs))
 
-    def after_forward(
-        self,
-        indices: torch.Tensor,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        loss: Optional[torch.Tensor] = None,
-    ) -> Optional[torch.Tensor]:
+    def after_forward(self, indices: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                      loss: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Record this batch from inside ``training_step``; return per-example loss weights.
 
         Needed for the loss-based selector (weights before backward), optional otherwise; the

@@ -90,13 +90,13 @@ class EpochAccumulator:
     device: torch.device
     loss_sum: torch.Tensor = None  # type: ignore[assignment]
     correct: torch.Tensor = None  # type: ignore[assignment]
+    tokens_sum: float = 0.0
+    flops: float = 0.0
+    seconds: float = 0.0
     images: int = 0
     counted: int = 0
     steps: int = 0
     skipped: int = 0
-    tokens_sum: float = 0.0
-    flops: float = 0.0
-    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -25,6 +25,7 @@ from ..options import (
 )
 
 __all__ = [
+    "ModelConfig",
     "ALLOWED_AMP",
     "ALLOWED_DATASETS",
     "ALLOWED_DEVICES",
@@ -59,13 +60,8 @@ RUNTIME_KEYS = frozenset(
 
 
 @dataclass
-class TrainConfig(TriLevelConfig):
-    """Every setting of one training run (the flags of ``trilevel train``, hyphens for underscores).
-
-    Construction validates every field and raises ``ValueError`` naming the option, the value and
-    what is allowed. Use :meth:`from_dict` for mappings from files (hyphenated keys accepted,
-    unknown keys rejected). The tri-level fields are those of
-    :class:`~trilevel.algorithm.TriLevelConfig`.
+class ModelConfig:
+    """Which timm model to build, with architecture overrides (validated on construction).
 
     Attributes:
         model: timm model name; tri-level training needs a timm VisionTransformer (vit_*, deit_*).
@@ -75,6 +71,53 @@ class TrainConfig(TriLevelConfig):
         embed_dim: Embedding width; none: the model's.
         depth: Number of blocks; none: the model's.
         num_heads: Attention heads; none: the model's.
+    """
+
+    model: str = "vit_tiny_patch16_224"
+    img_size: OptionalInt = None
+    patch_size: OptionalInt = None
+    in_chans: OptionalInt = None
+    embed_dim: OptionalInt = None
+    depth: OptionalInt = None
+    num_heads: OptionalInt = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the model fields.
+
+        Raises:
+            ValueError: An unknown timm model name, or an override that is not a positive integer.
+        """
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a timm model name, got {self.model!r}")
+        import timm
+
+        if not timm.is_model(self.model):
+            raise ValueError(
+                f"model {self.model!r} is not a timm model name; see timm.list_models('vit_*') "
+                f"(e.g. vit_tiny_patch16_224, deit_small_patch16_224)"
+            )
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            check_int(name, getattr(self, name), 1, optional=True)
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """The architecture overrides that are set, as ``timm.create_model`` keyword arguments."""
+        names = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass
+class TrainConfig(TriLevelConfig, ModelConfig):
+    """Every setting of one training run (the flags of ``trilevel train``, hyphens for underscores).
+
+    Construction validates every field and raises ``ValueError`` naming the option, the value and
+    what is allowed. Use :meth:`from_dict` for mappings from files (hyphenated keys accepted,
+    unknown keys rejected). The model fields are those of :class:`ModelConfig`, the tri-level
+    fields those of :class:`~trilevel.algorithm.TriLevelConfig`.
+
+    Attributes:
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
         patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023), in [0, 1); 0: off.
         dataset: Dataset.
@@ -108,14 +151,7 @@ class TrainConfig(TriLevelConfig):
         eval_every: Epochs between validation passes (the last epoch of the run and of this invocation is always evaluated).
     """
 
-    # model
-    model: str = "vit_tiny_patch16_224"
-    img_size: OptionalInt = None
-    patch_size: OptionalInt = None
-    in_chans: OptionalInt = None
-    embed_dim: OptionalInt = None
-    depth: OptionalInt = None
-    num_heads: OptionalInt = None
+    # model (with ModelConfig's fields)
     drop_path: float = 0.1
     patch_drop: float = 0.0
     # data
@@ -152,9 +188,6 @@ class TrainConfig(TriLevelConfig):
     log_interval: int = 50
     eval_every: int = 1
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Check and normalise every field in place (also run on construction).
 
@@ -162,17 +195,7 @@ class TrainConfig(TriLevelConfig):
             ValueError: Naming the first invalid option, its value and what is allowed.
         """
         inf = math.inf
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must be a timm model name, got {self.model!r}")
-        import timm
-
-        if not timm.is_model(self.model):
-            raise ValueError(
-                f"model {self.model!r} is not a timm model name; see timm.list_models('vit_*') "
-                f"(e.g. vit_tiny_patch16_224, deit_small_patch16_224)"
-            )
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            check_int(name, getattr(self, name), 1, optional=True)
+        ModelConfig.validate(self)
         self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True)
         check_choice("dataset", self.dataset, ALLOWED_DATASETS)
@@ -208,7 +231,7 @@ class TrainConfig(TriLevelConfig):
         self.ema_decay = check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ValueError(f"batch-size must be even with mixup/cutmix (timm Mixup mixes pairs), got {self.batch_size}")
-        self.validate_trilevel()
+        TriLevelConfig.validate(self)
         check_bool("dense", self.dense)
         for name in ("output_dir", "resume"):
             setattr(self, name, check_path(name, getattr(self, name)))

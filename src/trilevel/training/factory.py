@@ -37,10 +37,7 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
         drop_path_rate=config.drop_path,
     )
-    for name in ("patch_size", "embed_dim", "depth", "num_heads"):
-        value = getattr(config, name)
-        if value is not None:
-            kwargs[name] = value
+    kwargs.update({k: v for k, v in config.model_kwargs().items() if k not in ("img_size", "in_chans")})
     if config.patch_drop > 0:
         kwargs["patch_drop_rate"] = config.patch_drop
     if config.embed_dim is not None and config.num_heads is not None and config.embed_dim % config.num_heads:

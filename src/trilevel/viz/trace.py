@@ -194,7 +194,6 @@ def trace_pruning(
     n = gh * gw
     query_patch = _check_query(query_patch, n)
     prune_layers = tuple(base.trilevel_prune_layers)
-    last = base.blocks[prune_layers[-1]]
     P = int(base.num_prefix_tokens)
     was_training = base.training
     device = next(base.parameters()).device
