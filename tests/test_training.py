@@ -55,7 +55,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-_TIMING_KEYS = {"epoch_seconds", "train_images_per_s"}
+_TIMING_KEYS = {"epoch_seconds", "epoch_cpu_seconds", "train_images_per_s"}
 
 
 def comparable(metrics: list[dict]) -> list[dict]:
@@ -267,11 +267,11 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
     calls = {"n": 0}
     original = training.Trainer.flops_per_image
 
-    def flops_and_signal(self, keep_ratio, training=False):
+    def flops_and_signal(self, keep_ratio, training=False, attn_keep_ratio=1.0):
         calls["n"] += 1
         if calls["n"] == 10:  # during step 3 of epoch 2 (7 steps per epoch)
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, keep_ratio, training=training)
+        return original(self, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio)
 
     monkeypatch.setattr(training.Trainer, "flops_per_image", flops_and_signal)
     previous = signal.getsignal(signal.SIGTERM)

@@ -63,7 +63,12 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training: bool = False) -> float:
+def forward_flops(
+    model: nn.Module,
+    keep_ratio: Optional[float] = None,
+    training: bool = False,
+    attn_keep_ratio: Optional[float] = None,
+) -> float:
     """FLOPs of one forward pass of one image.
 
     Args:
@@ -71,6 +76,8 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training
         keep_ratio: Token keep ratio to assume; None uses the model's current ratio.
         training: Count a training forward (timm's ``PatchDropout`` active; see
             :func:`tokens_per_block`).
+        attn_keep_ratio: Attention keep ratio to assume (it decides the pruning blocks' scoring
+            cost); None uses the model's current ratio.
 
     Returns:
         FLOPs (multiply-add = 2). Training (forward + backward) costs about 3x this; ratios
@@ -80,6 +87,8 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training
     keep, attn_keep = get_keep_ratios(base)
     if keep_ratio is not None:
         keep = keep_ratio
+    if attn_keep_ratio is not None:
+        attn_keep = attn_keep_ratio
     pe = base.patch_embed
     n_patch = pe.num_patches
     flops = 0.0

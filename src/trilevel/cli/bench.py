@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import tyro
 from typing_extensions import Annotated
 
-from ..options import BlockList
+from ..options import BlockList, OptionalFloat, parse_float_list
 from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
 from .common import (
     EXIT_FAILURE, EXIT_OK, EXIT_SIGTERM, flag_value, parse_options, split_common_flags, usage_error,
@@ -62,12 +62,18 @@ class BenchTrainOptions:
 
     Attributes:
         configs: Comma-separated configurations (see trilevel.bench.TRAIN_PRESETS).
-        seeds: Comma-separated seeds: the whole bench once per seed (replaces --seed), then a table of means and paired gaps to dense; none: one run per configuration at --seed.
+        seeds: Comma-separated seeds: the whole bench once per seed (replaces --seed); none: --seed only.
+        budgets: Comma-separated budgets in dense-epoch equivalents: every configuration at every budget and seed, interleaved, then accuracy-against-time curves and time to accuracy against dense; none: the epochs bench (every configuration at --epochs, plus dense-same-time).
+        target: Time-to-accuracy target top-1 (percent); none: dense's mean top-1 at the largest budget minus --target-drop.
+        target_drop: Points below dense's mean top-1 at its largest budget for the default target.
         recipe: The training recipe every configuration shares (the flags of trilevel train).
     """
 
     configs: str = "dense,trilevel,dense-same-time"
     seeds: Optional[str] = None
+    budgets: Optional[str] = None
+    target: OptionalFloat = None
+    target_drop: float = 0.3
     recipe: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
 
@@ -109,7 +115,20 @@ def _train(argv: Sequence[str]) -> int:
     seeds = parse_seeds(opts.seeds) if opts.seeds is not None else None
     recipe = opts.recipe.to_dict()
     out = recipe.get("output_dir") or time.strftime("runs/bench-%Y%m%d-%H%M%S")
-    if seeds is None:
+    if opts.budgets is not None:
+        from ..bench.budgets import format_curve_table, format_tta_table, run_budget_bench
+        from ..bench.tta import build_curves
+
+        try:
+            budgets = parse_float_list(opts.budgets)
+        except ValueError as e:
+            raise ValueError(f"--budgets: {e}") from None
+        result = run_budget_bench(recipe, configs, budgets, seeds or [recipe["seed"]], out, opts.target,
+                                  opts.target_drop)
+        print(format_curve_table(build_curves(result["runs"])))
+        print()
+        print(format_tta_table(result["tta"], result["target"]))
+    elif seeds is None:
         print(format_train_table(run_train_bench(recipe, configs, out)))
     else:
         print(format_seeds_table(run_train_bench_seeds(recipe, configs, seeds, out)))

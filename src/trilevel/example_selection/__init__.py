@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from .base import ExampleSelector
 from .benchmark import benchmark_record
-from .forgetting import ForgettingSelector, RandomSelector
+from .forgetting import ForgettingSelector, RandomSelector, initial_active_count
 from .infobatch import LossSelector
 from .sampler import ActiveSubsetSampler, IndexedDataset
 
@@ -60,4 +60,5 @@ __all__ = [
     "ActiveSubsetSampler",
     "IndexedDataset",
     "benchmark_record",
+    "initial_active_count",
 ]

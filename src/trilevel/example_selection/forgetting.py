@@ -19,7 +19,7 @@ import torch
 from .base import ExampleSelector
 from .validation import check_fraction, check_int, is_number
 
-__all__ = ["ForgettingSelector", "RandomSelector"]
+__all__ = ["ForgettingSelector", "RandomSelector", "initial_active_count"]
 
 
 def _resolve_update_every(update_every: Any, num_epochs: int | None) -> int:
@@ -42,6 +42,15 @@ def _resolve_update_every(update_every: Any, num_epochs: int | None) -> int:
             f"got {update_every!r}"
         )
     return int(update_every)
+
+
+def initial_active_count(num_examples: int, initial_remove_fraction: float) -> int:
+    """Size of the active set a :class:`ForgettingSelector` (or :class:`RandomSelector`) keeps.
+
+    ``num_examples - round(initial_remove_fraction * num_examples)`` (Python's ``round``, half to
+    even); it stays constant through the updates, which swap examples one for one.
+    """
+    return num_examples - round(initial_remove_fraction * num_examples)
 
 
 class ForgettingSelector(ExampleSelector):
@@ -123,7 +132,7 @@ class ForgettingSelector(ExampleSelector):
         self.num_epochs = None if num_epochs is None else check_int("num_epochs", num_epochs, 1)
         self.update_every = _resolve_update_every(update_every, self.num_epochs)
         self.max_updates = check_int("max_updates", max_updates, 0)
-        self.remove_count = round(self.initial_remove_fraction * n)
+        self.remove_count = n - initial_active_count(n, self.initial_remove_fraction)
         self.swap_count = round(self.swap_fraction * n)
         if self.remove_count >= n:
             raise ValueError(

@@ -30,8 +30,13 @@ class RunProgress:
         epoch: The next epoch to run (0-based); the number of epochs completed at an epoch boundary.
         step_in_epoch: The next step inside ``epoch`` (0 at an epoch boundary).
         global_step: Optimizer steps taken (skipped non-finite steps included).
-        train_seconds: Wall-clock of the training loops so far (seconds, summed over resumes;
-            evaluation and checkpoint writing excluded).
+        train_seconds: Wall-clock of the training loops so far (seconds, summed over resumes):
+            what a user waits for, data loading and selector updates included; evaluation and
+            checkpoint writing excluded (they are counted apart).
+        train_cpu_seconds: Process CPU time of the same (all threads; seconds).
+        eval_seconds: Wall-clock of the validation passes (seconds).
+        checkpoint_seconds: Wall-clock of writing checkpoints (seconds).
+        epochs_trained: Passes over the active set, fractional (a budget's last epoch is partial).
         train_images: Training images consumed in completed epochs.
         flops_sum: Forward FLOPs of the completed epochs' training steps (images x FLOPs per image).
         skipped_steps: Steps skipped for a non-finite loss.
@@ -42,6 +47,10 @@ class RunProgress:
     step_in_epoch: int = 0
     global_step: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    epochs_trained: float = 0.0
     train_images: int = 0
     flops_sum: float = 0.0
     skipped_steps: int = 0
@@ -63,7 +72,8 @@ class RunProgress:
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
-        self.train_seconds = float(state["train_seconds"])
+        for name in ("train_seconds", "train_cpu_seconds", "eval_seconds", "checkpoint_seconds", "epochs_trained"):
+            setattr(self, name, float(state[name]))
         self.train_images = int(state["train_images"])
         self.flops_sum = float(state["flops_sum"])
         self.skipped_steps = int(state["skipped_steps"])
@@ -85,6 +95,7 @@ class EpochAccumulator:
         tokens_sum: Sum over steps of the mean tokens per block.
         flops: Forward FLOPs of this epoch's steps on this rank.
         seconds: Training wall-clock of this epoch (seconds).
+        cpu_seconds: Process CPU time of this epoch's training (seconds).
     """
 
     device: torch.device
@@ -93,6 +104,7 @@ class EpochAccumulator:
     tokens_sum: float = 0.0
     flops: float = 0.0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     images: int = 0
     counted: int = 0
     steps: int = 0
@@ -119,13 +131,15 @@ class EpochAccumulator:
     def state(self, ctx: DistContext) -> Dict[str, Any]:
         """Plain-value state for a mid-epoch checkpoint (global sums; a collective under DDP)."""
         r = self.reduced(ctx)
-        return {**r, "steps": self.steps, "tokens_sum": self.tokens_sum, "seconds": self.seconds}
+        return {**r, "steps": self.steps, "tokens_sum": self.tokens_sum, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds}
 
     def load(self, state: Mapping[str, Any], ctx: DistContext) -> None:
         """Restore global sums on rank 0 (zeros elsewhere, so the next reduction is exact)."""
         self.steps = int(state["steps"])
         self.tokens_sum = float(state["tokens_sum"])
         self.seconds = float(state["seconds"])
+        self.cpu_seconds = float(state["cpu_seconds"])
         if ctx.is_main:
             self.loss_sum.fill_(float(state["loss_sum"]))
             self.correct.fill_(float(state["correct"]))
@@ -206,7 +220,7 @@ class FlopMeter:
         self.model = model
         self.patched = patched
         self._forward_flops = forward_flops
-        self._cache: Dict[Tuple[float, bool], float] = {}
+        self._cache: Dict[Tuple[float, float, bool], float] = {}
         if isinstance(model, VisionTransformer):
             self.dense_flops = float(forward_flops(model, 1.0))
             # a training forward of a stock model with timm's PatchDropout sees fewer patches
@@ -218,21 +232,23 @@ class FlopMeter:
             self._train_dense = self.dense_flops
             self.dense_tokens = None
 
-    def per_image(self, keep_ratio: float, training: bool = False) -> float:
-        """Forward FLOPs per image at ``keep_ratio`` (the dense count for an unpatched model).
+    def per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0) -> float:
+        """Forward FLOPs per image at the given ratios (the dense count for an unpatched model).
 
         Args:
             keep_ratio: Token keep ratio.
             training: Count a training forward (timm's PatchDropout active, when configured).
+            attn_keep_ratio: Attention keep ratio (below 1 the pruning blocks score all query rows).
         """
         if not self.patched:
             return self._train_dense if training else self.dense_flops
-        f = self._cache.get((keep_ratio, training))
+        key = (keep_ratio, attn_keep_ratio, training)
+        f = self._cache.get(key)
         if f is None:
-            f = float(self._forward_flops(self.model, keep_ratio, training=training))
+            f = float(self._forward_flops(self.model, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio))
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[(keep_ratio, training)] = f
+            self._cache[key] = f
         return f
 
     def mean_tokens(self) -> Optional[float]:

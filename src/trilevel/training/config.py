@@ -126,12 +126,13 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         val_subset: Evaluate on the first N validation examples only; none: all.
         aug: Training augmentation (light: random crop and flip; deit: timm's DeiT pipeline).
         workers: DataLoader worker processes per rank (0: load in the main process).
-        epochs: Training epochs (>= 1).
+        epochs: Training epochs (>= 1); ignored with --budget.
+        budget: Compute budget in dense-epoch equivalents (may be fractional): the run takes as many steps as fit the forward FLOPs of that many epochs of dense training, with its LR, warm-up and keep-ratio schedules fitted to those steps; none: train for --epochs.
         batch_size: Batch size per process (global batch = batch size x world size).
         lr: Peak learning rate, absolute (not scaled by the batch size).
         min_lr: Final learning rate of the cosine schedule.
         warmup_lr: Learning rate at the start of the linear warm-up (DeiT: 1e-6).
-        warmup_epochs: Linear LR warm-up in epochs (may be fractional), < epochs.
+        warmup_epochs: Linear LR warm-up in epochs (may be fractional; with --budget, in dense-epoch equivalents), less than the run; none: 1/30 of the run (1 of 30 epochs).
         weight_decay: AdamW weight decay (DeiT: 0.05).
         seed: Seed of model init, data order, augmentation and the example selector (the same on every rank).
         device: Device: auto (CUDA when available), cpu or cuda.
@@ -163,11 +164,12 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     workers: int = 2
     # optimisation
     epochs: int = 30
+    budget: OptionalFloat = None
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
-    warmup_epochs: float = 1.0
+    warmup_epochs: OptionalFloat = None
     weight_decay: float = 0.05
     seed: int = 0
     device: DeviceName = "auto"
@@ -212,11 +214,13 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         self.lr = check_float("lr", self.lr, 0.0, inf, low_open=True, high_open=True)
         self.min_lr = check_float("min_lr", self.min_lr, 0.0, inf, high_open=True)
         self.warmup_lr = check_float("warmup_lr", self.warmup_lr, 0.0, inf, high_open=True)
-        self.warmup_epochs = check_float("warmup_epochs", self.warmup_epochs, 0.0, inf, high_open=True)
-        if self.warmup_epochs >= self.epochs:
+        self.budget = check_float("budget", self.budget, 0.0, inf, low_open=True, high_open=True, optional=True)
+        self.warmup_epochs = check_float("warmup_epochs", self.warmup_epochs, 0.0, inf, high_open=True, optional=True)
+        length, unit = (self.budget, "budget") if self.budget is not None else (self.epochs, "epochs")
+        if self.warmup_epochs is not None and self.warmup_epochs >= length:
             raise ValueError(
-                f"warmup-epochs ({self.warmup_epochs:g}) must be smaller than epochs ({self.epochs}); "
-                f"pass --warmup-epochs 0 (or a fraction of an epoch) for so short a run"
+                f"warmup-epochs ({self.warmup_epochs:g}) must be smaller than {unit} ({length:g}); "
+                f"pass --warmup-epochs 0 (or a fraction of an epoch), or leave it unset (1/30 of the run)"
             )
         self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0, inf, high_open=True)
         check_int("seed", self.seed, 0)
@@ -270,6 +274,12 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     def effective_selector(self) -> str:
         """The selector actually used (``none`` for a dense run)."""
         return "none" if self.dense else self.selector
+
+    def warmup_fraction(self) -> float:
+        """The LR warm-up as a fraction of the run: ``warmup_epochs`` over the run's epochs (or budget), else 1/30."""
+        if self.warmup_epochs is None:
+            return 1.0 / 30.0
+        return self.warmup_epochs / (self.budget if self.budget is not None else self.epochs)
 
     def eval_ratios(self) -> Tuple[float, float]:
         """``(keep_ratio, attn_keep_ratio)`` for evaluation; ``(1.0, 1.0)`` for a dense run."""

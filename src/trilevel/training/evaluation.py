@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..options import check_int
 from .config import ALLOWED_AMP, ALLOWED_DEVICES
@@ -137,6 +137,7 @@ def evaluate_checkpoint(
             (``CheckpointError`` is a ``ValueError``), or ``ema`` without EMA weights.
     """
     from .distributed import setup_distributed, shard
+    from .factory import first_examples
     from .run import load_run
 
     if device not in ALLOWED_DEVICES:
@@ -148,11 +149,7 @@ def evaluate_checkpoint(
     try:
         run = load_run(checkpoint, {"data_dir": data_dir} if data_dir is not None else None,
                        device=ctx.device, ema=ema)
-        config, val_set = run.config, run.val_set
-        if val_subset is not None:
-            if val_subset > len(val_set):  # type: ignore[arg-type]
-                raise ValueError(f"val-subset {val_subset} is larger than the validation set ({len(val_set)} examples)")  # type: ignore[arg-type]
-            val_set = Subset(val_set, range(val_subset))
+        config, val_set = run.config, first_examples(run.val_set, val_subset)
         kr = run.eval_ratios[0] if keep_ratio is None else keep_ratio
         akr = run.eval_ratios[1] if attn_keep_ratio is None else attn_keep_ratio
         if config.dense and (kr, akr) != (1.0, 1.0):

@@ -6,10 +6,43 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset, Subset
 
 from .config import TrainConfig
 
-__all__ = ["build_model", "build_criterion", "measured_flops"]
+__all__ = ["build_data", "first_examples", "build_model", "build_criterion", "measured_flops"]
+
+
+def first_examples(dataset: Dataset, n: Optional[int], what: str = "val-subset") -> Dataset:
+    """The first ``n`` items of ``dataset`` (all of it for None).
+
+    Raises:
+        ValueError: If ``n`` exceeds the dataset (named as ``what``).
+    """
+    if n is None:
+        return dataset
+    if n > len(dataset):  # type: ignore[arg-type]
+        raise ValueError(f"{what} {n} is larger than the validation set ({len(dataset)} examples)")  # type: ignore[arg-type]
+    return Subset(dataset, range(n))
+
+
+def build_data(config: TrainConfig) -> Tuple[Dataset, Dataset, Any]:
+    """The run's training set (augmented, ``train_subset``) and validation set (``val_subset``).
+
+    Returns:
+        ``(train, val, info)`` as :func:`trilevel.data.build_datasets` gives them.
+
+    Raises:
+        ValueError, FileNotFoundError: As :func:`trilevel.data.build_datasets`, or a
+            ``val_subset`` larger than the validation set.
+    """
+    from ..data import build_datasets
+
+    train, val, info = build_datasets(
+        config.dataset, config.data_dir, train_subset=config.train_subset, img_size=config.img_size,
+        aug=config.aug, in_chans=config.in_chans, bad_images=config.bad_images,
+    )
+    return train, first_examples(val, config.val_subset), info
 
 
 def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> nn.Module:

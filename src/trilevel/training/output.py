@@ -74,6 +74,19 @@ class RunOutput:
             pkg_logger.setLevel(self._old_level)
             self._old_level = None
 
+    def log_epoch(self, m: Mapping[str, Any], epochs: int, num_train: int) -> None:
+        """Log one epoch's metrics line (every rank's logger; rank 0 shows INFO)."""
+        tokens = m.get("mean_tokens_per_block")
+        logging.getLogger("trilevel.training").info(
+            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %s%s | %.1f s, %.0f img/s | active %d/%d | "
+            "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
+            m["epoch"], epochs, m["train_loss"], m["train_acc"],
+            "n/a" if m["val_top1"] is None else f"{m['val_top1']:.2f}%",
+            f" (EMA {m['val_top1_ema']:.2f}%)" if "val_top1_ema" in m else "",
+            m["epoch_seconds"], m["train_images_per_s"], m["active_examples"], num_train,
+            "n/a" if tokens is None else f"{tokens:.1f}", m["keep_ratio"], m["attn_keep_ratio"], m["lr"],
+        )
+
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Append one epoch's line to ``metrics.jsonl`` (rank 0)."""
         if self.is_main:
@@ -81,7 +94,16 @@ class RunOutput:
                 f.write(json.dumps(dict(metrics)) + "\n")
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        """Write ``summary.json`` (rank 0)."""
-        if self.is_main:
-            with open(self.folder / "summary.json", "w", encoding="utf-8") as f:
-                json.dump(dict(summary), f, indent=2)
+        """Write ``summary.json`` and log its headline (rank 0)."""
+        if not self.is_main:
+            return
+        with open(self.folder / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(dict(summary), f, indent=2)
+        top1 = summary["val_top1"]
+        logging.getLogger("trilevel.training").info(
+            "%s: val top-1 %.2f%% after %d/%d epochs, %.1f s of training, %d training images, "
+            "relative training FLOPs %.3f, world size %d, selector digest %s",
+            "done" if summary["finished"] else "paused", float("nan") if top1 is None else top1,
+            summary["epochs_done"], summary["epochs"], summary["train_seconds"], summary["train_images"],
+            summary["relative_train_flops"], summary["world_size"], summary["selector_digest"],
+        )

@@ -19,8 +19,11 @@ def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
 
     Returns:
         ``val_top1`` (percent), ``train_seconds``, ``epochs``/``epochs_done``, ``train_images``,
-        ``relative_train_flops`` (the run's forward FLOPs over ``epochs x train-set size x dense
-        forward FLOPs``), the tri-level settings, the selector digest on every rank, and more.
+        ``relative_train_flops`` (the run's forward FLOPs over ``L x train-set size x dense
+        forward FLOPs``, ``L`` the epochs, or the budget of a budgeted run), ``dense_epochs_used``
+        (the same FLOPs in dense-epoch equivalents), ``budget``/``total_steps``/``epochs_trained``,
+        wall-clock and CPU time of training and wall-clock of evaluation and checkpoints apart,
+        the tri-level settings, the selector digest on every rank, and more.
     """
     cfg, ctx, p = trainer.cfg, trainer.ctx, trainer.progress
     digest = trainer.algorithm.digest() if trainer.algorithm is not None else None
@@ -30,18 +33,28 @@ def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
     m = p.last_metrics
     epochs_done = int(m.get("epoch", 0))
     kr_eval, akr_eval = trainer.eval_ratios
+    dense_epochs = p.flops_sum / (trainer.num_train * trainer.dense_flops)
+    plan = trainer.plan
     return {
         "finished": finished,
         "val_top1": m.get("val_top1"),
+        "val_top1_full_tokens": m.get("val_top1_full_tokens"),
         "val_top1_ema": m.get("val_top1_ema"),
         "val_loss": m.get("val_loss"),
         "train_loss": m.get("train_loss"),
         "train_acc": m.get("train_acc"),
         "train_seconds": p.train_seconds,
-        "epochs": cfg.epochs,
+        "train_cpu_seconds": p.train_cpu_seconds,
+        "eval_seconds": p.eval_seconds,
+        "checkpoint_seconds": p.checkpoint_seconds,
+        "epochs": trainer.run_epochs,
         "epochs_done": epochs_done,
+        "epochs_trained": p.epochs_trained,
+        "budget": cfg.budget,
+        "total_steps": trainer.total_updates if plan is not None else None,
         "train_images": p.train_images,
-        "relative_train_flops": p.flops_sum / (cfg.epochs * trainer.num_train * trainer.dense_flops),
+        "relative_train_flops": dense_epochs / (cfg.budget if plan is not None else cfg.epochs),
+        "dense_epochs_used": dense_epochs,
         "dense_gflops_per_image": trainer.dense_flops / 1e9,
         "eval_gflops_per_image": trainer.flops_per_image(kr_eval) / 1e9,
         "skipped_steps": p.skipped_steps,

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler, Sampler, Subset
+from torch.utils.data import DistributedSampler, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -91,9 +91,8 @@ class Trainer:
         from timm.utils import ModelEmaV3
 
         from ..algorithm import TriLevel
-        from ..data import build_datasets
         from ..example_selection import IndexedDataset
-        from .factory import build_criterion, build_model
+        from .factory import build_criterion, build_data, build_model
 
         cfg, ctx = self.cfg, self.ctx
         if cfg.amp == "fp16" and self.device.type != "cuda":
@@ -103,17 +102,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
 
-        self.train_ds, self.val_ds, self.info = build_datasets(
-            cfg.dataset, cfg.data_dir, train_subset=cfg.train_subset, img_size=cfg.img_size,
-            aug=cfg.aug, in_chans=cfg.in_chans, bad_images=cfg.bad_images,
-        )
+        self.train_ds, self.val_ds, self.info = build_data(cfg)
         self.num_train = len(self.train_ds)  # type: ignore[arg-type]
-        if cfg.val_subset is not None:
-            if cfg.val_subset > len(self.val_ds):  # type: ignore[arg-type]
-                raise ValueError(
-                    f"val-subset {cfg.val_subset} is larger than the validation set ({len(self.val_ds)} examples)"  # type: ignore[arg-type]
-                )
-            self.val_ds = Subset(self.val_ds, range(cfg.val_subset))
         model = build_model(cfg, self.info.num_classes, self.info.in_chans, self.info.img_size)
         model.to(self.device)
         self.model_base = model
@@ -133,9 +123,12 @@ class Trainer:
         self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
 
+        self.drop_last = cfg.mixup > 0 or cfg.cutmix > 0  # Mixup needs even batches
+        self.plan = self._plan_budget() if cfg.budget is not None else None
+        self.run_epochs = self.plan.whole_epochs if self.plan is not None else cfg.epochs
         self.algorithm: Optional[TriLevel] = None
         if cfg.tri_level:
-            self.algorithm = TriLevel(model, self.num_train, epochs=cfg.epochs, config=cfg, seed=cfg.seed,
+            self.algorithm = TriLevel(model, self.num_train, epochs=self.run_epochs, config=cfg, seed=cfg.seed,
                                       num_replicas=ctx.world_size, rank=ctx.rank)
         self.train_indexed = IndexedDataset(self.train_ds)
         if self.algorithm is not None and self.algorithm.sampler is not None:
@@ -145,7 +138,6 @@ class Trainer:
                 self.train_indexed, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed
             )
         self.mixup, self.criterion = build_criterion(cfg, self.info.num_classes)
-        self.drop_last = self.mixup is not None  # Mixup needs even batches
 
         # LR schedule in iterations of a nominal epoch (the first epoch's length); the LR is set
         # from the run progress, so epochs of other lengths still cover their share.
@@ -156,15 +148,32 @@ class Trainer:
                 f"batch-size {cfg.batch_size} is larger than the per-rank share of the training set "
                 f"({len(self.sampler)} examples); lower --batch-size"
             )
-        self.total_updates = cfg.epochs * self.nominal_iters
+        # Epochs: iterations of a nominal epoch (the first); a budget: its exact step count.
+        self.total_updates = self.plan.total_steps if self.plan is not None else cfg.epochs * self.nominal_iters
         self.lr_scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.total_updates, lr_min=cfg.min_lr,
-            warmup_t=int(round(cfg.warmup_epochs * self.nominal_iters)), warmup_lr_init=cfg.warmup_lr,
+            warmup_t=int(round(cfg.warmup_fraction() * self.total_updates)), warmup_lr_init=cfg.warmup_lr,
             t_in_epochs=False,
         )
         self.eval_ratios = cfg.eval_ratios()
         self.val_loader = make_loader(shard(self.val_ds, ctx), 2 * cfg.batch_size, cfg.workers, self.device,
                                       cfg.seed, 0, ctx.rank)
+
+    def _plan_budget(self):
+        """The steps ``cfg.budget`` buys this run (see :mod:`trilevel.training.budget`)."""
+        from .budget import plan_run
+
+        plan = plan_run(self.cfg, self.num_train, self.ctx.world_size, self.drop_last, self.dense_flops,
+                        self.flops_per_image)
+        logger.info("budget %g dense epochs: %d steps, %.2f passes over the active set",
+                    plan.budget, plan.total_steps, plan.epochs)
+        return plan
+
+    def _run_ends_after(self, epoch: int) -> bool:
+        """Whether the run is complete after 0-based ``epoch`` (its last epoch, or its budget spent)."""
+        if self.plan is not None:
+            return self.progress.global_step >= self.plan.total_steps
+        return epoch + 1 >= self.cfg.epochs
 
     def _start_epoch(self, epoch: int) -> None:
         if self.algorithm is not None:
@@ -176,14 +185,15 @@ class Trainer:
         b = self.cfg.batch_size
         return n // b if self.drop_last else math.ceil(n / b)
 
-    def flops_per_image(self, keep_ratio: float, training: bool = False) -> float:
-        """Forward FLOPs per image at ``keep_ratio`` (cached; the dense count for a dense model).
+    def flops_per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0) -> float:
+        """Forward FLOPs per image at the given ratios (cached; the dense count for a dense model).
 
         Args:
             keep_ratio: Token keep ratio.
             training: Count a training forward (timm's PatchDropout active, when configured).
+            attn_keep_ratio: Attention keep ratio.
         """
-        return self.meter.per_image(keep_ratio, training)
+        return self.meter.per_image(keep_ratio, training, attn_keep_ratio)
 
     # ------------------------------------------------------------------------------ state
     def _stateful(self) -> Dict[str, Any]:
@@ -217,12 +227,14 @@ class Trainer:
     def _save(self, next_epoch: int, next_step: int, acc: Optional[EpochAccumulator] = None) -> None:
         from ..checkpoint import save_checkpoint
 
+        t_save = time.perf_counter()
         self.progress.epoch, self.progress.step_in_epoch = int(next_epoch), int(next_step)
         state = self._state(acc)
         if self.ctx.is_main:
             save_checkpoint(state, self.ckpt_path)
         if self.ctx.distributed:
             dist.barrier()
+        self.progress.checkpoint_seconds += time.perf_counter() - t_save
 
     def _load(self, ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
         from ..checkpoint import restore_rng_state
@@ -302,7 +314,9 @@ class Trainer:
         )
 
         finished = True
-        for epoch in range(start_epoch, cfg.epochs):
+        epoch = start_epoch
+        while not (self.plan is None and epoch >= cfg.epochs) and not (
+                self.plan is not None and self.progress.global_step >= self.plan.total_steps):
             skip = start_step if epoch == start_epoch else 0
             metrics = self._train_epoch(epoch, skip, acc_state)
             acc_state = None
@@ -310,48 +324,53 @@ class Trainer:
             self._save(epoch + 1, 0)
             self.output.append_metrics(metrics)
             stop = agree(self._stop_requested, ctx)
-            if stop and epoch + 1 < cfg.epochs:
-                msg = (f"stopped by SIGTERM after epoch {epoch + 1}/{cfg.epochs}; checkpoint saved to "
+            if stop and not self._run_ends_after(epoch):
+                msg = (f"stopped by SIGTERM after epoch {epoch + 1}/{self.run_epochs}; checkpoint saved to "
                        f"{self.ckpt_path}; resume with --resume {self.ckpt_path}")
                 logger.warning(msg)
                 raise TrainingInterrupted(msg, str(self.ckpt_path))
-            if epoch + 1 < cfg.epochs and self._last_epoch_of_invocation(epoch):
+            if not self._run_ends_after(epoch) and self._last_epoch_of_invocation(epoch):
                 logger.info(
                     "stopping after epoch %d as requested (stop-after-epoch); resume with --resume %s",
                     epoch + 1, self.ckpt_path,
                 )
                 finished = False
                 break
+            epoch += 1
         return self._write_summary(finished)
 
     def _last_epoch_of_invocation(self, epoch: int) -> bool:
         """Whether this invocation ends after 0-based ``epoch`` (end of run or ``stop_after_epoch``)."""
         stop_after = self.cfg.stop_after_epoch
-        return epoch + 1 >= self.cfg.epochs or (stop_after is not None and epoch + 1 >= stop_after)
+        return self._run_ends_after(epoch) or (stop_after is not None and epoch + 1 >= stop_after)
 
     def _train_epoch(self, epoch: int, skip: int, acc_state: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
-        self._start_epoch(epoch)
-        iters = self._iters(len(self.sampler))
-        sampler: Sampler = self.sampler if skip == 0 else SkipSampler(self.sampler, skip * cfg.batch_size)
-        loader = make_loader(self.train_indexed, cfg.batch_size, cfg.workers, self.device, cfg.seed, epoch,
-                             ctx.rank, sampler=sampler, drop_last=self.drop_last)
         acc = EpochAccumulator(self.device)
         if acc_state is not None:
             acc.load(acc_state, ctx)
+        seconds_before, cpu_before = acc.seconds, acc.cpu_seconds
+        t0, c0 = time.perf_counter(), time.process_time()  # what a user waits for: updates and data too
+        self._start_epoch(epoch)
+        iters = full_iters = self._iters(len(self.sampler))
+        if self.plan is not None:  # the budget's last epoch ends early
+            iters = min(iters, skip + self.plan.total_steps - self.progress.global_step)
+        sampler: Sampler = self.sampler if skip == 0 else SkipSampler(self.sampler, skip * cfg.batch_size)
+        loader = make_loader(self.train_indexed, cfg.batch_size, cfg.workers, self.device, cfg.seed, epoch,
+                             ctx.rank, sampler=sampler, drop_last=self.drop_last)
         flags = StepFlags(ctx)
         self.model.train()
-        bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+        bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{self.run_epochs}", unit="it",
                    disable=not ctx.is_main, leave=False, dynamic_ncols=True)
         kr = akr = 1.0
         lr = self.optimizer.param_groups[0]["lr"]
         redirect = logging_redirect_tqdm() if ctx.is_main else nullcontext()
-        seconds_before = acc.seconds
-        t0 = time.perf_counter()
         try:
             with redirect:
                 for i, (images, targets, indices) in enumerate(loader, start=skip):
-                    progress = (epoch + i / iters) / cfg.epochs
+                    if i >= iters:
+                        break
+                    progress = self._progress(epoch, i, iters)
                     if self.algorithm is not None:
                         kr, akr = self.algorithm.on_step(progress)
                     self.lr_scheduler.step_update(num_updates=progress * self.total_updates)
@@ -367,7 +386,7 @@ class Trainer:
                                        epoch + 1, i + 1)
                     self.progress.global_step += 1
                     acc.images += batch
-                    acc.flops += batch * self.flops_per_image(kr, training=True)
+                    acc.flops += batch * self.flops_per_image(kr, training=True, attn_keep_ratio=akr)
                     tokens = self.meter.mean_tokens()
                     acc.tokens_sum += tokens if tokens is not None else float("nan")
                     done = i + 1
@@ -381,12 +400,19 @@ class Trainer:
                                      epoch + 1, done, iters, loss_now, lr, rate)
                     bar.update(1)
                     if stop or (not ctx.distributed and self._stop_requested):
-                        acc.seconds = seconds_before + self._elapsed(t0)
+                        acc.seconds, acc.cpu_seconds = seconds_before + self._elapsed(t0), cpu_before + time.process_time() - c0
                         self._interrupt(epoch, done, iters, acc)
-                acc.seconds = seconds_before + self._elapsed(t0)
+                acc.seconds, acc.cpu_seconds = seconds_before + self._elapsed(t0), cpu_before + time.process_time() - c0
         finally:
             bar.close()
+        self.progress.epochs_trained += (acc.steps + acc.skipped) / full_iters
         return self._end_epoch(epoch, acc, kr, akr, lr)
+
+    def _progress(self, epoch: int, i: int, iters: int) -> float:
+        """Fraction of the run done before step ``i`` of ``epoch``: by epochs, or by the budget's steps."""
+        if self.plan is not None:
+            return self.progress.global_step / self.plan.total_steps
+        return (epoch + i / iters) / self.cfg.epochs
 
     def _end_epoch(self, epoch: int, acc: EpochAccumulator, kr: float, akr: float, lr: float) -> Dict[str, Any]:
         """Fold the epoch into the run totals, validate if due, log; returns the metrics line."""
@@ -394,15 +420,20 @@ class Trainer:
         totals = acc.reduced(self.ctx)
         # The checkpoint's run totals exclude a partial epoch (its sums travel in epoch_acc).
         self.progress.train_seconds += acc.seconds
+        self.progress.train_cpu_seconds += acc.cpu_seconds
         epoch_images = totals["images"]
         self.progress.train_images += epoch_images
         self.progress.flops_sum += totals["flops"]
         counted = max(1, totals["counted"])
         ratios = self.eval_ratios if self.algorithm is not None else (None, None)
+        t_eval = time.perf_counter()
         if self._last_epoch_of_invocation(epoch) or (epoch + 1) % cfg.eval_every == 0:
             val = evaluate(self.model, self.val_loader, self.device, cfg.amp, *ratios)
         else:
             val = {"top1": None, "loss": None, "images": None}
+        full = None  # a pruned model's top-1 with every token (what a stock timm model of its weights gets)
+        if self._run_ends_after(epoch) and self.algorithm is not None and self.eval_ratios != (1.0, 1.0):
+            full = evaluate(self.model, self.val_loader, self.device, cfg.amp, 1.0, 1.0)["top1"]
         metrics: Dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": totals["loss_sum"] / counted,
@@ -411,11 +442,15 @@ class Trainer:
             "val_loss": val["loss"],
             "val_images": val["images"],
         }
+        if full is not None or (self._run_ends_after(epoch) and val["top1"] is not None):
+            metrics["val_top1_full_tokens"] = val["top1"] if full is None else full
         if self.ema is not None and val["top1"] is not None:
             metrics["val_top1_ema"] = evaluate(self.ema.module, self.val_loader, self.device, cfg.amp, *ratios)["top1"]
+        self.progress.eval_seconds += time.perf_counter() - t_eval
         num_active = self.algorithm.num_active if self.algorithm is not None else None
         metrics.update(
             epoch_seconds=acc.seconds,
+            epoch_cpu_seconds=acc.cpu_seconds,
             train_images=epoch_images,
             train_images_per_s=epoch_images / max(acc.seconds, 1e-9),
             active_examples=num_active if num_active is not None else self.num_train,
@@ -425,18 +460,9 @@ class Trainer:
             attn_keep_ratio=akr,
             lr=lr,
             skipped_steps=totals["skipped"],
-            relative_flops_so_far=self.progress.flops_sum / ((epoch + 1) * self.num_train * self.dense_flops),
+            dense_epochs_so_far=self.progress.flops_sum / (self.num_train * self.dense_flops),
         )
-        logger.info(
-            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %s%s | %.1f s, %.0f img/s | active %d/%d | "
-            "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
-            epoch + 1, cfg.epochs, metrics["train_loss"], metrics["train_acc"],
-            "n/a" if metrics["val_top1"] is None else f"{metrics['val_top1']:.2f}%",
-            f" (EMA {metrics['val_top1_ema']:.2f}%)" if "val_top1_ema" in metrics else "",
-            acc.seconds, metrics["train_images_per_s"], metrics["active_examples"], self.num_train,
-            "n/a" if metrics["mean_tokens_per_block"] is None else f"{metrics['mean_tokens_per_block']:.1f}",
-            kr, akr, lr,
-        )
+        self.output.log_epoch(metrics, self.run_epochs, self.num_train)
         return metrics
 
     def _step(
@@ -532,15 +558,6 @@ class Trainer:
 
         summary = run_summary(self, finished)
         self.output.write_summary(summary)
-        if self.ctx.is_main:
-            logger.info(
-                "%s: val top-1 %.2f%% after %d/%d epochs, %.1f s of training, %d training images, "
-                "relative training FLOPs %.3f, world size %d, selector digest %s",
-                "done" if finished else "paused",
-                float("nan") if summary["val_top1"] is None else summary["val_top1"], summary["epochs_done"],
-                self.cfg.epochs, self.progress.train_seconds, self.progress.train_images,
-                summary["relative_train_flops"], self.ctx.world_size, summary["selector_digest"],
-            )
         return summary
 
 

@@ -21,6 +21,7 @@ Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [
 pruning; attention level: per-query top-k connection masks; example level: forgetting events).
 """
 
+from .curves import plot_tta_curves
 from .plots import plot_accuracy_vs_time
 from .pruning import visualize_checkpoint, visualize_pruning
 from .report import REPORT_FILES, read_metrics, report_run
@@ -36,4 +37,5 @@ __all__ = [
     "report_run",
     "REPORT_FILES",
     "plot_accuracy_vs_time",
+    "plot_tta_curves",
 ]

@@ -1,0 +1,159 @@
+"""``trilevel bench train --budgets ...``: every configuration at every budget and seed, interleaved.
+
+Each run is a full ``trilevel train`` with ``--budget B`` (its LR, warm-up and keep-ratio schedules
+fitted to the steps B dense epochs of compute buy, :mod:`trilevel.training.budget`). The runs
+alternate on the machine (seed by seed, budget by budget, configurations in rotating order), so
+a drift of its speed hits every configuration alike. The results become accuracy-against-time
+curves, a time-to-accuracy table against budget-matched dense training
+(:mod:`trilevel.bench.tta`), a plot and JSON. A run whose folder already holds a finished
+summary with the same configuration is not run again, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+from .train import TRAIN_PRESETS
+from .tta import build_curves, interleaved_order, tta_rows
+
+__all__ = ["BUDGET_RUN_KEYS", "run_budget_bench", "format_curve_table", "format_tta_table"]
+
+_LOG = logging.getLogger(__name__)
+
+#: Summary fields kept for each run of the bench.
+BUDGET_RUN_KEYS = ("val_top1", "val_top1_full_tokens", "train_seconds", "train_cpu_seconds", "eval_seconds",
+                   "checkpoint_seconds", "total_steps", "epochs_trained", "dense_epochs_used",
+                   "relative_train_flops", "output_dir")
+
+
+def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int]) -> None:
+    allowed = sorted(n for n in TRAIN_PRESETS if n != "dense-same-time")
+    unknown = [c for c in configs if c not in TRAIN_PRESETS or c == "dense-same-time"]
+    if unknown:
+        raise ValueError(f"unknown bench configurations {unknown} for a budget bench; allowed: {allowed}")
+    if "dense" not in configs:
+        raise ValueError("a budget bench measures time to accuracy against dense training: include 'dense' in --configs")
+    for what, values in (("configurations", configs), ("budgets", budgets), ("seeds", seeds)):
+        if not values:
+            raise ValueError(f"--{what if what != 'configurations' else 'configs'} must name at least one")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{what} repeat ({list(values)}): each would overwrite the other's run folder")
+    for b in budgets:
+        if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0):
+            raise ValueError(f"--budgets must be positive numbers of dense epochs, got {b!r}")
+
+
+def _done_before(folder: str, cfg: Mapping[str, Any]) -> Optional[dict]:
+    """The finished summary in ``folder`` if it was trained with ``cfg`` (else None)."""
+    try:
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
+            stored = yaml.safe_load(f)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    same = all(stored.get(k) == v for k, v in cfg.items() if k not in ("output_dir", "resume"))
+    return summary if summary.get("finished") and same else None
+
+
+def run_budget_bench(
+    base: Mapping[str, Any],
+    configs: Sequence[str],
+    budgets: Sequence[float],
+    seeds: Sequence[int],
+    output_dir: str,
+    target: Optional[float] = None,
+    target_drop: float = 0.3,
+) -> Dict[str, Any]:
+    """Train every configuration at every budget and seed (interleaved); return curves and TTA figures.
+
+    Args:
+        base: The shared recipe (a :class:`~trilevel.training.TrainConfig` as a dict; ``budget``
+            and ``seed`` are set per run).
+        configs: Names from :data:`~trilevel.bench.train.TRAIN_PRESETS`, ``dense`` included.
+        budgets: Budgets in dense-epoch equivalents.
+        seeds: Seeds.
+        output_dir: Runs go to ``<output_dir>/<config>/b<budget>-s<seed>/``; ``bench_runs.json``
+            (every run, written as they finish), ``bench_tta.json``, ``bench_tta.md`` and
+            ``accuracy_vs_time.png`` to ``output_dir``.
+        target: Time-to-accuracy target top-1 (percent); None: dense's mean top-1 at the
+            largest budget minus ``target_drop``.
+        target_drop: Points below dense's best mean for the default target.
+
+    Returns:
+        ``{"runs", "curves", "target", "tta"}``: the run rows, the curves (as dicts), the target
+        and the rows of :func:`trilevel.bench.tta.tta_rows`.
+
+    Raises:
+        ValueError: Unknown or repeated configurations, no ``dense``, bad budgets or seeds
+            (before anything trains), and the errors of :func:`trilevel.train`.
+    """
+    from .. import training
+
+    budgets = [float(b) for b in budgets]
+    _check(configs, budgets, seeds)
+    os.makedirs(output_dir, exist_ok=True)
+    rows: List[dict] = []
+    order = interleaved_order(list(configs), budgets, list(seeds))
+    for n, (seed, budget, name) in enumerate(order, start=1):
+        folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
+        cfg = {**base, **TRAIN_PRESETS[name], "budget": budget, "seed": seed, "output_dir": folder, "resume": None}
+        summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict())
+        if summary is None:
+            _LOG.info("bench run %d/%d: %s at budget %g, seed %d", n, len(order), name, budget, seed)
+            summary = training.train(cfg)
+        else:
+            _LOG.info("bench run %d/%d: %s at budget %g, seed %d: done before, reused", n, len(order), name, budget,
+                      seed)
+        rows.append({"name": name, "budget": budget, "seed": seed, **{k: summary.get(k) for k in BUDGET_RUN_KEYS}})
+        with open(os.path.join(output_dir, "bench_runs.json"), "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)
+    curves = build_curves(rows)
+    dense_best = curves["dense"].points[-1].top1_mean
+    target = dense_best - target_drop if target is None else float(target)
+    tta = tta_rows(curves, target)
+    result = {"runs": rows, "curves": {k: [vars(p) for p in c.points] for k, c in curves.items()},
+              "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds)}
+    with open(os.path.join(output_dir, "bench_tta.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(output_dir, "bench_tta.md"), "w", encoding="utf-8") as f:
+        f.write(format_curve_table(curves) + "\n\n" + format_tta_table(tta, target) + "\n")
+    from ..viz import plot_tta_curves
+
+    plot_tta_curves(curves, os.path.join(output_dir, "accuracy_vs_time.png"), target)
+    return result
+
+
+def format_curve_table(curves: Mapping[str, Any]) -> str:
+    """Markdown table: per configuration and budget, mean top-1 +- s.e.m., seeds, mean wall-clock and CPU time."""
+    lines = ["| configuration | budget (dense epochs) | seeds | top-1 % (mean +- sem) | std | train s (wall) | "
+             "train s (CPU) |", "|---|---|---|---|---|---|---|"]
+    for name, curve in curves.items():
+        for p in curve.points:
+            lines.append(f"| {name} | {p.budget:g} | {p.seeds} | {p.top1_mean:.2f} +- {p.top1_sem:.2f} | "
+                         f"{p.top1_std:.2f} | {p.seconds_mean:.0f} | {p.cpu_seconds_mean:.0f} |")
+    return "\n".join(lines)
+
+
+def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:
+    return none if x is None else format(x, spec)
+
+
+def format_tta_table(rows: Sequence[Mapping[str, Any]], target: float) -> str:
+    """Markdown table of :func:`trilevel.bench.tta.tta_rows`: time to ``target``, TTA speedup, gains at equal time."""
+    lines = [f"Target: {target:.2f}% top-1 (dense at its largest budget minus the drop, unless given).", "",
+             "| configuration | time to target (s) | TTA speedup vs dense (interval) | gain over dense at equal "
+             "wall-clock, per budget (points) |", "|---|---|---|---|"]
+    for r in rows:
+        speed = ("never reaches the target" if not r["reached"] else
+                 f"{_fmt(r['speedup'], '.2f')}x ({_fmt(r['speedup_low'], '.2f', '?')}-"
+                 f"{_fmt(r['speedup_high'], '.2f', '?')})")
+        gains = ", ".join(f"{g['budget']:g}: {_fmt(g['gain'], '+.2f')}" for g in r["gains"])
+        lines.append(f"| {r['name']} | {_fmt(r['tta_seconds'], '.0f', 'never')} | {speed} | {gains} |")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Compute budgets: the step plan (pure arithmetic on crafted costs) and budgeted training runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trilevel.training import TrainConfig, train
+from trilevel.training.budget import epoch_batch_sizes, plan_budget
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
+                                reason="Fashion-MNIST not installed (scripts/setup.sh)")
+
+
+# ------------------------------------------------------------------------------------ the plan
+def test_epoch_batch_sizes():
+    assert epoch_batch_sizes(10, 4, 1, drop_last=False) == [4, 4, 2]
+    assert epoch_batch_sizes(10, 4, 1, drop_last=True) == [4, 4]
+    assert epoch_batch_sizes(10, 4, 2, drop_last=False) == [8, 8, 4]  # global images per step
+    assert epoch_batch_sizes(3, 4, 1, drop_last=True) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batch_sizes(10, 0, 1, False)
+
+
+def test_constant_cost_buys_the_budget_in_images():
+    # 100 images, dense cost 1 per image: a budget of 2.5 epochs buys 250 images = 25 steps of 10
+    plan = plan_budget(2.5, 100, 1.0, [10] * 10, lambda p: 1.0)
+    assert plan.total_steps == 25 and plan.planned_flops == 250.0 and plan.budget_flops == 250.0
+    assert plan.epochs == 2.5 and plan.whole_epochs == 3 and plan.steps_per_epoch == 10
+
+
+def test_cheaper_steps_buy_more_steps_and_partial_batches_count():
+    # half the cost per image: twice the steps
+    assert plan_budget(2.0, 100, 1.0, [10] * 10, lambda p: 0.5).total_steps == 40
+    # epochs of 25 images with batch 10: 10, 10, 5 -> one epoch costs 25, budget 1 (100) buys 4 epochs = 12 steps
+    plan = plan_budget(1.0, 100, 1.0, [10, 10, 5], lambda p: 1.0)
+    assert plan.total_steps == 12 and plan.planned_flops == 100.0 and plan.epochs == 4.0
+
+
+def test_the_plan_is_step_exact_for_a_schedule():
+    cost = lambda p: 1.0 - 0.5 * p  # noqa: E731 - a decaying keep ratio: cheaper later
+    batches = [8] * 7 + [3]
+    plan = plan_budget(3.0, 59, 2.0, batches, cost)
+
+    def spent(steps):
+        return sum(batches[s % len(batches)] * cost(s / steps) for s in range(steps))
+
+    assert spent(plan.total_steps) <= plan.budget_flops < spent(plan.total_steps + 1)
+    assert plan.planned_flops == pytest.approx(spent(plan.total_steps))
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), float("inf"), True])
+def test_bad_budget(budget):
+    with pytest.raises(ValueError, match="budget"):
+        plan_budget(budget, 100, 1.0, [10], lambda p: 1.0)
+
+
+def test_a_budget_that_fits_no_step_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not pay for one step"):
+        plan_budget(0.05, 100, 1.0, [10], lambda p: 1.0)
+    with pytest.raises(ValueError, match="no step"):
+        plan_budget(1.0, 100, 1.0, [], lambda p: 1.0)
+
+
+def test_config_budget_and_warmup_checks():
+    assert TrainConfig(budget=1.5).budget == 1.5
+    assert TrainConfig().warmup_fraction() == pytest.approx(1 / 30)
+    assert TrainConfig(epochs=4, warmup_epochs=1).warmup_fraction() == 0.25
+    assert TrainConfig(budget=2.0, warmup_epochs=0.5).warmup_fraction() == 0.25
+    assert TrainConfig(epochs=1).epochs == 1  # the default warm-up (1/30 of the run) fits any run
+    with pytest.raises(ValueError, match="budget"):
+        TrainConfig(budget=0)
+    with pytest.raises(ValueError, match="warmup-epochs.*budget"):
+        TrainConfig(budget=1.0, warmup_epochs=1.0)
+
+
+# ------------------------------------------------------------------------------------ runs
+TINY = dict(
+    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
+    dataset="fashion-mnist", train_subset=256, val_subset=200, batch_size=32, workers=0, device="cpu",
+    seed=0, log_interval=2, ratio_warmup=0.0, ratio_decay_end=0.5, example_update_every=1,
+    attn_keep_ratio=1.0, prune_layers=[1, 2],
+)
+
+
+def run(tmp_path: Path, name: str, **overrides) -> dict:
+    return train(dict(TINY, output_dir=str(tmp_path / name), **overrides))
+
+
+@needs_data
+def test_dense_budget_run_takes_the_planned_steps(tmp_path):
+    s = run(tmp_path, "dense", dense=True, budget=1.5)
+    # 256 images, batch 32: 8 full steps per epoch; 1.5 epochs of dense compute = 12 steps
+    assert s["budget"] == 1.5 and s["total_steps"] == 12 and s["global_steps"] == 12
+    assert s["train_images"] == 384 and s["epochs_trained"] == 1.5 and s["epochs"] == 2
+    assert s["dense_epochs_used"] == pytest.approx(1.5) and s["relative_train_flops"] == pytest.approx(1.0)
+    assert s["train_cpu_seconds"] > 0 and s["eval_seconds"] > 0 and s["checkpoint_seconds"] > 0
+    metrics = [json.loads(x) for x in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train_images"] for m in metrics] == [256, 128]
+    # the LR schedule is fitted to the 12 steps: the last step's LR is near the cosine's end
+    assert metrics[-1]["lr"] < 0.05 * TrainConfig().lr
+
+
+@needs_data
+def test_tri_level_budget_run_gets_more_steps_within_the_same_compute(tmp_path):
+    s = run(tmp_path, "tri", budget=1.5, keep_ratio=0.5, selector="none")
+    assert s["total_steps"] > 12 and s["global_steps"] == s["total_steps"]
+    assert s["dense_epochs_used"] <= 1.5 and s["relative_train_flops"] > 0.95
+    assert s["epochs_trained"] == pytest.approx(s["total_steps"] / 8)
+    assert s["val_top1_full_tokens"] is not None  # evaluated at full tokens too (the run ends pruned)
+
+
+@needs_data
+def test_budget_run_resumes_exactly(tmp_path):
+    straight = run(tmp_path, "straight", budget=2.5, keep_ratio=0.5)
+    first = run(tmp_path, "split", budget=2.5, keep_ratio=0.5, stop_after_epoch=1)
+    assert first["finished"] is False
+    resumed = run(tmp_path, "split", budget=2.5, keep_ratio=0.5, resume=str(tmp_path / "split" / "checkpoint.pt"))
+    for key in ("val_top1", "train_loss", "global_steps", "train_images", "selector_digest", "epochs_trained"):
+        assert resumed[key] == straight[key], key
+    assert math.isclose(resumed["dense_epochs_used"], straight["dense_epochs_used"], rel_tol=1e-12)
