@@ -183,6 +183,19 @@ def test_mnist_synthetic_torchvision_layout(tmp_path):
     assert train[0][0].shape == (1, 8, 8)
 
 
+def test_light_aug_flips_clothing_but_not_digits(tmp_path, fmnist):
+    import torchvision.transforms.v2 as v2
+
+    def flips(dataset) -> bool:
+        return any(isinstance(t, v2.RandomHorizontalFlip) for t in dataset.transform.transforms)
+
+    assert flips(fmnist[0])  # the fixture's default aug is "light"
+    _synthetic_idx_folder(tmp_path / "MNIST" / "raw", size=8)
+    digits, _, _ = build_datasets("mnist", data_dir=str(tmp_path), aug="light")
+    assert not flips(digits)
+    assert any(isinstance(t, v2.RandomCrop) for t in digits.transform.transforms)  # still cropped
+
+
 def test_mnist_label_count_mismatch(tmp_path):
     folder = _synthetic_idx_folder(tmp_path / "idx", n_val=6, n_val_labels=5)
     with pytest.raises(ValueError, match="6 images but .* 5 labels"):

@@ -248,12 +248,30 @@ def test_restore_from_pool_sizes_invariant_and_stats_reset():
         assert sel.num_active == 240 and sel.removed_indices.numel() == 60
         assert sets_partition(sel)
     assert sel.num_updates == 3 and [h["epoch"] for h in sel.history] == [2, 4, 6]
-    # statistics are reset at an update
+    # statistics are reset at an update, except each example's last outcome
     sel2 = ForgettingSelector(100, update_every=1, seed=0)
     present(sel2, sel2.active_indices, torch.ones(80, dtype=torch.bool), tie_break=torch.zeros(80))
     sel2.set_epoch(1)
     assert int(sel2.presentations.sum()) == 0 and not bool(sel2.ever_learned.any())
-    assert not bool(sel2.last_correct.any()) and bool(torch.isnan(sel2.tie_break_scores).all())
+    assert bool(torch.isnan(sel2.tie_break_scores).all())
+    assert int(sel2.last_correct.sum()) == 80  # kept across the update
+
+
+def test_forgetting_events_span_updates():
+    """With an update every epoch each example is presented once between updates; a correct-then-wrong
+    pair of consecutive presentations across the update is still a forgetting event (Toneva et al.)."""
+    sel = ForgettingSelector(100, update_every=1, seed=0)
+    active = sel.active_indices
+    present(sel, active, torch.ones(80, dtype=torch.bool))  # epoch 0: all correct
+    sel.set_epoch(1)
+    kept = sel.active_indices
+    survivors = torch.tensor(sorted(set(kept.tolist()) & set(active.tolist())))
+    wrong = torch.zeros(len(survivors), dtype=torch.bool)
+    present(sel, survivors, wrong)  # epoch 1: the same examples, now wrong
+    assert int(sel.forgetting_counts[survivors].sum()) == len(survivors)
+    restored = torch.tensor(sorted(set(kept.tolist()) - set(active.tolist())))
+    present(sel, restored, torch.zeros(len(restored), dtype=torch.bool))  # first presentation: no event
+    assert int(sel.forgetting_counts[restored].sum()) == 0
 
 
 def test_random_selector_same_sizes_random_swaps():

@@ -176,6 +176,8 @@ def test_tri_level_run_writes_outputs(straight):
     # One selector update happened at epoch 1 (update every epoch, 5% of 256 = 13 swapped).
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["algorithm"]["selector"]["history"] == [{"epoch": 1, "removed": 13, "restored": 13}]
+    # forgetting events are counted across the update (epoch 1 right, epoch 2 wrong)
+    assert int(ckpt["algorithm"]["selector"]["stats"]["forgetting_counts"].sum()) > 0
     assert summary["selector_digest"] == ckpt["selector_digest"] and summary["selector_digest"]
     assert ckpt["progress"]["epoch"] == 2 and ckpt["progress"]["step_in_epoch"] == 0
     stored = yaml.safe_load((out / "config.yaml").read_text())

@@ -40,11 +40,13 @@ from .sources import (
     ALLOWED_AUGS,
     ALLOWED_BAD_IMAGES,
     ALLOWED_NAMES,
+    HFLIP_KEEPS_LABEL,
     DEFAULT_FASHION_MNIST_DIR,
     build_datasets,
 )
 
 __all__ = [
+    "HFLIP_KEEPS_LABEL",
     "ALLOWED_AUGS",
     "ALLOWED_BAD_IMAGES",
     "ALLOWED_NAMES",

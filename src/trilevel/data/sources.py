@@ -34,6 +34,7 @@ __all__ = [
     "ALLOWED_BAD_IMAGES",
     "ALLOWED_NAMES",
     "DEFAULT_FASHION_MNIST_DIR",
+    "HFLIP_KEEPS_LABEL",
     "build_datasets",
 ]
 
@@ -45,6 +46,10 @@ ALLOWED_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
 ALLOWED_AUGS = ("light", "none", "deit")
 """Training augmentations accepted by :func:`build_datasets`."""
+
+HFLIP_KEEPS_LABEL = {"fashion-mnist": True, "mnist": False, "cifar10": True, "cifar100": True, "imagefolder": True}
+"""Whether a horizontal flip keeps an image's label, per dataset: clothing, objects and scenes
+mirror; digits do not (a mirrored 2 or 7 is not a digit), so ``"light"`` does not flip MNIST."""
 
 ALLOWED_BAD_IMAGES = ("fail", "skip")
 """What :func:`build_datasets` does with unreadable ``"imagefolder"`` images (``bad_images``)."""
@@ -158,7 +163,8 @@ def _build_in_memory(
         # clone: a slice would keep (and pickle) the whole storage.
         train_x, train_y = train_x[:n].clone(), train_y[:n].clone()
         _warn_if_classes_missing(name, train_y, num_classes)
-    train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std)
+    train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std,
+                                         hflip=HFLIP_KEEPS_LABEL[name])
     train = TensorImageDataset(train_x, train_y, train_tf)
     val = TensorImageDataset(val_x, val_y, val_tf)
     out_mean = mean * 3 if chans != native_chans else mean
@@ -302,7 +308,8 @@ def build_datasets(
     Training transforms by ``aug``:
 
     * ``"light"`` (default, meant for small images): random crop with zero padding of
-      ``img_size // 7`` pixels (4 for 28 and 32) and a horizontal flip, then normalisation. For
+      ``img_size // 7`` pixels (4 for 28 and 32) and a horizontal flip where it keeps the label
+      (:data:`HFLIP_KEEPS_LABEL`: not for MNIST digits), then normalisation. For
       ``"imagefolder"``: random-resized crop and horizontal flip.
     * ``"none"``: the validation transform (no randomness).
     * ``"deit"``: timm's DeiT pipeline (random-resized crop, RandAugment

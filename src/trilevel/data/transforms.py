@@ -46,6 +46,7 @@ def tensor_transforms(
     aug: str,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    hflip: bool = True,
 ) -> tuple[Callable, Callable]:
     """Builds the (train, val) transforms for ``uint8`` tensors ``(C, H, W)`` of side ``native_size``.
 
@@ -59,6 +60,8 @@ def tensor_transforms(
         aug: Training augmentation, ``"light"``, ``"none"`` or ``"deit"``.
         mean: Per-channel mean, ``native_chans`` entries, pixel values in [0, 1].
         std: Per-channel standard deviation, ``native_chans`` entries.
+        hflip: Whether ``"light"`` flips images horizontally (not for digits or text, whose mirror
+            image is another symbol).
 
     Returns:
         ``(train, val)`` callables mapping a ``uint8`` image to a normalised ``float32`` tensor.
@@ -70,10 +73,7 @@ def tensor_transforms(
     if aug == "none":
         return val, val
     if aug == "light":
-        crop_flip = [
-            v2.RandomCrop(img_size, padding=img_size // 7),
-            v2.RandomHorizontalFlip(),
-        ]
+        crop_flip = [v2.RandomCrop(img_size, padding=img_size // 7), *([v2.RandomHorizontalFlip()] if hflip else [])]
         return v2.Compose([*resize, *crop_flip, *normalise, *to_rgb]), val
     # "deit": timm's PIL pipeline on an RGB image; val stays resize + normalise.
     rgb_mean = mean * 3 if len(mean) == 1 else mean

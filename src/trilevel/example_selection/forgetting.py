@@ -72,7 +72,10 @@ class ForgettingSelector(ExampleSelector):
        examples were learned; ``history`` records the number actually swapped);
     3. restore the same number of examples, drawn at random from the removed pool as it was before
        step 2, into the active set - the active set keeps its size;
-    4. reset all statistics.
+    4. reset the statistics, except each example's outcome at its last presentation: a forgetting
+       event needs two consecutive presentations, which may lie on both sides of an update (with an
+       update every epoch, each example is presented once between updates, so resetting it too
+       would never count an event).
 
     Counts are ``round(fraction * num_examples)`` with Python's ``round`` (half to even), e.g. the
     paper's ImageNet-1k settings 0.2 and 0.05 of 1,281,167 give 256,233 removed and 64,058 swapped.
@@ -100,7 +103,8 @@ class ForgettingSelector(ExampleSelector):
         update_epochs (list[int]): The epochs at which updates happen when every epoch is visited.
         num_updates (int): Updates made so far.
         history (list[dict]): One ``{"epoch", "removed", "restored"}`` entry per update.
-        last_correct (torch.BoolTensor): ``(num_examples,)`` correctness at the last presentation.
+        last_correct (torch.BoolTensor): ``(num_examples,)`` correctness at the last presentation
+            (kept across updates; False before the first one).
         forgetting_counts (torch.IntTensor): ``(num_examples,)`` forgetting events since the last update.
         ever_learned (torch.BoolTensor): ``(num_examples,)`` classified correctly at least once since
             the last update.
@@ -238,7 +242,7 @@ class ForgettingSelector(ExampleSelector):
         self._reset_statistics()
 
     def _reset_statistics(self) -> None:
-        self.last_correct.zero_()
+        # last_correct is kept: consecutive presentations may straddle the update
         self.forgetting_counts.zero_()
         self.ever_learned.zero_()
         self.presentations.zero_()
