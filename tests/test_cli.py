@@ -202,12 +202,12 @@ def test_config_file_keys_and_flag_precedence(tmp_path):
     cfg_file = tmp_path / "config.yaml"
     cfg_file.write_text(
         "batch-size: 64\nkeep_ratio: 0.5\nlr: 1e-3\nprune-layers: [1, 2]\nexample-update-every: 3\n"
-        "fuse-inattentive: true\nratio_decay_end: 0.5\n"
+        "token-fate: fuse\nratio_decay_end: 0.5\n"
     )
-    cfg = parse(["train", "-c", str(cfg_file), "--keep-ratio", "0.8", "--no-fuse-inattentive"])
+    cfg = parse(["train", "-c", str(cfg_file), "--keep-ratio", "0.8", "--token-fate", "bypass"])
     assert cfg.batch_size == 64 and cfg.lr == 1e-3 and cfg.prune_layers == [1, 2]
     assert cfg.example_update_every == 3 and cfg.ratio_decay_end == 0.5
-    assert cfg.keep_ratio == 0.8 and cfg.fuse_inattentive is False  # flags override the file
+    assert cfg.keep_ratio == 0.8 and cfg.token_fate == "bypass"  # flags override the file
     assert cfg.epochs == 30  # untouched default
 
 

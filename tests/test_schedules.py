@@ -50,3 +50,31 @@ def test_bad_progress_and_steps():
         run_progress(0, 0, 0, 10)
     with pytest.raises(ValueError, match="epochs"):
         run_progress(0, 0, 10, 0)
+
+
+# ------------------------------------------------------------------------ shapes beyond the paper
+def test_grow_shapes():
+    lin = KeepRatioSchedule(0.4, warmup=0.0, decay_end=0.8, shape="grow", curve="linear")
+    assert lin(0.0) == 0.4 and lin(0.4) == pytest.approx(0.7) and lin(0.8) == 1.0 and lin(1.0) == 1.0
+    cos = KeepRatioSchedule(0.4, warmup=0.1, decay_end=0.5, shape="grow")
+    assert cos(0.05) == 0.4 and cos(0.3) == pytest.approx(0.7) and cos(0.6) == 1.0
+    step = KeepRatioSchedule(0.4, warmup=0.0, decay_end=0.9, shape="grow", curve="step", stages=3)
+    assert [step(p) for p in (0.0, 0.29, 0.31, 0.61, 0.89, 0.9)] == pytest.approx([0.4, 0.4, 0.6, 0.8, 0.8, 1.0])
+    assert step.ends_dense() and not KeepRatioSchedule(0.7).ends_dense()
+
+
+def test_dense_tail_and_decay_curves():
+    tail = KeepRatioSchedule(0.5, warmup=0.0, decay_end=0.5, curve="linear", dense_tail=0.2)
+    assert tail(0.25) == pytest.approx(0.75) and tail(0.79) == 0.5 and tail(0.8) == 1.0 and tail(1.0) == 1.0
+    assert tail.ends_dense()
+    # the paper's decay keeps EViT's expression exactly
+    s = KeepRatioSchedule(0.7)
+    t = (0.2 - 1 / 30) / (11 / 30 - 1 / 30)
+    assert s(0.2) == 0.7 + (1.0 - 0.7) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@pytest.mark.parametrize("kwargs", [dict(shape="wave"), dict(curve="sine"), dict(stages=0), dict(dense_tail=1.0),
+                                    dict(dense_tail=-0.1)])
+def test_bad_shape_arguments(kwargs):
+    with pytest.raises(ValueError):
+        KeepRatioSchedule(0.5, **kwargs)

@@ -93,7 +93,12 @@ def straight(tmp_path_factory):
         ({"prune_layers": [1, 1]}, ["duplicate"]),
         ({"ratio_warmup": 0.5, "ratio_decay_end": 0.2}, ["ratio-decay-end"]),
         ({"mixup": 0.8, "batch_size": 33}, ["even"]),
-        ({"fuse_inattentive": "yes"}, ["fuse-inattentive"]),
+        ({"token_fate": "merge"}, ["token-fate", "bypass"]),
+        ({"token_score": "norm"}, ["token-score", "random"]),
+        ({"ratio_schedule": "wave"}, ["ratio-schedule", "grow"]),
+        ({"dense_tail": 1.0}, ["dense-tail"]),
+        ({"rejoin_layer": 11}, ["rejoin-layer", "bypass"]),
+        ({"token_fate": "bypass", "prune_layers": [3, 9], "rejoin_layer": 9}, ["rejoin-layer", "after"]),
         ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
         ({"eval_every": 0}, ["eval-every", "0"]),
     ],
@@ -114,6 +119,13 @@ def test_from_dict_accepts_hyphens_and_rejects_unknown_keys():
     assert "'bach_size'" in msg and "'learning-rate'" in msg and "batch-size" in msg
     with pytest.raises(ValueError, match="twice"):
         TrainConfig.from_dict({"batch-size": 64, "batch_size": 32})
+
+
+def test_the_old_fuse_inattentive_key_still_reads():
+    assert TrainConfig.from_dict({"fuse-inattentive": True}).token_fate == "fuse"
+    assert TrainConfig.from_dict({"fuse_inattentive": False}).token_fate == "drop"
+    with pytest.raises(ValueError, match="contradicts"):
+        TrainConfig.from_dict({"fuse-inattentive": True, "token-fate": "bypass"})
 
 
 def test_update_every_and_prune_layers_parsing():

@@ -17,7 +17,7 @@ from trilevel import viz
 from trilevel.checkpoint import save_checkpoint
 from trilevel.data import build_datasets
 from trilevel.example_selection import ForgettingSelector
-from trilevel.vit import get_trilevel_info, patch_vit, set_keep_ratios
+from trilevel.vit import get_trilevel_info, patch_vit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRID = 7

@@ -26,13 +26,17 @@ import torch
 import torch.nn as nn
 
 from .options import (
-    BlockList, Fraction, OptionalFloat, UpdateEvery, check_bool, check_choice, check_float, check_int,
+    BlockList, Fraction, OptionalFloat, OptionalInt, UpdateEvery, check_choice, check_float, check_int,
     parse_block_list, parse_update_every,
 )
 
-__all__ = ["ALLOWED_SELECTORS", "SelectorName", "TriLevelConfig", "TriLevel", "build_selector"]
+__all__ = ["ALLOWED_SELECTORS", "SelectorName", "TriLevelConfig", "TriLevel", "build_selector", "patch_model"]
 
 SelectorName = Literal["forgetting", "random", "loss", "none"]
+ScheduleShape = Literal["decay", "grow"]
+ScheduleCurve = Literal["cosine", "linear", "step"]
+TokenFate = Literal["drop", "fuse", "bypass"]
+TokenScore = Literal["cls-attention", "random"]
 ALLOWED_SELECTORS: Tuple[str, ...] = get_args(SelectorName)
 """Example selectors: the paper's forgetting events, random swaps, InfoBatch-style loss, or none."""
 
@@ -48,9 +52,15 @@ class TriLevelConfig:
         keep_ratio: Final token keep ratio per pruning block, in (0, 1] (paper: 0.7).
         attn_keep_ratio: Final kept fraction of attention connections per query, in (0, 1] (paper: 0.3; 1.0 turns the attention level off).
         prune_layers: 0-based pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4 (blocks 3, 6, 9 of 12, the paper's).
-        ratio_warmup: Fraction of the run at ratio 1 before the decay, e.g. 1/30 (paper: 10 of 300 epochs).
-        ratio_decay_end: Fraction of the run where the ratios reach their targets, e.g. 11/30 (paper: epoch 110 of 300).
-        fuse_inattentive: Fuse the pruned tokens into one extra token (EViT, Liang et al., ICLR 2022); off in the paper.
+        ratio_schedule: decay: the ratios start at 1 and fall to their targets (the paper's, from EViT); grow: they start at their targets and rise to 1, so the run ends at full tokens (random-LTD, Token Expansion).
+        ratio_warmup: Fraction of the run before the ratios start to change, e.g. 1/30 (paper: 10 of 300 epochs).
+        ratio_decay_end: Fraction of the run where the change ends, e.g. 11/30 (paper: epoch 110 of 300).
+        ratio_curve: Form of the change: cosine (the paper's), linear, or step (--ratio-stages equal jumps).
+        ratio_stages: Jumps of a step curve (Token Expansion: 2, for three stages).
+        dense_tail: Final fraction of the run trained dense: both ratios 1, every example, no connection mask (FLIP, InfoBatch); the run then also evaluates dense. 0: off (the paper).
+        token_fate: What happens to pruned tokens: drop (the paper), fuse (EViT: one extra token, their score-weighted mean) or bypass (random-LTD: they skip the blocks up to --rejoin-layer and are put back there).
+        token_score: How tokens are chosen: cls-attention (the paper: head-mean [CLS] attention) or random (random-LTD, PatchDropout).
+        rejoin_layer: bypass: the block where the bypassed tokens come back; none: the last block.
         eval_keep_ratio: Token keep ratio for evaluation; none: the schedule's final value.
         eval_attn_keep_ratio: Attention keep ratio for evaluation; none: the schedule's final value.
         selector: Example selector: forgetting (paper), random (ablation), loss (InfoBatch-style) or none.
@@ -63,9 +73,15 @@ class TriLevelConfig:
     keep_ratio: float = 0.7
     attn_keep_ratio: float = 0.3
     prune_layers: BlockList = None
+    ratio_schedule: ScheduleShape = "decay"
     ratio_warmup: Fraction = 1.0 / 30.0
     ratio_decay_end: Fraction = 11.0 / 30.0
-    fuse_inattentive: bool = False
+    ratio_curve: ScheduleCurve = "cosine"
+    ratio_stages: int = 3
+    dense_tail: float = 0.0
+    token_fate: TokenFate = "drop"
+    token_score: TokenScore = "cls-attention"
+    rejoin_layer: OptionalInt = None
     eval_keep_ratio: OptionalFloat = None
     eval_attn_keep_ratio: OptionalFloat = None
     selector: SelectorName = "forgetting"
@@ -92,7 +108,18 @@ class TriLevelConfig:
             raise ValueError(
                 f"ratio-decay-end ({self.ratio_decay_end:g}) must be >= ratio-warmup ({self.ratio_warmup:g})"
             )
-        check_bool("fuse_inattentive", self.fuse_inattentive)
+        check_choice("ratio_schedule", self.ratio_schedule, get_args(ScheduleShape))
+        check_choice("ratio_curve", self.ratio_curve, get_args(ScheduleCurve))
+        check_int("ratio_stages", self.ratio_stages, 1)
+        self.dense_tail = check_float("dense_tail", self.dense_tail, 0.0, 1.0, high_open=True)
+        check_choice("token_fate", self.token_fate, get_args(TokenFate))
+        check_choice("token_score", self.token_score, get_args(TokenScore))
+        check_int("rejoin_layer", self.rejoin_layer, 0, optional=True)
+        if self.rejoin_layer is not None and self.token_fate != "bypass":
+            raise ValueError(f"rejoin-layer is for --token-fate bypass only (token-fate is {self.token_fate!r})")
+        if self.rejoin_layer is not None and self.prune_layers is not None and self.rejoin_layer <= max(self.prune_layers):
+            raise ValueError(f"rejoin-layer ({self.rejoin_layer}) must come after the last pruning block "
+                             f"({max(self.prune_layers)})")
         for name in ("eval_keep_ratio", "eval_attn_keep_ratio"):
             setattr(self, name, check_float(name, getattr(self, name), 0.0, 1.0, low_open=True, optional=True))
         check_choice("selector", self.selector, ALLOWED_SELECTORS)
@@ -110,15 +137,20 @@ class TriLevelConfig:
         """The tri-level fields only, as plain values (a :class:`TriLevelConfig` accepts them)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(TriLevelConfig)}
 
-    def eval_ratios(self) -> Tuple[float, float]:
-        """``(keep_ratio, attn_keep_ratio)`` for evaluation: the explicit ones, else the schedules' final values."""
+    def schedule(self, target: float):
+        """The :class:`~trilevel.schedules.KeepRatioSchedule` of these settings ending (or starting) at ``target``."""
         from .schedules import KeepRatioSchedule
 
+        return KeepRatioSchedule(target, self.ratio_warmup, self.ratio_decay_end, self.ratio_schedule,
+                                 self.ratio_curve, self.ratio_stages, self.dense_tail)
+
+    def eval_ratios(self) -> Tuple[float, float]:
+        """``(keep_ratio, attn_keep_ratio)`` for evaluation: the explicit ones, else the schedules' final values."""
         kr, akr = self.eval_keep_ratio, self.eval_attn_keep_ratio
         if kr is None:
-            kr = KeepRatioSchedule(self.keep_ratio, self.ratio_warmup, self.ratio_decay_end)(1.0)
+            kr = self.schedule(self.keep_ratio)(1.0)
         if akr is None:
-            akr = KeepRatioSchedule(self.attn_keep_ratio, self.ratio_warmup, self.ratio_decay_end)(1.0)
+            akr = self.schedule(self.attn_keep_ratio)(1.0)
         return float(kr), float(akr)
 
 
@@ -167,6 +199,19 @@ def _check_update_every(value: Any) -> Any:
     if isinstance(value, float) and value >= 1.0 and value.is_integer():
         return int(value)
     raise ValueError(message)
+
+
+def patch_model(model: nn.Module, config: TriLevelConfig) -> nn.Module:
+    """:func:`trilevel.patch_vit` with the settings of ``config`` (final keep ratios), in place.
+
+    Raises:
+        TypeError, ValueError: As :func:`trilevel.patch_vit`.
+    """
+    from .vit import patch_vit
+
+    return patch_vit(model, prune_layers=config.prune_layers, keep_ratio=config.keep_ratio,
+                     attn_keep_ratio=config.attn_keep_ratio, token_fate=config.token_fate,
+                     token_score=config.token_score, rejoin_layer=config.rejoin_layer)
 
 
 def build_selector(config: TriLevelConfig, num_examples: int, epochs: int, seed: int):
@@ -256,8 +301,6 @@ class TriLevel:
         **settings: Any,
     ) -> None:
         from .example_selection import ActiveSubsetSampler
-        from .schedules import KeepRatioSchedule
-        from .vit import patch_vit
 
         base = config if config is not None else TriLevelConfig()
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TriLevelConfig)})
@@ -266,10 +309,9 @@ class TriLevel:
         self.config = TriLevelConfig(**{**base.trilevel_settings(), **settings})
         self.epochs = check_int("epochs", epochs, 1)
         cfg = self.config
-        self.model = patch_vit(model, prune_layers=cfg.prune_layers, keep_ratio=cfg.keep_ratio,
-                               attn_keep_ratio=cfg.attn_keep_ratio, fuse_inattentive=cfg.fuse_inattentive)
-        self.token_schedule = KeepRatioSchedule(cfg.keep_ratio, cfg.ratio_warmup, cfg.ratio_decay_end)
-        self.attn_schedule = KeepRatioSchedule(cfg.attn_keep_ratio, cfg.ratio_warmup, cfg.ratio_decay_end)
+        self.model = patch_model(model, cfg)
+        self.token_schedule = cfg.schedule(cfg.keep_ratio)
+        self.attn_schedule = cfg.schedule(cfg.attn_keep_ratio)
         self.selector = None
         self.sampler = None
         if cfg.selector != "none":
@@ -286,14 +328,22 @@ class TriLevel:
         self.attn_keep_ratio = 1.0
 
     # ------------------------------------------------------------------------------ events
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int, progress: Optional[float] = None) -> None:
         """Start ``epoch`` (0-based): apply a due selector update and fix the epoch's data order.
+
+        Args:
+            epoch: The epoch about to start.
+            progress: Fraction of the run done when it starts; None: ``epoch / epochs``. In the
+                dense tail (``progress >= 1 - dense_tail``) the sampler draws every example.
 
         Raises:
             ValueError: If ``epoch`` is not an integer >= 0.
         """
+        if progress is None:
+            progress = epoch / self.epochs
+        tail = self.config.dense_tail > 0.0 and progress >= 1.0 - self.config.dense_tail
         if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, all_examples=tail)
         elif self.selector is not None:
             self.selector.set_epoch(epoch)
 

@@ -4,10 +4,11 @@ A multiply-add counts as 2 FLOPs, the convention of ``torch.utils.flop_counter.F
 (the tests check these counts against it). Counted: the patch embedding, every ``nn.Linear`` of
 every block (qkv, projection, gate, MLP) at the number of tokens it sees, the two attention
 matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is active: a masked
-dense kernel does the same arithmetic), the pruning blocks' forward-only scoring product (the
-[CLS] row of ``Q K^T``, or all of it when the connection mask is rebuilt), and the classifier
-head. Not counted: norms, softmax,
-GELU, token selection and mask construction (well under 1% here).
+dense kernel does the same arithmetic), the forward-only [CLS] row of ``Q K^T`` that scores the
+tokens when only the token level is on (with the attention level on, the block's own attention
+probabilities serve the scores and the new mask), and the classifier head. With the ``bypass``
+token fate, the blocks from the rejoin block on see every token again. Not counted: norms,
+softmax, GELU, token selection, mask construction, gathers and scatters (well under 1% here).
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ def tokens_per_block(
     if training and prob > 0:
         n_patch = max(1, int(n_patch * (1.0 - prob)))
     patched = is_patched(base)
+    rejoin = getattr(base, "trilevel_rejoin_layer", None) if patched else None
+    all_patches = n_patch
     counts = []
-    for blk in base.blocks:
+    for i, blk in enumerate(base.blocks):
+        if i == rejoin:  # bypassed tokens come back
+            n_patch = all_patches
         n_in = P + n_patch
         if patched and blk.trilevel_prune and keep_ratio < 1.0:
             k = num_kept_tokens(n_patch, keep_ratio)
-            fused = 1 if (blk.fuse_inattentive and k < n_patch) else 0
+            fused = 1 if (blk.token_fate == "fuse" and k < n_patch) else 0
             n_patch = k + fused
         counts.append((n_in, P + n_patch))
     return counts
@@ -102,12 +107,11 @@ def forward_flops(
         flops += 2.0 * n_in * _linear_macs(attn)
         flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
         flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
-        if getattr(blk, "trilevel_prune", False):
-            # forward-only scores: all rows of Q K^T for the connection mask, else the [CLS] row
-            if attn_keep < 1.0:
-                flops += 2.0 * n_in * n_in * attn_dim
-            elif keep < 1.0:
-                flops += 2.0 * n_in * attn_dim
+        if getattr(blk, "trilevel_prune", False) and attn_keep == 1.0 and keep < 1.0 \
+                and blk.token_score == "cls-attention":
+            # forward-only [CLS] row of Q K^T for the scores (with the attention level, the
+            # probabilities of the block's own attention pass serve the scores and the mask)
+            flops += 2.0 * n_in * attn_dim
     head = getattr(base, "head", None)
     if isinstance(head, nn.Linear):
         flops += 2.0 * head.in_features * head.out_features

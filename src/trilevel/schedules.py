@@ -1,10 +1,11 @@
 """Keep-ratio schedules for the token and attention levels.
 
-Both ratios start dense and decay to their targets while training (the schedule
-is EViT's keep-rate schedule, Liang et al., ICLR 2022, used unchanged by Kong et al., AAAI 2023):
-ratio 1 during a warm-up, then a per-iteration cosine from 1 down to the target, then constant.
-The paper's 300-epoch run warms up for 10 epochs and finishes the decay at epoch 110, i.e. at
-fractions 1/30 and 11/30 of the run, which are the defaults here.
+In the paper both ratios start dense and decay to their targets while training (EViT's keep-rate
+schedule, Liang et al., ICLR 2022, used unchanged by Kong et al., AAAI 2023): ratio 1 during a
+warm-up, then a per-iteration cosine from 1 down to the target, then constant. The paper's
+300-epoch run warms up for 10 epochs and finishes the decay at epoch 110, i.e. at fractions 1/30
+and 11/30 of the run, which are the defaults here. Beyond the paper, a schedule may instead grow
+from the target to 1 (fewer tokens early, every token at the end) and may end with a dense tail.
 
 A schedule is a pure function of the run's progress (fraction of all training iterations done),
 so it carries no state and a resumed run lands on exactly the same ratio.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["KeepRatioSchedule", "run_progress"]
+__all__ = ["SCHEDULE_SHAPES", "SCHEDULE_CURVES", "KeepRatioSchedule", "run_progress"]
 
 
 def _check_ratio(name: str, value: float) -> float:
@@ -26,31 +27,49 @@ def _check_ratio(name: str, value: float) -> float:
     return float(value)
 
 
+SCHEDULE_SHAPES = ("decay", "grow")
+"""``decay``: 1 -> target (the paper's, from EViT); ``grow``: target -> 1 (random-LTD, Token Expansion)."""
+SCHEDULE_CURVES = ("cosine", "linear", "step")
+"""How the ratio moves between ``warmup`` and ``decay_end``."""
+
+
 @dataclass(frozen=True)
 class KeepRatioSchedule:
-    """Warm-up, cosine decay, then constant keep ratio, as a function of run progress.
+    """A keep ratio as a function of run progress: flat, a change, flat, and an optional dense tail.
 
-    ``schedule(p)`` is 1 for ``p <= warmup``, ``target + (1 - target) * (1 + cos(pi * t)) / 2``
-    with ``t = (p - warmup) / (decay_end - warmup)`` for ``warmup < p < decay_end``, and ``target``
-    for ``p >= decay_end``.
+    With ``shape="decay"`` (the paper's, EViT's keep-rate schedule) the ratio is 1 for
+    ``p <= warmup``, moves from 1 down to ``target`` until ``decay_end`` (per-iteration cosine by
+    default), then stays at ``target``. With ``shape="grow"`` it is ``target`` first and moves up
+    to 1 (random-LTD, Yao et al. 2022; Token Expansion, Huang et al., CVPR 2024), so the run ends
+    at full tokens. ``curve`` is the move's form: ``cosine``, ``linear``, or ``step`` (``stages``
+    equal jumps, the last one at ``decay_end``). With ``dense_tail > 0`` the last ``dense_tail``
+    of the run is at ratio 1 whatever the shape (FLIP's and CLIPA's unmasked tail, Li et al., CVPR
+    2023; EfficientTrain's full-resolution end).
 
     Args:
-        target: Final keep ratio, in (0, 1]. 1 keeps everything for the whole run.
-        warmup: Fraction of the run at ratio 1, in [0, 1). Paper: 1/30 (10 of 300 epochs).
-        decay_end: Fraction of the run at which the target is reached, in [warmup, 1].
-            Paper: 11/30 (epoch 110 of 300).
+        target: The pruned end of the schedule, in (0, 1]. 1 keeps everything for the whole run.
+        warmup: Fraction of the run before the ratio starts to move, in [0, 1). Paper: 1/30.
+        decay_end: Fraction of the run where the move ends, in [warmup, 1]. Paper: 11/30.
+        shape: ``decay`` or ``grow``.
+        curve: ``cosine``, ``linear`` or ``step``.
+        stages: Jumps of a ``step`` curve (>= 1).
+        dense_tail: Final fraction of the run at ratio 1, in [0, 1).
 
     Raises:
-        ValueError: If ``target`` is outside (0, 1], or the fractions are outside [0, 1] or
-            out of order.
+        ValueError: If ``target`` is outside (0, 1], a fraction is outside its range or out of
+            order, or ``shape``/``curve``/``stages`` is not allowed.
 
-    Source: EViT (Liang et al., ICLR 2022) keep-rate schedule, as used by
-    Kong et al., AAAI 2023, Sec. "Experiments".
+    Source: EViT (Liang et al., ICLR 2022) keep-rate schedule, as used by Kong et al., AAAI 2023,
+    Sec. "Experiments"; the growing shapes and the dense tail as cited above.
     """
 
     target: float
     warmup: float = 1.0 / 30.0
     decay_end: float = 11.0 / 30.0
+    shape: str = "decay"
+    curve: str = "cosine"
+    stages: int = 3
+    dense_tail: float = 0.0
 
     def __post_init__(self) -> None:
         _check_ratio("target", self.target)
@@ -64,26 +83,51 @@ class KeepRatioSchedule:
             raise ValueError(
                 f"decay_end ({self.decay_end!r}) must be >= warmup ({self.warmup!r})"
             )
+        if self.shape not in SCHEDULE_SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SCHEDULE_SHAPES)}; got {self.shape!r}")
+        if self.curve not in SCHEDULE_CURVES:
+            raise ValueError(f"curve must be one of {', '.join(SCHEDULE_CURVES)}; got {self.curve!r}")
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
+            raise ValueError(f"stages must be an integer >= 1, got {self.stages!r}")
+        t = self.dense_tail
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t < 1.0:
+            raise ValueError(f"dense_tail must be a fraction of the run in [0, 1), got {t!r}")
 
     def __call__(self, progress: float) -> float:
         """Keep ratio at ``progress`` (fraction of training iterations done, in [0, 1]).
 
         Raises:
             ValueError: If ``progress`` is not a finite number. Values past 1 (an extra
-                iteration at the end) give the target; negative values give 1.
+                iteration at the end) count as the end of the run; negative values as its start.
         """
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
             raise ValueError(f"progress must be a finite fraction of the run, got {progress!r}")
-        if progress <= self.warmup or self.target == 1.0:
+        if self.target == 1.0 or (self.dense_tail > 0.0 and progress >= 1.0 - self.dense_tail):
             return 1.0
+        start, end = (1.0, self.target) if self.shape == "decay" else (self.target, 1.0)
+        if progress <= self.warmup:
+            return start
         if progress >= self.decay_end:
-            return self.target
+            return end
         t = (progress - self.warmup) / (self.decay_end - self.warmup)
-        return self.target + (1.0 - self.target) * 0.5 * (1.0 + math.cos(math.pi * t))
+        if self.curve == "cosine":
+            if self.shape == "decay":  # EViT's expression, kept as it is so the paper's ratios are bit-exact
+                return self.target + (1.0 - self.target) * 0.5 * (1.0 + math.cos(math.pi * t))
+            w = 0.5 * (1.0 - math.cos(math.pi * t))
+        elif self.curve == "linear":
+            w = t
+        else:
+            w = math.floor(t * self.stages) / self.stages
+        return start + (end - start) * w
+
+    def ends_dense(self) -> bool:
+        """Whether the ratio at the end of the run is 1 (grow, a dense tail, or target 1)."""
+        return self(1.0) == 1.0
 
     def state_dict(self) -> dict:
         """The schedule's settings (it has no running state)."""
-        return {"target": self.target, "warmup": self.warmup, "decay_end": self.decay_end}
+        return {"target": self.target, "warmup": self.warmup, "decay_end": self.decay_end, "shape": self.shape,
+                "curve": self.curve, "stages": self.stages, "dense_tail": self.dense_tail}
 
 
 def run_progress(epoch: int, step_in_epoch: int, steps_per_epoch: int, epochs: int) -> float:

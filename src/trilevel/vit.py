@@ -33,13 +33,17 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention_sparsity import connection_mask, masked_attention
 from .token_pruning import cls_attention_scores, select_topk_tokens
 
 __all__ = [
+    "TOKEN_FATES",
+    "TOKEN_SCORES",
     "TriLevelInfo",
+    "rejoin_tokens",
     "patch_vit",
     "unpatch_vit",
     "set_keep_ratios",
@@ -49,6 +53,12 @@ __all__ = [
     "default_prune_layers",
     "unwrap_model",
 ]
+
+
+TOKEN_FATES = ("drop", "fuse", "bypass")
+"""What happens to pruned tokens: dropped (the paper), fused into one (EViT), or bypassed and rejoined."""
+TOKEN_SCORES = ("cls-attention", "random")
+"""How the kept tokens are chosen: by the [CLS] attention they receive (the paper), or at random."""
 
 
 @dataclass
@@ -127,7 +137,8 @@ class TriLevelBlockMixin:
         trilevel_prune (bool): whether this block prunes tokens and recomputes the mask.
         keep_ratio (float): kept fraction of patch tokens in this block (pruning blocks).
         attn_keep_ratio (float): kept fraction of connections per query (pruning blocks).
-        fuse_inattentive (bool): EViT-style fusion of the dropped tokens.
+        token_fate (str): what happens to pruned tokens: ``drop``, ``fuse`` or ``bypass``.
+        token_score (str): how tokens are chosen: ``cls-attention`` or ``random``.
         num_prefix_tokens (int): prefix tokens of the model ([CLS], dist, registers).
     """
 
@@ -159,68 +170,85 @@ class TriLevelBlockMixin:
         o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
         return self._attn_out(h, o)
 
+    def _attention_with_probs(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
+        """Attention whose probabilities are also returned: one unfused pass serves the output,
+        the [CLS] scores and the new connection mask (no second, forward-only pass)."""
+        q, k, v = self._qkv(h)
+        logits = (q * self.attn.scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        probs = logits.softmax(dim=-1)
+        p = self._dropout_p()
+        o = (F.dropout(probs, p=p) if p > 0 else probs) @ v
+        return self._attn_out(h, o), probs.detach()
+
+    def _cls_scores(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
+        """Attention output and the head-mean [CLS] row of its probabilities (a forward-only side product)."""
+        q, k, v = self._qkv(h)
+        o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
+        with torch.no_grad():  # the [CLS] row of any connection mask is all True
+            probs = ((q[:, :, :1] * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self._attn_out(h, o), cls_attention_scores(probs, self.num_prefix_tokens)
+
     def forward_trilevel(
         self,
         x: torch.Tensor,
         mask: Optional[torch.Tensor],
-        positions: Optional[torch.Tensor],
+        positions: torch.Tensor,
+        stash: Optional[torch.Tensor],
     ):
         """One block of the tri-level forward.
 
         Args:
             x: Tokens ``(B, N, C)``, prefix tokens first.
             mask: Boolean connection mask ``(B, N, N)`` from the last pruning block, or None.
-            positions: Original patch index of each non-prefix token ``(B, N - P)``, or None.
+            positions: Index of each non-prefix token in the sequence that entered the first
+                block ``(B, N - P)`` (the original patch index unless PatchDropout shuffled it).
+            stash: ``bypass`` fate only: ``(B, P + N0, C)``, the latest value of every token of
+                the full sequence (the bypassed tokens wait there), or None before the first
+                bypass pruning.
 
         Returns:
-            ``(x, mask, positions, density, scores)`` for the tokens leaving the block;
+            ``(x, mask, positions, stash, density, scores)`` for the tokens leaving the block;
             ``density`` is a 0-d tensor (pruning blocks with attention sparsity) or None;
-            ``scores`` the ``(B, N - P)`` [CLS] scores a pruning block selected by, or None.
+            ``scores`` the ``(B, N - P)`` scores a pruning block selected by, or None.
         """
         if not self.trilevel_prune:
             if mask is None:
-                return self.forward(x), None, positions, None, None  # the stock block, bit for bit
+                return self.forward(x), None, positions, stash, None, None  # the stock block, bit for bit
             x = x + self.drop_path1(self.ls1(self._masked_attention(self.norm1(x), mask)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-            return x, mask, positions, None, None
+            return x, mask, positions, stash, None, None
 
         P = self.num_prefix_tokens
         keep, attn_keep = self.keep_ratio, self.attn_keep_ratio
+        cls_scored = keep < 1.0 and self.token_score == "cls-attention"
         h = self.norm1(x)
         probs_mean = scores = None
-        if keep < 1.0 or attn_keep < 1.0:
-            q, k, v = self._qkv(h)
-            o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
-            a = self._attn_out(h, o)
-            # Selection needs probabilities but no gradient: a forward-only side product of the
-            # same q, k. The full (B, N, N) head-mean only when the connection mask is rebuilt,
-            # else just the [CLS] row (the [CLS] row of any mask is all True).
-            with torch.no_grad():
-                q_rows = q if attn_keep < 1.0 else q[:, :, :1]
-                logits = (q_rows * self.attn.scale) @ k.transpose(-2, -1)
-                if mask is not None and attn_keep < 1.0:
-                    logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
-                probs = logits.softmax(dim=-1)
-                scores = cls_attention_scores(probs, P)
-                if attn_keep < 1.0:
-                    probs_mean = probs.mean(dim=1)  # (B, N, N)
+        if attn_keep < 1.0:
+            a, probs = self._attention_with_probs(h, mask)
+            probs_mean = probs.mean(dim=1)  # (B, N, N)
+            scores = cls_attention_scores(probs, P) if cls_scored else None
+        elif cls_scored:
+            a, scores = self._cls_scores(h, mask)
         else:
             a = self._masked_attention(h, mask)
         x = x + self.drop_path1(self.ls1(a))
 
-        kept_idx = None
+        kept_idx, fused = None, 0
         if keep < 1.0:
-            n_before = x.shape[1]
-            x, kept_idx = select_topk_tokens(x, scores, keep, P, self.fuse_inattentive)
+            B, N, C = x.shape
+            if scores is None:  # random selection (random-LTD, Yao et al. 2022)
+                scores = torch.rand(B, N - P, device=x.device)
+            if self.token_fate == "bypass":  # the tokens about to be dropped wait in the stash
+                stash = x if stash is None else stash.scatter(1, _token_index(positions, P, C), x[:, P:])
+            x, kept_idx = select_topk_tokens(x, scores, keep, P, self.token_fate == "fuse")
             fused = x.shape[1] - P - kept_idx.shape[1]
-            if positions is not None:
-                positions = positions.gather(1, kept_idx)
-                if fused:
-                    positions = torch.cat([positions, positions.new_full((positions.shape[0], 1), -1)], dim=1)
-            if kept_idx.shape[1] == n_before - P:
+            positions = positions.gather(1, kept_idx)
+            if fused:
+                positions = torch.cat([positions, positions.new_full((B, 1), -1)], dim=1)
+            if kept_idx.shape[1] == N - P:
                 kept_idx = None  # nothing dropped
-        else:
-            fused = 0
 
         density = None
         if probs_mean is not None:
@@ -230,7 +258,29 @@ class TriLevelBlockMixin:
         else:
             mask = None
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, mask, positions, density, scores
+        return x, mask, positions, stash, density, scores
+
+
+def _token_index(positions: torch.Tensor, num_prefix_tokens: int, dim: int) -> torch.Tensor:
+    """``(B, n, C)`` gather/scatter index of the patch tokens at ``positions`` in the full sequence."""
+    return (positions + num_prefix_tokens).unsqueeze(-1).expand(-1, -1, dim)
+
+
+def rejoin_tokens(x: torch.Tensor, stash: torch.Tensor, positions: torch.Tensor, num_prefix_tokens: int):
+    """Put bypassed tokens back: the current tokens ``x`` return to their places in ``stash``.
+
+    Args:
+        x: Current tokens ``(B, P + n, C)``.
+        stash: Latest value of every token ``(B, P + N0, C)``.
+        positions: Index of each current patch token in the full sequence ``(B, n)``.
+        num_prefix_tokens: ``P``.
+
+    Returns:
+        ``(B, P + N0, C)``: the full sequence in its original order, prefix tokens from ``x``.
+    """
+    P = num_prefix_tokens
+    full = stash.scatter(1, _token_index(positions, P, x.shape[-1]), x[:, P:])
+    return torch.cat([x[:, :P], full[:, P:]], dim=1)
 
 
 class TriLevelViTMixin:
@@ -263,20 +313,24 @@ class TriLevelViTMixin:
         B, N, _ = x.shape
         P = self.num_prefix_tokens
         shuffled = self.training and not isinstance(self.patch_drop, nn.Identity)
-        positions = None if shuffled else torch.arange(N - P, device=x.device).expand(B, N - P)
-        mask = None
+        positions = torch.arange(N - P, device=x.device).expand(B, N - P)
+        mask = stash = None
         info = TriLevelInfo()
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
+            if i == self.trilevel_rejoin_layer and stash is not None:  # bypassed tokens come back
+                x = rejoin_tokens(x, stash, positions, P)
+                positions = torch.arange(N - P, device=x.device).expand(B, N - P)
+                mask = stash = None
             info.tokens_per_block.append(x.shape[1])
             if use_ckpt:
-                x, mask, positions, density, scores = checkpoint(
-                    blk.forward_trilevel, x, mask, positions, use_reentrant=False
+                x, mask, positions, stash, density, scores = checkpoint(
+                    blk.forward_trilevel, x, mask, positions, stash, use_reentrant=False
                 )
             else:
-                x, mask, positions, density, scores = blk.forward_trilevel(x, mask, positions)
+                x, mask, positions, stash, density, scores = blk.forward_trilevel(x, mask, positions, stash)
             if blk.trilevel_prune:
-                if positions is not None:
+                if not shuffled:
                     info.kept_positions.append(positions)
                 info.connection_density.append(
                     density if density is not None else torch.ones((), device=x.device)
@@ -325,6 +379,9 @@ def patch_vit(
     keep_ratio: float = 0.7,
     attn_keep_ratio: float = 0.3,
     fuse_inattentive: bool = False,
+    token_fate: str = "drop",
+    token_score: str = "cls-attention",
+    rejoin_layer: Optional[int] = None,
 ) -> nn.Module:
     """Add token- and attention-level sparsity to a timm Vision Transformer, in place.
 
@@ -341,8 +398,16 @@ def patch_vit(
             across stages (paper: 0.7).
         attn_keep_ratio: Kept fraction of attention connections per query row, in (0, 1]
             (authors' default 0.3); 1.0 turns the attention level off.
-        fuse_inattentive: EViT-style option, off in the paper: merge the dropped tokens into one
-            extra token weighted by their [CLS] attention.
+        fuse_inattentive: The same as ``token_fate="fuse"`` (kept for existing code).
+        token_fate: What happens to the pruned tokens. ``drop`` (the paper): they are gone for
+            the rest of the forward. ``fuse`` (EViT, Liang et al., ICLR 2022): merged into one extra
+            token weighted by their scores. ``bypass`` (random-LTD, Yao et al. 2022; Token Dropping,
+            Hou et al., ACL 2022): they skip the blocks up to ``rejoin_layer`` and are put back in
+            their places there, so that block, the later ones and the output see every token.
+        token_score: How the kept tokens are chosen: ``cls-attention`` (the paper: the head-mean
+            [CLS] attention they receive) or ``random`` (random-LTD, PatchDropout).
+        rejoin_layer: ``bypass`` only: the block where the bypassed tokens come back; None: the
+            last block. Must come after every pruning block.
 
     Returns:
         The same model object, patched.
@@ -350,8 +415,9 @@ def patch_vit(
     Raises:
         TypeError: If the model or one of its blocks/attention modules is not a supported timm
             class (the message names the class).
-        ValueError: If a ratio is outside (0, 1], or ``prune_layers`` has an index outside the
-            model's depth, a duplicate, a non-integer, or is empty.
+        ValueError: If a ratio is outside (0, 1], ``prune_layers`` has an index outside the
+            model's depth, a duplicate, a non-integer, or is empty, ``token_fate`` or ``token_score``
+            is unknown, or ``rejoin_layer`` is not after every pruning block.
 
     Source: Kong et al., "Peeling the Onion", AAAI 2023, Secs. on token- and attention-level
     data reduction.
@@ -379,16 +445,36 @@ def patch_vit(
     keep_ratio = _check_ratio("keep_ratio", keep_ratio)
     attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
     layers = _resolve_prune_layers(prune_layers, len(blocks))
+    if fuse_inattentive:
+        if token_fate not in ("drop", "fuse"):
+            raise ValueError(f"fuse_inattentive=True asks for token_fate='fuse', but token_fate={token_fate!r}")
+        token_fate = "fuse"
+    if token_fate not in TOKEN_FATES:
+        raise ValueError(f"token_fate must be one of {', '.join(TOKEN_FATES)}; got {token_fate!r}")
+    if token_score not in TOKEN_SCORES:
+        raise ValueError(f"token_score must be one of {', '.join(TOKEN_SCORES)}; got {token_score!r}")
+    rejoin = None
+    if token_fate == "bypass":
+        rejoin = len(blocks) - 1 if rejoin_layer is None else rejoin_layer
+        if isinstance(rejoin, bool) or not isinstance(rejoin, int) or not max(layers) < rejoin < len(blocks):
+            raise ValueError(
+                f"rejoin_layer must be a block after the last pruning block {max(layers)} and at most "
+                f"{len(blocks) - 1}, got {rejoin!r}"
+            )
+    elif rejoin_layer is not None:
+        raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={token_fate!r})")
 
     base.__class__ = _trilevel_class(TriLevelViTMixin, type(base))
     base.trilevel_prune_layers = layers
+    base.trilevel_rejoin_layer = rejoin
     base.trilevel_info = None
     for i, blk in enumerate(blocks):
         blk.__class__ = _trilevel_class(TriLevelBlockMixin, type(blk))
         blk.trilevel_prune = i in layers
         blk.keep_ratio = keep_ratio
         blk.attn_keep_ratio = attn_keep_ratio
-        blk.fuse_inattentive = bool(fuse_inattentive)
+        blk.token_fate = token_fate
+        blk.token_score = token_score
         blk.num_prefix_tokens = base.num_prefix_tokens
     return model
 
@@ -400,10 +486,11 @@ def unpatch_vit(model: nn.Module) -> nn.Module:
         return model
     for blk in base.blocks:
         blk.__class__ = blk._trilevel_base
-        for name in ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "fuse_inattentive", "num_prefix_tokens"):
+        for name in ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score",
+                     "num_prefix_tokens"):
             blk.__dict__.pop(name, None)
     base.__class__ = base._trilevel_base
-    for name in ("trilevel_prune_layers", "trilevel_info"):
+    for name in ("trilevel_prune_layers", "trilevel_rejoin_layer", "trilevel_info"):
         base.__dict__.pop(name, None)
     return model
 

@@ -37,13 +37,13 @@ class SpeedConfig:
         name: Row label.
         keep_ratio: Token keep ratio; None means stock timm (not patched).
         attn_keep_ratio: Attention keep ratio (ignored for stock timm).
-        fuse_inattentive: EViT-style fusion of dropped tokens.
+        token_fate: What happens to pruned tokens (``drop``, ``fuse``, ``bypass``).
     """
 
     name: str
     keep_ratio: Optional[float] = None
     attn_keep_ratio: float = 1.0
-    fuse_inattentive: bool = False
+    token_fate: str = "drop"
 
 
 @dataclass
@@ -134,7 +134,7 @@ def benchmark_speed(
         model = copy.deepcopy(base)
         if cfg.keep_ratio is not None:
             patch_vit(model, prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
-                      attn_keep_ratio=cfg.attn_keep_ratio, fuse_inattentive=cfg.fuse_inattentive)
+                      attn_keep_ratio=cfg.attn_keep_ratio, token_fate=cfg.token_fate)
         model.to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         runners.append((cfg, model, opt))

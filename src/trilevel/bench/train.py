@@ -33,7 +33,7 @@ TRAIN_PRESETS: Dict[str, dict] = {
     "token-only": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none"},
     "attention-only": {"dense": False, "keep_ratio": 1.0, "selector": "none"},
     "example-only": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "forgetting"},
-    "evit": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none", "fuse_inattentive": True},
+    "evit": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none", "token_fate": "fuse"},
     "patchdropout": {"dense": True, "patch_drop": 0.3},
     "infobatch": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "loss",
                   "example_remove": 0.5},

@@ -49,6 +49,7 @@ from __future__ import annotations
 from .base import ExampleSelector
 from .benchmark import benchmark_record
 from .forgetting import ForgettingSelector, RandomSelector, initial_active_count
+from .mixing import dominant_indices
 from .infobatch import LossSelector
 from .sampler import ActiveSubsetSampler, IndexedDataset
 
@@ -61,4 +62,5 @@ __all__ = [
     "IndexedDataset",
     "benchmark_record",
     "initial_active_count",
+    "dominant_indices",
 ]

@@ -75,14 +75,17 @@ class ActiveSubsetSampler(Sampler[int]):
         self.seed = check_seed(seed)
         self.drop_last = bool(drop_last)
         self.epoch = 0
+        self.all_examples = False
         self._snapshot: torch.Tensor | None = None
         self._snapshot_key: tuple[int, int] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, all_examples: bool = False) -> None:
         """Start ``epoch``: apply the selector's due update, then fix this epoch's order.
 
         Args:
             epoch: The epoch about to start, ``>= 0``.
+            all_examples: Draw from every example this epoch, not only the active set (a dense
+                tail at the end of a run, as InfoBatch anneals to the full data).
 
         Raises:
             ValueError: If ``epoch`` is not an integer ``>= 0``.
@@ -90,6 +93,7 @@ class ActiveSubsetSampler(Sampler[int]):
         epoch = check_int("epoch", epoch, 0)
         self.selector.set_epoch(epoch)
         self.epoch = epoch
+        self.all_examples = bool(all_examples)
         self._indices()
 
     def _sizes(self, n: int) -> tuple[int, int]:
@@ -100,9 +104,9 @@ class ActiveSubsetSampler(Sampler[int]):
         return num_samples, num_samples * self.num_replicas
 
     def _indices(self) -> torch.Tensor:
-        key = (self.epoch, self.selector.active_set_version)
+        key = (self.epoch, self.selector.active_set_version, self.all_examples)
         if self._snapshot is None or self._snapshot_key != key:
-            active = self.selector.index_sets()[0]
+            active = torch.arange(self.selector.num_examples) if self.all_examples else self.selector.index_sets()[0]
             n = int(active.numel())
             if self.shuffle:
                 g = torch.Generator()

@@ -37,6 +37,7 @@ class RunProgress:
         eval_seconds: Wall-clock of the validation passes (seconds).
         checkpoint_seconds: Wall-clock of writing checkpoints (seconds).
         epochs_trained: Passes over the active set, fractional (a budget's last epoch is partial).
+        epoch_start_progress: Fraction of the run done when the current epoch started.
         train_images: Training images consumed in completed epochs.
         flops_sum: Forward FLOPs of the completed epochs' training steps (images x FLOPs per image).
         skipped_steps: Steps skipped for a non-finite loss.
@@ -51,6 +52,7 @@ class RunProgress:
     eval_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
     epochs_trained: float = 0.0
+    epoch_start_progress: float = 0.0
     train_images: int = 0
     flops_sum: float = 0.0
     skipped_steps: int = 0
@@ -72,7 +74,8 @@ class RunProgress:
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
-        for name in ("train_seconds", "train_cpu_seconds", "eval_seconds", "checkpoint_seconds", "epochs_trained"):
+        for name in ("train_seconds", "train_cpu_seconds", "eval_seconds", "checkpoint_seconds", "epochs_trained",
+                     "epoch_start_progress"):
             setattr(self, name, float(state[name]))
         self.train_images = int(state["train_images"])
         self.flops_sum = float(state["flops_sum"])

@@ -162,15 +162,13 @@ def plan_run(
         ValueError: As :func:`plan_budget`.
     """
     from ..example_selection import initial_active_count
-    from ..schedules import KeepRatioSchedule
 
     n_active = num_train
     if config.effective_selector in ("forgetting", "random"):
         n_active = initial_active_count(num_train, config.example_remove)
     sizes = epoch_batch_sizes(math.ceil(n_active / world_size), config.batch_size, world_size, drop_last)
     if config.tri_level:
-        token = KeepRatioSchedule(config.keep_ratio, config.ratio_warmup, config.ratio_decay_end)
-        attn = KeepRatioSchedule(config.attn_keep_ratio, config.ratio_warmup, config.ratio_decay_end)
+        token, attn = config.schedule(config.keep_ratio), config.schedule(config.attn_keep_ratio)
 
         def step_flops(p: float) -> float:
             return flops_per_image(token(p), training=True, attn_keep_ratio=attn(p))

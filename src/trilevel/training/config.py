@@ -312,6 +312,13 @@ def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[s
         if norm in out:
             raise ValueError(f"{source}: option {flag(norm)!r} is given twice")
         out[norm] = value
+    if "fuse-inattentive" in unknown or "fuse_inattentive" in unknown:  # the option before token-fate existed
+        legacy = mapping.get("fuse-inattentive", mapping.get("fuse_inattentive"))
+        unknown = [k for k in unknown if k.replace("-", "_") != "fuse_inattentive"]
+        if legacy is True:
+            if out.get("token_fate", "fuse") != "fuse":
+                raise ValueError(f"{source}: fuse-inattentive: true contradicts token-fate {out['token_fate']!r}")
+            out["token_fate"] = "fuse"
     if unknown:
         allowed = ", ".join(sorted(flag(n) for n in names))
         raise ValueError(f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys: {allowed}")

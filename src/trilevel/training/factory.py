@@ -101,16 +101,10 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
                 f"pass --patch-size one of {divisors} or --img-size a multiple of {ph}"
             )
     if config.tri_level:
-        from ..vit import patch_vit
+        from ..algorithm import patch_model
 
         try:
-            patch_vit(
-                model,
-                prune_layers=config.prune_layers,
-                keep_ratio=config.keep_ratio,
-                attn_keep_ratio=config.attn_keep_ratio,
-                fuse_inattentive=config.fuse_inattentive,
-            )
+            patch_model(model, config)
         except TypeError as e:
             raise ValueError(
                 f"model {config.model!r} cannot be trained tri-level ({e}); use a timm VisionTransformer "

@@ -34,6 +34,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..example_selection import dominant_indices
 from .accounting import EpochAccumulator, FlopMeter, RunProgress, StepFlags
 from .config import TrainConfig, check_resume
 from .distributed import DistContext, agree, all_gather_objects, setup_distributed, shard
@@ -141,7 +142,7 @@ class Trainer:
 
         # LR schedule in iterations of a nominal epoch (the first epoch's length); the LR is set
         # from the run progress, so epochs of other lengths still cover their share.
-        self._start_epoch(0)
+        self._start_epoch(0, 0.0)
         self.nominal_iters = self._iters(len(self.sampler))
         if self.nominal_iters == 0:
             raise ValueError(
@@ -175,9 +176,9 @@ class Trainer:
             return self.progress.global_step >= self.plan.total_steps
         return epoch + 1 >= self.cfg.epochs
 
-    def _start_epoch(self, epoch: int) -> None:
+    def _start_epoch(self, epoch: int, progress: float) -> None:
         if self.algorithm is not None:
-            self.algorithm.on_epoch_start(epoch)
+            self.algorithm.on_epoch_start(epoch, progress)
         if self.sampler is not getattr(self.algorithm, "sampler", None):
             self.sampler.set_epoch(epoch)
 
@@ -351,7 +352,10 @@ class Trainer:
             acc.load(acc_state, ctx)
         seconds_before, cpu_before = acc.seconds, acc.cpu_seconds
         t0, c0 = time.perf_counter(), time.process_time()  # what a user waits for: updates and data too
-        self._start_epoch(epoch)
+        if skip == 0:  # where the epoch starts decides its data (the dense tail); a resume reuses it
+            self.progress.epoch_start_progress = (self.progress.global_step / self.plan.total_steps
+                                                  if self.plan is not None else epoch / self.cfg.epochs)
+        self._start_epoch(epoch, self.progress.epoch_start_progress)
         iters = full_iters = self._iters(len(self.sampler))
         if self.plan is not None:  # the budget's last epoch ends early
             iters = min(iters, skip + self.plan.total_steps - self.progress.global_step)
@@ -485,6 +489,7 @@ class Trainer:
         loss_targets = targets
         if self.mixup is not None:
             images, loss_targets = self.mixup(images, targets)  # soft (B, K) targets
+            indices = dominant_indices(indices, targets, loss_targets)  # whose outcome each mixed image is
         with autocast(self.device, cfg.amp):
             logits = self.model(images)
         logits = logits.float()

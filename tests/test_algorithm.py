@@ -1,0 +1,105 @@
+"""trilevel.TriLevel: the events, the dense tail of the example level, loss weights, state, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trilevel
+from trilevel.algorithm import TriLevelConfig
+from trilevel.example_selection import dominant_indices
+
+from _models import tiny_vit
+
+
+def test_events_set_ratios_and_record():
+    tl = trilevel.TriLevel(tiny_vit(depth=4), 100, epochs=4, keep_ratio=0.5, attn_keep_ratio=1.0,
+                           ratio_warmup=0.0, ratio_decay_end=0.5, example_update_every=1)
+    assert trilevel.is_patched(tl.model) and tl.sampler is not None and tl.num_active == 80
+    tl.on_epoch_start(0)
+    assert tl.on_step(0.25) == (pytest.approx(0.75), 1.0) and trilevel.get_keep_ratios(tl.model)[0] == pytest.approx(0.75)
+    idx = torch.arange(8)
+    assert tl.after_forward(idx, torch.randn(8, 10), torch.randint(0, 10, (8,))) is None
+    assert int(tl.selector.presentations.sum()) == 8
+
+
+def test_dense_tail_draws_every_example():
+    tl = trilevel.TriLevel(tiny_vit(depth=4), 100, epochs=4, dense_tail=0.25, example_update_every=1)
+    tl.on_epoch_start(2)
+    assert len(tl.sampler) == 80
+    tl.on_epoch_start(3)  # progress 0.75 >= 1 - 0.25: the tail
+    assert sorted(tl.sampler) == list(range(100))
+    assert tl.eval_ratios() == (1.0, 1.0)  # the run ends dense, so it evaluates dense
+
+
+def test_loss_selector_returns_weights():
+    tl = trilevel.TriLevel(tiny_vit(depth=4), 20, epochs=4, selector="loss", example_remove=0.5, seed=0)
+    assert tl.reweights_loss
+    loss = torch.linspace(0.1, 2.0, 20)
+    tl.on_epoch_start(0)
+    w = tl.after_forward(torch.arange(20), torch.randn(20, 10), torch.randint(0, 10, (20,)), loss)
+    assert torch.equal(w, torch.ones(20))  # nothing pruned yet in epoch 0
+    tl.on_epoch_start(1)
+    w = tl.after_forward(torch.arange(20), torch.randn(20, 10), torch.randint(0, 10, (20,)), loss)
+    kept_low = [i for i in tl.sampler if loss[i] < loss.mean()]
+    assert all(w[i] == 2.0 for i in kept_low)  # 1 / (1 - 0.5)
+    with pytest.raises(ValueError, match="per-example loss"):
+        tl.after_forward(torch.arange(4), torch.randn(4, 10), torch.randint(0, 10, (4,)))
+
+
+def test_infobatch_rescaling_keeps_the_expected_loss():
+    """InfoBatch (Qin et al., ICLR 2024): dropping each below-mean example with probability r and
+    weighting the kept ones by 1/(1-r) leaves the expected total loss unchanged."""
+    loss = torch.linspace(0.1, 2.0, 40)
+    totals = []
+    for seed in range(300):
+        sel = trilevel.LossSelector(40, prune_ratio=0.5, num_epochs=8, seed=seed)
+        sel.set_epoch(0)
+        sel.record(torch.arange(40), torch.randn(40, 3), torch.zeros(40, dtype=torch.long), loss=loss)
+        sel.set_epoch(1)
+        active = sel.active_indices
+        totals.append(float((loss[active] * sel.weights[active]).sum()))
+    mean = sum(totals) / len(totals)
+    assert abs(mean - float(loss.sum())) < 0.03 * float(loss.sum())
+
+
+def test_state_round_trip_and_settings_check():
+    def make():
+        return trilevel.TriLevel(tiny_vit(depth=4), 50, epochs=3, example_update_every=1, seed=1)
+
+    a = make()
+    a.on_epoch_start(0)
+    a.after_forward(torch.arange(10), torch.randn(10, 10), torch.randint(0, 10, (10,)))
+    a.on_epoch_start(1)
+    b = make()
+    b.load_state_dict(a.state_dict())
+    assert b.digest() == a.digest() != make().digest()
+    other = trilevel.TriLevel(tiny_vit(depth=4), 50, epochs=3, example_update_every=1, seed=1, keep_ratio=0.5)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        other.load_state_dict(a.state_dict())
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="unknown TriLevel settings"):
+        trilevel.TriLevel(tiny_vit(depth=4), 10, epochs=2, keep_rate=0.5)
+    with pytest.raises(ValueError, match="num_examples"):
+        trilevel.TriLevel(tiny_vit(depth=4), epochs=2)
+    with pytest.raises(ValueError, match="keep-ratio"):
+        TriLevelConfig(keep_ratio=0)
+    assert trilevel.TriLevel(tiny_vit(depth=4), epochs=2, selector="none").sampler is None
+
+
+def test_mixup_outcomes_go_to_the_dominant_example():
+    indices = torch.tensor([10, 11, 12, 13])
+    labels = torch.tensor([0, 1, 2, 1])
+    lam = torch.tensor([0.7, 0.3, 0.3, 0.7]).unsqueeze(1)  # per-row weights of the own label
+    onehot = torch.nn.functional.one_hot(labels, 4).float()
+    mixed = lam * onehot + (1 - lam) * onehot.flip(0)
+    # row 0 own label 0 dominates; row 1 (partner row 2, label 2) partner dominates; row 2 likewise
+    # (partner row 1); row 3 pairs label 1 with label 0 of row 0, own dominates
+    assert dominant_indices(indices, labels, mixed).tolist() == [10, 12, 11, 13]
+    same = torch.tensor([1, 1, 1, 1])
+    mixed_same = torch.nn.functional.one_hot(same, 4).float()
+    assert dominant_indices(indices, same, mixed_same).tolist() == [10, 11, 12, 13]
+    with pytest.raises(ValueError):
+        dominant_indices(indices, labels[:3], mixed)
