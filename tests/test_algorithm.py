@@ -103,3 +103,34 @@ def test_mixup_outcomes_go_to_the_dominant_example():
     assert dominant_indices(indices, same, mixed_same).tolist() == [10, 11, 12, 13]
     with pytest.raises(ValueError):
         dominant_indices(indices, labels[:3], mixed)
+
+
+def test_speedup_picks_the_keep_ratio_its_flop_model_gives():
+    from trilevel.algorithm import resolve_speedup, schedule_flops
+
+    cfg = TriLevelConfig(attn_keep_ratio=1.0, selector="none", ratio_schedule="grow", ratio_warmup=0.0,
+                         ratio_decay_end=0.8, ratio_curve="linear", token_fate="bypass", speedup=1.3)
+    model = trilevel.patch_vit(tiny_vit(), keep_ratio=1.0, attn_keep_ratio=1.0, token_fate="bypass")
+    resolved = resolve_speedup(model, cfg)
+    dense = trilevel.forward_flops(model, 1.0, attn_keep_ratio=1.0)
+    assert dense / schedule_flops(model, resolved, resolved.keep_ratio) >= 1.3
+    assert dense / schedule_flops(model, resolved, resolved.keep_ratio + 0.01) < 1.3  # the largest such ratio
+    with pytest.raises(ValueError, match="out of reach"):
+        resolve_speedup(model, TriLevelConfig(attn_keep_ratio=1.0, token_fate="bypass", speedup=5.0))
+    tl = trilevel.TriLevel(tiny_vit(), epochs=2, config=cfg)
+    assert tl.config.keep_ratio == resolved.keep_ratio
+    with pytest.raises(ValueError, match="speedup"):
+        TriLevelConfig(speedup=0.5)
+
+
+def test_presets():
+    paper = TriLevelConfig.from_preset("paper")
+    assert (paper.keep_ratio, paper.attn_keep_ratio, paper.token_fate, paper.selector) == (0.7, 0.3, "drop", "forgetting")
+    fast = TriLevelConfig.from_preset("fast", keep_ratio=0.6)
+    assert fast.preset == "fast" and fast.keep_ratio == 0.6
+    assert trilevel.TriLevel(tiny_vit(depth=4), 10, epochs=2, preset="paper").config.attn_keep_ratio == 0.3
+    with pytest.raises(ValueError, match="preset"):
+        TriLevelConfig.from_preset("turbo")
+    from trilevel.training import TrainConfig
+
+    assert TrainConfig.from_dict({"preset": "paper", "keep-ratio": 0.5}).attn_keep_ratio == 0.3

@@ -86,7 +86,9 @@ def test_run_train_bench_rows_and_dense_same_time(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("configs, words", [
     (["dense", "fastest-ever"], ["fastest-ever", "allowed"]),
-    (["trilevel", "dense-same-time"], ["dense-same-time", "dense"]),
+    (["trilevel", "dense-same-time"], ["include 'dense'"]),
+    (["dense", "dense-same-time"], ["dense-same-time", "at least one other"]),
+    (["dense", "trilevel", "trilevel"], ["repeat", "overwrite"]),
     ([], ["at least one"]),
 ])
 def test_run_train_bench_bad_configs(tmp_path, monkeypatch, configs, words):

@@ -19,6 +19,7 @@ follow Toneva et al., ICLR 2019; the loss-based selector follows InfoBatch (Qin 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, get_args
 
@@ -30,7 +31,8 @@ from .options import (
     parse_block_list, parse_update_every,
 )
 
-__all__ = ["ALLOWED_SELECTORS", "SelectorName", "TriLevelConfig", "TriLevel", "build_selector", "patch_model"]
+__all__ = ["ALLOWED_SELECTORS", "PRESETS", "SelectorName", "TriLevelConfig", "TriLevel", "build_selector",
+           "patch_model", "preset_settings", "resolve_speedup", "schedule_flops"]
 
 SelectorName = Literal["forgetting", "random", "loss", "none"]
 ScheduleShape = Literal["decay", "grow"]
@@ -41,14 +43,51 @@ ALLOWED_SELECTORS: Tuple[str, ...] = get_args(SelectorName)
 """Example selectors: the paper's forgetting events, random swaps, InfoBatch-style loss, or none."""
 
 
+PresetName = Literal["paper", "fast"]
+
+#: Named settings of the three levels (the fields of :class:`TriLevelConfig` they set).
+#: ``paper``: the exact settings of Kong et al. (AAAI 2023) and the authors' code. ``fast``: what
+#: won the time-to-accuracy study against budget-matched dense training (docs/benchmarks.md).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {
+        "keep_ratio": 0.7, "attn_keep_ratio": 0.3, "prune_layers": None, "ratio_schedule": "decay",
+        "ratio_warmup": 1.0 / 30.0, "ratio_decay_end": 11.0 / 30.0, "ratio_curve": "cosine", "dense_tail": 0.0,
+        "token_fate": "drop", "token_score": "cls-attention", "rejoin_layer": None, "eval_keep_ratio": None,
+        "eval_attn_keep_ratio": None, "selector": "forgetting", "example_remove": 0.2, "example_swap": 0.05,
+        "example_update_every": 0.1, "example_max_updates": 5,
+    },
+    "fast": {
+        "keep_ratio": 0.5, "attn_keep_ratio": 1.0, "prune_layers": None, "ratio_schedule": "grow",
+        "ratio_warmup": 0.0, "ratio_decay_end": 0.8, "ratio_curve": "linear", "dense_tail": 0.0,
+        "token_fate": "bypass", "token_score": "cls-attention", "rejoin_layer": None, "eval_keep_ratio": None,
+        "eval_attn_keep_ratio": None, "selector": "none",
+    },
+}
+
+
+def preset_settings(name: Optional[str]) -> Dict[str, Any]:
+    """The settings of preset ``name`` (a copy; empty for None).
+
+    Raises:
+        ValueError: For an unknown name (the known ones are listed).
+    """
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return dict(PRESETS[name])
+
+
 @dataclass
 class TriLevelConfig:
     """Settings of the three levels (the method), validated on construction.
 
     Every invalid value raises ``ValueError`` naming the option (as its flag), the value and what
     is allowed. The command line of ``trilevel train`` is generated from these fields.
+    :meth:`from_preset` starts from named settings (:data:`PRESETS`).
 
     Attributes:
+        preset: Named settings the others start from: paper (Kong et al.'s exact settings) or fast (the winner of our time-to-accuracy study); none: the defaults below (the paper's). Options given explicitly override the preset.
         keep_ratio: Final token keep ratio per pruning block, in (0, 1] (paper: 0.7).
         attn_keep_ratio: Final kept fraction of attention connections per query, in (0, 1] (paper: 0.3; 1.0 turns the attention level off).
         prune_layers: 0-based pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4 (blocks 3, 6, 9 of 12, the paper's).
@@ -61,6 +100,7 @@ class TriLevelConfig:
         token_fate: What happens to pruned tokens: drop (the paper), fuse (EViT: one extra token, their score-weighted mean) or bypass (random-LTD: they skip the blocks up to --rejoin-layer and are put back there).
         token_score: How tokens are chosen: cls-attention (the paper: head-mean [CLS] attention) or random (random-LTD, PatchDropout).
         rejoin_layer: bypass: the block where the bypassed tokens come back; none: the last block.
+        speedup: Pick --keep-ratio so that the token and attention levels cut the run's forward FLOPs per image by this factor (their FLOP model averaged over the schedule; the example level's saving is not counted); none: use --keep-ratio.
         eval_keep_ratio: Token keep ratio for evaluation; none: the schedule's final value.
         eval_attn_keep_ratio: Attention keep ratio for evaluation; none: the schedule's final value.
         selector: Example selector: forgetting (paper), random (ablation), loss (InfoBatch-style) or none.
@@ -70,6 +110,7 @@ class TriLevelConfig:
         example_max_updates: Maximum number of selector updates (paper: 5).
     """
 
+    preset: Optional[PresetName] = None
     keep_ratio: float = 0.7
     attn_keep_ratio: float = 0.3
     prune_layers: BlockList = None
@@ -82,6 +123,7 @@ class TriLevelConfig:
     token_fate: TokenFate = "drop"
     token_score: TokenScore = "cls-attention"
     rejoin_layer: OptionalInt = None
+    speedup: OptionalFloat = None
     eval_keep_ratio: OptionalFloat = None
     eval_attn_keep_ratio: OptionalFloat = None
     selector: SelectorName = "forgetting"
@@ -99,6 +141,8 @@ class TriLevelConfig:
         Raises:
             ValueError: Naming the first invalid option.
         """
+        if self.preset is not None:
+            check_choice("preset", self.preset, tuple(PRESETS))
         self.keep_ratio = check_float("keep_ratio", self.keep_ratio, 0.0, 1.0, low_open=True)
         self.attn_keep_ratio = check_float("attn_keep_ratio", self.attn_keep_ratio, 0.0, 1.0, low_open=True)
         self.prune_layers = _check_prune_layers(self.prune_layers)
@@ -115,6 +159,8 @@ class TriLevelConfig:
         check_choice("token_fate", self.token_fate, get_args(TokenFate))
         check_choice("token_score", self.token_score, get_args(TokenScore))
         check_int("rejoin_layer", self.rejoin_layer, 0, optional=True)
+        self.speedup = check_float("speedup", self.speedup, 1.0, float("inf"), low_open=True, high_open=True,
+                                   optional=True)
         if self.rejoin_layer is not None and self.token_fate != "bypass":
             raise ValueError(f"rejoin-layer is for --token-fate bypass only (token-fate is {self.token_fate!r})")
         if self.rejoin_layer is not None and self.prune_layers is not None and self.rejoin_layer <= max(self.prune_layers):
@@ -132,6 +178,15 @@ class TriLevelConfig:
             )
         self.example_update_every = _check_update_every(self.example_update_every)
         check_int("example_max_updates", self.example_max_updates, 0)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TriLevelConfig":
+        """A config with the settings of preset ``name`` (:data:`PRESETS`), then ``overrides``.
+
+        Raises:
+            ValueError: An unknown preset or an invalid override.
+        """
+        return cls(**{**preset_settings(name), "preset": name, **overrides})
 
     def trilevel_settings(self) -> Dict[str, Any]:
         """The tri-level fields only, as plain values (a :class:`TriLevelConfig` accepts them)."""
@@ -212,6 +267,58 @@ def patch_model(model: nn.Module, config: TriLevelConfig) -> nn.Module:
     return patch_vit(model, prune_layers=config.prune_layers, keep_ratio=config.keep_ratio,
                      attn_keep_ratio=config.attn_keep_ratio, token_fate=config.token_fate,
                      token_score=config.token_score, rejoin_layer=config.rejoin_layer)
+
+
+def schedule_flops(model: nn.Module, config: TriLevelConfig, keep_ratio: float, points: int = 1000) -> float:
+    """Forward FLOPs per image of ``model`` averaged over a run of ``config`` with target ``keep_ratio``.
+
+    The mean over ``points`` evenly spaced progress values (midpoints) of
+    :func:`trilevel.forward_flops` at the scheduled token and attention keep ratios.
+    """
+    from .flops import forward_flops
+
+    token, attn = config.schedule(keep_ratio), config.schedule(config.attn_keep_ratio)
+    cache: Dict[Tuple[float, float], float] = {}
+    total = 0.0
+    for i in range(points):
+        p = (i + 0.5) / points
+        key = (token(p), attn(p))
+        if key not in cache:
+            cache[key] = forward_flops(model, key[0], attn_keep_ratio=key[1])
+        total += cache[key]
+    return total / points
+
+
+def resolve_speedup(model: nn.Module, config: TriLevelConfig) -> TriLevelConfig:
+    """``config`` with ``keep_ratio`` chosen so its schedules cut the mean forward FLOPs by ``speedup``.
+
+    Bisection on the keep ratio (the FLOPs grow with it); the model must be patched with the
+    config's blocks and fate. A config without ``speedup`` is returned as it is.
+
+    Raises:
+        ValueError: If no keep ratio in (0, 1] reaches the speedup (the most these settings give
+            is named).
+    """
+    if config.speedup is None:
+        return config
+    from .flops import forward_flops
+
+    dense = forward_flops(model, 1.0, attn_keep_ratio=1.0)
+    goal = dense / config.speedup
+    lo, hi = 1e-3, 1.0
+    if schedule_flops(model, config, lo) > goal:
+        most = dense / schedule_flops(model, config, lo)
+        raise ValueError(
+            f"speedup {config.speedup:g} is out of reach with these settings (their schedule, blocks and "
+            f"fate give at most {most:.2f}x); lower --speedup, or prune earlier or for longer"
+        )
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if schedule_flops(model, config, mid) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    return dataclasses.replace(config, keep_ratio=math.floor(lo * 1e4) / 1e4)  # never above the goal
 
 
 def build_selector(config: TriLevelConfig, num_examples: int, epochs: int, seed: int):
@@ -306,10 +413,12 @@ class TriLevel:
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TriLevelConfig)})
         if unknown:
             raise ValueError(f"unknown TriLevel settings {unknown}; allowed: the fields of TriLevelConfig")
-        self.config = TriLevelConfig(**{**base.trilevel_settings(), **settings})
+        merged = base.trilevel_settings() if "preset" not in settings else preset_settings(settings["preset"])
+        self.config = TriLevelConfig(**{**merged, **settings})
         self.epochs = check_int("epochs", epochs, 1)
+        self.model = patch_model(model, self.config)
+        self.config = resolve_speedup(self.model, self.config)
         cfg = self.config
-        self.model = patch_model(model, cfg)
         self.token_schedule = cfg.schedule(cfg.keep_ratio)
         self.attn_schedule = cfg.schedule(cfg.attn_keep_ratio)
         self.selector = None

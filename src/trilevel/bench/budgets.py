@@ -32,9 +32,9 @@ BUDGET_RUN_KEYS = ("val_top1", "val_top1_full_tokens", "train_seconds", "train_c
                    "relative_train_flops", "output_dir")
 
 
-def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int]) -> None:
-    allowed = sorted(n for n in TRAIN_PRESETS if n != "dense-same-time")
-    unknown = [c for c in configs if c not in TRAIN_PRESETS or c == "dense-same-time"]
+def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int], table: Mapping) -> None:
+    allowed = sorted(n for n in table if n != "dense-same-time")
+    unknown = [c for c in configs if c not in table or c == "dense-same-time"]
     if unknown:
         raise ValueError(f"unknown bench configurations {unknown} for a budget bench; allowed: {allowed}")
     if "dense" not in configs:
@@ -70,6 +70,7 @@ def run_budget_bench(
     output_dir: str,
     target: Optional[float] = None,
     target_drop: float = 0.3,
+    extra_configs: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Dict[str, Any]:
     """Train every configuration at every budget and seed (interleaved); return curves and TTA figures.
 
@@ -85,6 +86,8 @@ def run_budget_bench(
         target: Time-to-accuracy target top-1 (percent); None: dense's mean top-1 at the
             largest budget minus ``target_drop``.
         target_drop: Points below dense's best mean for the default target.
+        extra_configs: More configurations, ``{name: overrides of the recipe}`` (e.g. the rows of
+            a study), next to :data:`~trilevel.bench.train.TRAIN_PRESETS`.
 
     Returns:
         ``{"runs", "curves", "target", "tta"}``: the run rows, the curves (as dicts), the target
@@ -97,13 +100,14 @@ def run_budget_bench(
     from .. import training
 
     budgets = [float(b) for b in budgets]
-    _check(configs, budgets, seeds)
+    table = {**TRAIN_PRESETS, **dict(extra_configs or {})}
+    _check(configs, budgets, seeds, table)
     os.makedirs(output_dir, exist_ok=True)
     rows: List[dict] = []
     order = interleaved_order(list(configs), budgets, list(seeds))
     for n, (seed, budget, name) in enumerate(order, start=1):
         folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
-        cfg = {**base, **TRAIN_PRESETS[name], "budget": budget, "seed": seed, "output_dir": folder, "resume": None}
+        cfg = {**base, **table[name], "budget": budget, "seed": seed, "output_dir": folder, "resume": None}
         summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict())
         if summary is None:
             _LOG.info("bench run %d/%d: %s at budget %g, seed %d", n, len(order), name, budget, seed)

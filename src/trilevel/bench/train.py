@@ -15,6 +15,8 @@ import os
 import statistics
 from typing import Dict, List, Mapping, Sequence
 
+from ..algorithm import PRESETS
+
 __all__ = [
     "TRAIN_PRESETS", "run_train_bench", "format_train_table",
     "parse_seeds", "run_train_bench_seeds", "summarize_seeds", "format_seeds_table",
@@ -28,8 +30,8 @@ _LOG = logging.getLogger(__name__)
 TRAIN_PRESETS: Dict[str, dict] = {
     "dense": {"dense": True},
     "trilevel": {},
-    "paper": {"dense": False, "keep_ratio": 0.7, "attn_keep_ratio": 0.3, "selector": "forgetting",
-              "example_remove": 0.2, "example_swap": 0.05, "eval_keep_ratio": None, "eval_attn_keep_ratio": None},
+    "paper": {"dense": False, "preset": "paper", **PRESETS["paper"]},
+    "fast": {"dense": False, "preset": "fast", **PRESETS["fast"]},
     "token-only": {"dense": False, "attn_keep_ratio": 1.0, "selector": "none"},
     "attention-only": {"dense": False, "keep_ratio": 1.0, "selector": "none"},
     "example-only": {"dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "forgetting"},
@@ -69,6 +71,10 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
         raise ValueError(f"unknown bench configurations {unknown}; allowed: {sorted(TRAIN_PRESETS)}")
     if not configs:
         raise ValueError("configs must name at least one configuration")
+    if len(set(configs)) != len(configs):
+        raise ValueError(f"configurations repeat ({list(configs)}): each would overwrite the other's run folder")
+    if "dense" not in configs:
+        raise ValueError("the bench reports speedups and gaps against dense training: include 'dense' in --configs")
     ordered = [c for c in configs if c != "dense-same-time"]
     if "dense-same-time" in configs and ("dense" not in ordered or len(ordered) < 2):
         raise ValueError("dense-same-time needs 'dense' and at least one other configuration in the list")
@@ -95,7 +101,7 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
         epochs = max(1, round(dense["epochs"] * fastest["train_seconds"] / dense["train_seconds"]))
         run("dense-same-time", {**TRAIN_PRESETS["dense-same-time"], "epochs": epochs,
                                 "warmup_epochs": min(base.get("warmup_epochs", 1.0), epochs / 5)})
-    dense_row = next((r for r in rows if r["name"] == "dense"), rows[0])
+    dense_row = next(r for r in rows if r["name"] == "dense")
     for r in rows:
         r["speedup"] = dense_row["train_seconds"] / r["train_seconds"]
         r["delta_top1"] = r["val_top1"] - dense_row["val_top1"]

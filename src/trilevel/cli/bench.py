@@ -66,6 +66,7 @@ class BenchTrainOptions:
         budgets: Comma-separated budgets in dense-epoch equivalents: every configuration at every budget and seed, interleaved, then accuracy-against-time curves and time to accuracy against dense; none: the epochs bench (every configuration at --epochs, plus dense-same-time).
         target: Time-to-accuracy target top-1 (percent); none: dense's mean top-1 at the largest budget minus --target-drop.
         target_drop: Points below dense's mean top-1 at its largest budget for the default target.
+        extra_configs: YAML file of more configurations for a budget bench: a mapping of names to overrides of the recipe (e.g. the rows of a study).
         recipe: The training recipe every configuration shares (the flags of trilevel train).
     """
 
@@ -74,12 +75,29 @@ class BenchTrainOptions:
     budgets: Optional[str] = None
     target: OptionalFloat = None
     target_drop: float = 0.3
+    extra_configs: Optional[str] = None
     recipe: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
 
 def _check_positive(name: str, value: Optional[int]) -> None:
     if value is not None and value < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def _read_extra_configs(path: str) -> dict:
+    """``{name: overrides}`` from a YAML file; every override set is checked as a training config."""
+    import yaml
+
+    from ..training.config import normalize_keys
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--extra-configs {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"--extra-configs {path} must map configuration names to mappings of options")
+    return {str(name): normalize_keys(v, source=f"{path}: {name}") for name, v in data.items()}
 
 
 def _speed(argv: Sequence[str]) -> int:
@@ -89,6 +107,8 @@ def _speed(argv: Sequence[str]) -> int:
     kw = {"num_classes": opts.num_classes, **opts.model_kwargs()}
     for name in ("num_classes", "batch_size", "rounds", "steps_per_round"):
         _check_positive(name, getattr(opts, name))
+    if opts.warmup_steps < 0:
+        raise ValueError(f"--warmup-steps must be an integer >= 0, got {opts.warmup_steps}")
     results = speed_for_model(
         opts.model, kw, batch_size=opts.batch_size, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         prune_layers=opts.prune_layers, rounds=opts.rounds, steps_per_round=opts.steps_per_round,
@@ -103,7 +123,8 @@ def _train(argv: Sequence[str]) -> int:
     from ..bench.train import run_train_bench, run_train_bench_seeds
 
     common, rest = split_common_flags(argv)
-    base = TrainConfig.from_dict(base_train_options(common.config, flag_value(rest, "--resume")),
+    base = TrainConfig.from_dict(base_train_options(common.config, flag_value(rest, "--resume"),
+                                                    flag_value(rest, "--preset")),
                                  source=common.config or "the resumed checkpoint")
     opts = parse_options(
         BenchTrainOptions, rest, "trilevel bench train",
@@ -123,8 +144,9 @@ def _train(argv: Sequence[str]) -> int:
             budgets = parse_float_list(opts.budgets)
         except ValueError as e:
             raise ValueError(f"--budgets: {e}") from None
+        extra = _read_extra_configs(opts.extra_configs) if opts.extra_configs else None
         result = run_budget_bench(recipe, configs, budgets, seeds or [recipe["seed"]], out, opts.target,
-                                  opts.target_drop)
+                                  opts.target_drop, extra)
         print(format_curve_table(build_curves(result["runs"])))
         print()
         print(format_tta_table(result["tta"], result["target"]))

@@ -39,12 +39,13 @@ DESCRIPTION = (
 _NOT_INHERITED = ("output_dir", "stop_after_epoch", "resume")
 
 
-def base_train_options(config_file: Optional[str], resume: Optional[str]) -> Dict[str, Any]:
-    """The options that flags override: the resumed checkpoint's configuration, then the YAML file.
+def base_train_options(config_file: Optional[str], resume: Optional[str], preset: Optional[str] = None) -> Dict[str, Any]:
+    """The options that flags override: a preset's, the resumed checkpoint's configuration, the YAML file's.
 
     Args:
         config_file: ``-c`` YAML file, or None.
         resume: The ``--resume`` checkpoint (from the flags or the file), or None.
+        preset: ``--preset`` name from the flags (else the file's ``preset``), or None.
 
     Raises:
         FileNotFoundError: Missing file or checkpoint.
@@ -52,9 +53,13 @@ def base_train_options(config_file: Optional[str], resume: Optional[str]) -> Dic
     """
     from ..training.config import config_from_checkpoint, load_config_file
 
+    from ..algorithm import preset_settings
+
     from_file = load_config_file(config_file) if config_file else {}
     resume = resume or from_file.get("resume")
-    merged: Dict[str, Any] = {}
+    merged: Dict[str, Any] = preset_settings(preset or from_file.get("preset"))
+    if preset:
+        merged["preset"] = preset
     if resume:
         merged.update(config_from_checkpoint(resume))
         for key in _NOT_INHERITED:
@@ -77,7 +82,7 @@ def parse_train_config(argv: Sequence[str], prog: str = PROG):
     from ..training.config import TrainConfig
 
     common, rest = split_common_flags(argv)
-    base = base_train_options(common.config, flag_value(rest, "--resume"))
+    base = base_train_options(common.config, flag_value(rest, "--resume"), flag_value(rest, "--preset"))
     default = TrainConfig.from_dict(base, source=common.config or "the resumed checkpoint")
     return parse_options(TrainConfig, rest, prog, DESCRIPTION, default=default)
 

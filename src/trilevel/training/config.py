@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, get_args
 
 import yaml
 
-from ..algorithm import TriLevelConfig
+from ..algorithm import TriLevelConfig, preset_settings
 from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
 from ..options import (
     OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
@@ -322,6 +322,8 @@ def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[s
     if unknown:
         allowed = ", ".join(sorted(flag(n) for n in names))
         raise ValueError(f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys: {allowed}")
+    if out.get("preset") is not None:  # the preset's settings, under what the mapping gives
+        out = {**preset_settings(out["preset"]), **out}
     return out
 
 

@@ -79,7 +79,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, ctx: DistContext) -> None:
-        self.cfg = config
+        self.cfg = self.given_cfg = config
         self.ctx = ctx
         self.device = ctx.device
         self._stop_requested = False
@@ -125,6 +125,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
 
         self.drop_last = cfg.mixup > 0 or cfg.cutmix > 0  # Mixup needs even batches
+        if cfg.tri_level and cfg.speedup is not None:  # --speedup names the saving; the keep ratio follows
+            from ..algorithm import resolve_speedup
+
+            self.cfg = cfg = resolve_speedup(model, cfg)
+            logger.info("speedup %g: keep ratio %g", cfg.speedup, cfg.keep_ratio)
         self.plan = self._plan_budget() if cfg.budget is not None else None
         self.run_epochs = self.plan.whole_epochs if self.plan is not None else cfg.epochs
         self.algorithm: Optional[TriLevel] = None
@@ -216,7 +221,7 @@ class Trainer:
         state = {name: part.state_dict() for name, part in self._stateful().items()}
         state.update(
             format=CHECKPOINT_FORMAT,
-            config=self.cfg.to_dict(),
+            config=self.given_cfg.to_dict(),  # as given (a --speedup's keep ratio is resolved again on resume)
             data_info=dataclasses.asdict(self.info),
             rng=all_gather_objects(capture_rng_state(), self.ctx),
             world_size=self.ctx.world_size,
@@ -365,7 +370,7 @@ class Trainer:
         flags = StepFlags(ctx)
         self.model.train()
         bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{self.run_epochs}", unit="it",
-                   disable=not ctx.is_main, leave=False, dynamic_ncols=True)
+                   disable=None if ctx.is_main else True, leave=False, dynamic_ncols=True)  # None: a terminal only
         kr = akr = 1.0
         lr = self.optimizer.param_groups[0]["lr"]
         redirect = logging_redirect_tqdm() if ctx.is_main else nullcontext()
