@@ -23,6 +23,15 @@ from .vit import (
     set_keep_ratios,
     unpatch_vit,
 )
+from .models import (
+    SwinTriLevelInfo,
+    get_swin_info,
+    patch_eva,
+    patch_swin,
+    set_swin_keep_ratios,
+    unpatch_eva,
+    unpatch_swin,
+)
 from .example_selection import (
     ActiveSubsetSampler,
     ExampleSelector,
@@ -37,7 +46,9 @@ __all__ = [
     "connection_mask", "masked_attention", "topk_connection_mask", "forward_flops", "tokens_per_block",
     "KeepRatioSchedule", "run_progress", "cls_attention_scores", "num_kept_tokens", "select_topk_tokens",
     "TriLevelInfo", "default_prune_layers", "unwrap_model", "get_keep_ratios", "get_trilevel_info", "is_patched",
-    "patch_vit", "set_keep_ratios", "unpatch_vit", "ActiveSubsetSampler", "ExampleSelector", "ForgettingSelector",
+    "patch_vit", "set_keep_ratios", "unpatch_vit", "patch_eva", "unpatch_eva", "patch_swin", "unpatch_swin",
+    "set_swin_keep_ratios", "get_swin_info", "SwinTriLevelInfo", "ActiveSubsetSampler", "ExampleSelector",
+    "ForgettingSelector",
     "IndexedDataset", "LossSelector", "RandomSelector", "TriLevel", "TriLevelConfig",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run",
 ]

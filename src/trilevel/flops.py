@@ -9,6 +9,10 @@ tokens when only the token level is on (with the attention level on, the block's
 probabilities serve the scores and the new mask), and the classifier head. With the ``bypass``
 token fate, the blocks from the rejoin block on see every token again. Not counted: norms,
 softmax, GELU, token selection, mask construction, gathers and scatters (well under 1% here).
+
+timm ``Eva`` models (EVA-02, patched by :func:`trilevel.patch_eva`) are counted by the same code
+(rotary embeddings are elementwise, not counted); ``SwinTransformer`` models go to
+:func:`trilevel.models.swin.swin_forward_flops`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
+from .models.swin import is_swin, swin_forward_flops
 from .token_pruning import num_kept_tokens
 from .vit import unwrap_model, get_keep_ratios, is_patched
 
@@ -38,8 +43,15 @@ def tokens_per_block(
 
     Returns:
         A list over blocks of ``(n_attention, n_mlp)`` token counts, prefix tokens included.
+
+    Raises:
+        TypeError: For a Swin model (its blocks see windows; see
+            :func:`trilevel.models.swin.swin_forward_flops`).
     """
     base = unwrap_model(model)
+    if is_swin(base):
+        raise TypeError("tokens_per_block counts ViT/Eva tokens; a SwinTransformer keeps its grid "
+                        "(see trilevel.get_swin_info for the windows each block ran)")
     if keep_ratio is None:
         keep_ratio = get_keep_ratios(base)[0]
     P = base.num_prefix_tokens
@@ -89,6 +101,8 @@ def forward_flops(
         between two settings are the same either way.
     """
     base = unwrap_model(model)
+    if is_swin(base):  # keep_ratio: a float or one per stage; Swin has no attention level
+        return swin_forward_flops(base, keep_ratio)
     keep, attn_keep = get_keep_ratios(base)
     if keep_ratio is not None:
         keep = keep_ratio

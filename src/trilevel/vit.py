@@ -142,7 +142,11 @@ class TriLevelBlockMixin:
         num_prefix_tokens (int): prefix tokens of the model ([CLS], dist, registers).
     """
 
-    def _qkv(self, x: torch.Tensor):
+    def qkv_heads(self, x: torch.Tensor):
+        """Hook: ``(q, k, v)``, each ``(B, H, N, D)``, of the normalised tokens ``x`` ``(B, N, C)``.
+
+        Other model families (EVA-02) override it, e.g. to rotate q and k.
+        """
         attn = self.attn
         B, N, _ = x.shape
         qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -163,17 +167,18 @@ class TriLevelBlockMixin:
     def _dropout_p(self) -> float:
         return self.attn.attn_drop.p if self.training else 0.0
 
-    def _masked_attention(self, h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def attention_output(self, h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Hook: the attention branch ``(B, N, C)`` for tokens ``h`` under connection ``mask`` (or None)."""
         if mask is None:
             return self.attn(h)
-        q, k, v = self._qkv(h)
+        q, k, v = self.qkv_heads(h)
         o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
         return self._attn_out(h, o)
 
     def _attention_with_probs(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
         """Attention whose probabilities are also returned: one unfused pass serves the output,
         the [CLS] scores and the new connection mask (no second, forward-only pass)."""
-        q, k, v = self._qkv(h)
+        q, k, v = self.qkv_heads(h)
         logits = (q * self.attn.scale) @ k.transpose(-2, -1)
         if mask is not None:
             logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
@@ -184,7 +189,7 @@ class TriLevelBlockMixin:
 
     def _cls_scores(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
         """Attention output and the head-mean [CLS] row of its probabilities (a forward-only side product)."""
-        q, k, v = self._qkv(h)
+        q, k, v = self.qkv_heads(h)
         o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
         with torch.no_grad():  # the [CLS] row of any connection mask is all True
             probs = ((q[:, :, :1] * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
@@ -216,7 +221,7 @@ class TriLevelBlockMixin:
         if not self.trilevel_prune:
             if mask is None:
                 return self.forward(x), None, positions, stash, None, None  # the stock block, bit for bit
-            x = x + self.drop_path1(self.ls1(self._masked_attention(self.norm1(x), mask)))
+            x = x + self.drop_path1(self.ls1(self.attention_output(self.norm1(x), mask)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
             return x, mask, positions, stash, None, None
 
@@ -232,7 +237,7 @@ class TriLevelBlockMixin:
         elif cls_scored:
             a, scores = self._cls_scores(h, mask)
         else:
-            a = self._masked_attention(h, mask)
+            a = self.attention_output(h, mask)
         x = x + self.drop_path1(self.ls1(a))
 
         kept_idx, fused = None, 0
@@ -427,7 +432,8 @@ def patch_vit(
     if not isinstance(base, VisionTransformer):
         raise TypeError(
             f"patch_vit supports timm VisionTransformer models (ViT, DeiT, DeiT-III, ...); "
-            f"got {type(base).__module__}.{type(base).__name__}"
+            f"got {type(base).__module__}.{type(base).__name__}. Supported families: VisionTransformer "
+            f"(trilevel.patch_vit), Eva / EVA-02 (trilevel.patch_eva), SwinTransformer (trilevel.patch_swin)"
         )
     if getattr(base, "cls_token", None) is None:
         raise TypeError(

@@ -15,7 +15,7 @@ import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,8 @@ from ..flops import forward_flops
 from ..vit import patch_vit
 
 __all__ = [
-    "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "benchmark_speed", "format_speed_table", "speed_for_model",
+    "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "Variant", "benchmark_speed", "compare_speed",
+    "format_speed_table", "speed_for_model",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -73,25 +74,11 @@ def DEFAULT_SPEED_CONFIGS(keep_ratio: float = 0.7, attn_keep_ratio: float = 0.3)
     ]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def benchmark_speed(
-    make_model: Callable[[], nn.Module],
-    configs: Sequence[SpeedConfig],
-    batch_size: int,
-    input_shape: Sequence[int],
-    num_classes: int,
-    device: str | torch.device = "cpu",
-    rounds: int = 5,
-    steps_per_round: int = 3,
-    warmup_steps: int = 2,
-    amp_dtype: Optional[torch.dtype] = None,
-    prune_layers: Optional[Sequence[int]] = None,
-    seed: int = 0,
-) -> List[SpeedResult]:
+def benchmark_speed(make_model: Callable[[], nn.Module], configs: Sequence[SpeedConfig], batch_size: int,
+                    input_shape: Sequence[int], num_classes: int, device: str | torch.device = "cpu",
+                    rounds: int = 5, steps_per_round: int = 3, warmup_steps: int = 2,
+                    amp_dtype: Optional[torch.dtype] = None, prune_layers: Optional[Sequence[int]] = None,
+                    seed: int = 0) -> List[SpeedResult]:
     """Time forward + backward + AdamW step for each configuration, alternating.
 
     Args:
@@ -121,64 +108,104 @@ def benchmark_speed(
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not configs:
         raise ValueError("configs must not be empty")
+    def patcher(cfg: SpeedConfig) -> Optional[Callable[[nn.Module], Any]]:
+        if cfg.keep_ratio is None:
+            return None
+        return lambda m: patch_vit(m, prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
+                                   attn_keep_ratio=cfg.attn_keep_ratio, token_fate=cfg.token_fate)
+
+    variants = [(c.name, c.keep_ratio, c.attn_keep_ratio, patcher(c)) for c in configs]
+    return compare_speed(make_model, variants, batch_size, input_shape, num_classes, device, rounds,
+                         steps_per_round, warmup_steps, amp_dtype, seed)
+
+
+Variant = Tuple[str, Optional[float], float, Optional[Callable[[nn.Module], Any]]]
+"""``(name, keep_ratio, attn_keep_ratio, patch)``: ``patch`` patches a model in place; None is stock timm."""
+
+
+def compare_speed(
+    make_model: Callable[[], nn.Module],
+    variants: Sequence[Variant],
+    batch_size: int,
+    input_shape: Sequence[int],
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    steps_per_round: int = 3,
+    warmup_steps: int = 2,
+    amp_dtype: Optional[torch.dtype] = None,
+    seed: int = 0,
+) -> List[SpeedResult]:
+    """Median forward + backward + AdamW step time of each variant, taking turns.
+
+    Args:
+        make_model: Builds the stock model (called once; each variant patches a copy).
+        variants: ``(name, keep_ratio, attn_keep_ratio, patch)`` rows; the first with ``patch``
+            None is the baseline of the speedups (else the first row).
+        batch_size: Images per step.
+        input_shape: ``(C, H, W)`` of one image.
+        num_classes: Classes of the random labels.
+        device: ``"cpu"`` or ``"cuda"``.
+        rounds: Rounds; in round ``r`` the variants run in order rotated by ``r``.
+        steps_per_round: Timed steps per variant per round (their mean is one sample).
+        warmup_steps: Untimed steps per variant first.
+        amp_dtype: Autocast dtype, or None for full precision.
+        seed: Seed of the weights and of the fixed random batch.
+
+    Returns:
+        One :class:`~trilevel.bench.speed.SpeedResult` per variant, in order.
+
+    Raises:
+        ValueError: If ``variants`` is empty or a count is not a positive int.
+    """
+    counts = {"batch_size": batch_size, "rounds": rounds, "steps_per_round": steps_per_round}
+    bad = [f"{k}={v!r}" for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad or not variants:
+        raise ValueError(f"compare_speed needs variants and positive int counts; got {', '.join(bad) or 'no variants'}")
     device = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    base = make_model()
-    x = torch.randn(batch_size, *input_shape, generator=g).to(device)
-    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    dense_flops = forward_flops(base)
-
-    runners = []
-    for cfg in configs:
-        model = copy.deepcopy(base)
-        if cfg.keep_ratio is not None:
-            patch_vit(model, prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
-                      attn_keep_ratio=cfg.attn_keep_ratio, token_fate=cfg.token_fate)
+    stock = make_model()
+    images = torch.randn(batch_size, *input_shape, generator=gen).to(device)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+    dense_flops = forward_flops(stock)
+    runs = []
+    for _, _, _, patch in variants:
+        model = copy.deepcopy(stock)
+        if patch is not None:
+            patch(model)
         model.to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        runners.append((cfg, model, opt))
-    del base
+        runs.append((model, torch.optim.AdamW(model.parameters(), lr=1e-4)))
 
-    def step(model, opt):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def train_steps(model, opt, n):
+        for _ in range(n):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    for _, model, opt in runners:
-        for _ in range(warmup_steps):
-            step(model, opt)
-    _sync(device)
-
-    samples: Dict[int, List[float]] = {i: [] for i in range(len(runners))}
+    for model, opt in runs:
+        train_steps(model, opt, warmup_steps)
+    times: List[List[float]] = [[] for _ in runs]
     for r in range(rounds):
-        order = [(r + j) % len(runners) for j in range(len(runners))]
-        for i in order:
-            _, model, opt = runners[i]
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps_per_round):
-                step(model, opt)
-            _sync(device)
-            samples[i].append((time.perf_counter() - t0) / steps_per_round)
-        _LOG.info("round %d/%d done", r + 1, rounds)
-
-    base_i = next((i for i, (c, _, _) in enumerate(runners) if c.keep_ratio is None), 0)
-    base_median = statistics.median(samples[base_i])
-    base_cfg_flops = forward_flops(runners[base_i][1])
-    results = []
-    for i, (cfg, model, _) in enumerate(runners):
-        med = statistics.median(samples[i])
-        fl = forward_flops(model)
-        results.append(SpeedResult(
-            name=cfg.name, keep_ratio=cfg.keep_ratio, attn_keep_ratio=cfg.attn_keep_ratio,
-            median_s=med, min_s=min(samples[i]), max_s=max(samples[i]),
-            images_per_s=batch_size / med, speedup=base_median / med,
-            flops_speedup=base_cfg_flops / fl, relative_flops=fl / dense_flops,
-        ))
-    return results
+        for j in range(len(runs)):
+            i = (j + r) % len(runs)
+            start = time.perf_counter()
+            train_steps(*runs[i], steps_per_round)
+            times[i].append((time.perf_counter() - start) / steps_per_round)
+    ref = next((i for i, v in enumerate(variants) if v[3] is None), 0)
+    ref_time, ref_flops = statistics.median(times[ref]), forward_flops(runs[ref][0])
+    rows = []
+    for (name, keep, attn, _), (model, _), samples in zip(variants, runs, times):
+        median, flops = statistics.median(samples), forward_flops(model)
+        rows.append(SpeedResult(name=name, keep_ratio=keep, attn_keep_ratio=attn, median_s=median,
+                                min_s=min(samples), max_s=max(samples), images_per_s=batch_size / median,
+                                speedup=ref_time / median, flops_speedup=ref_flops / flops,
+                                relative_flops=flops / dense_flops))
+    return rows
 
 
 def format_speed_table(results: Sequence[SpeedResult], as_json: bool = False) -> str:
@@ -248,7 +275,10 @@ def speed_for_model(
     def make():
         return timm.create_model(model, pretrained=False, **model_kwargs)
 
-    probe = make()
+    try:
+        probe = make()
+    except (TypeError, AssertionError, RuntimeError) as e:  # timm checks sizes with assert
+        raise ValueError(f"timm could not build --model {model!r} with {dict(model_kwargs)}: {e or type(e).__name__}") from e
     if not isinstance(probe, VisionTransformer):
         raise ValueError(
             f"--model {model!r} is a {type(probe).__name__}; bench speed compares a timm VisionTransformer "

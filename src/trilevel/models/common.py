@@ -1,0 +1,113 @@
+"""Shared pieces of the in-place patches of timm families beyond ``VisionTransformer``.
+
+Validation of user settings, the class swap (a subclass per patched class, cached, so that
+``isinstance`` checks against the stock class keep working and no module or parameter is added),
+and FLOP helpers. Used by :mod:`trilevel.models.eva` and :mod:`trilevel.models.swin`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+
+__all__ = [
+    "check_ratio", "check_block_indices", "stage_ratios", "patched_class", "swap_class", "restore_class",
+    "linear_macs", "conv_flops",
+]
+
+
+def check_ratio(name: str, value) -> float:
+    """``value`` as a float in (0, 1].
+
+    Raises:
+        ValueError: If ``value`` is not a real number (bools and strings included) or lies
+            outside (0, 1] (NaN included); the message names ``name`` and the value.
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and 0.0 < float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_block_indices(indices: Optional[Iterable[int]], depth: int, default: Tuple[int, ...],
+                        name: str = "prune_layers") -> Tuple[int, ...]:
+    """Sorted, validated 0-based block indices; ``default`` when ``indices`` is None.
+
+    Raises:
+        ValueError: If ``indices`` is not a sequence, is empty, or holds a non-int, an index
+            outside ``[0, depth - 1]`` or a duplicate (each named in the message).
+    """
+    if indices is None:
+        return tuple(default)
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
+        raise ValueError(f"{name} must be a sequence of block indices, got {indices!r}")
+    seen = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{name} entries must be ints, got {i!r}")
+        if i < 0 or i >= depth:
+            raise ValueError(f"{name} index {i} is outside the model's blocks [0, {depth - 1}]")
+        if i in seen:
+            raise ValueError(f"{name} has duplicate indices [{i}]")
+        seen.append(i)
+    if not seen:
+        raise ValueError(f"{name} must name at least one block (got an empty sequence); "
+                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
+    return tuple(sorted(seen))
+
+
+def stage_ratios(name: str, value: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
+    """One ratio per stage from a float (every stage) or a sequence of ``num_stages`` floats.
+
+    Raises:
+        ValueError: If a ratio is outside (0, 1] or the sequence has the wrong length.
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_stages:
+            raise ValueError(f"{name} has {len(value)} entries, but the model has {num_stages} stages")
+        return tuple(check_ratio(f"{name}[{s}]", v) for s, v in enumerate(value))
+    return (check_ratio(name, value),) * num_stages
+
+
+@functools.lru_cache(maxsize=None)
+def patched_class(mixin: type, cls: type) -> type:
+    """The subclass ``TriLevel<cls>`` of ``(mixin, cls)``, created once per pair.
+
+    The stock class is kept as the class attribute ``_trilevel_base`` (the convention of
+    :mod:`trilevel.vit`, so :func:`trilevel.unpatch_vit` can restore it too).
+    """
+    if issubclass(cls, mixin):
+        return cls
+    return type("TriLevel" + cls.__name__, (mixin, cls), {"_trilevel_base": cls})
+
+
+def swap_class(module: nn.Module, mixin: type, **attributes) -> None:
+    """Swap ``module``'s class for :func:`patched_class` and set plain attributes on it."""
+    module.__class__ = patched_class(mixin, type(module))
+    for key, value in attributes.items():
+        setattr(module, key, value)
+
+
+def restore_class(module: nn.Module, attributes: Iterable[str]) -> None:
+    """Undo :func:`swap_class`: the stock class back, the named attributes removed."""
+    base = getattr(type(module), "_trilevel_base", None)
+    if base is not None:
+        module.__class__ = base
+    for key in attributes:
+        module.__dict__.pop(key, None)
+
+
+def linear_macs(module: nn.Module) -> int:
+    """Multiply-adds per token of every ``nn.Linear`` inside ``module``."""
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def conv_flops(conv: Optional[nn.Module], out_positions: int) -> float:
+    """FLOPs (multiply-add = 2) of an ``nn.Conv2d`` at ``out_positions`` output positions; 0 otherwise."""
+    if not isinstance(conv, nn.Conv2d):
+        return 0.0
+    per_output = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+    return 2.0 * out_positions * conv.out_channels * per_output
