@@ -1,19 +1,115 @@
-"""A run's folder: ``config.yaml``, ``train.log``, ``metrics.jsonl``, ``summary.json`` (rank 0 writes)."""
+"""A run's folder: ``config.yaml``, ``train.log``, ``metrics.jsonl``, ``summary.json`` (rank 0 writes),
+and what a run shows while it happens: the progress bar, and with ``--log-tensorboard`` /
+``--log-wandb`` the same numbers live in TensorBoard (``<output_dir>/tensorboard/``, through
+PyTorch's own ``torch.utils.tensorboard.SummaryWriter``) and Weights & Biases (``<output_dir>/wandb/``).
+
+Live logging adds no host-device synchronisation: the step scalars (:data:`STEP_TAGS`) are written
+where the progress bar is updated, every ``log_interval`` steps, from the one host read the loop
+already makes there; the epoch scalars (:data:`EPOCH_TAGS`), the forgetting-count histogram and
+the pruning picture come after the epoch's validation. Every event's step is the run's global
+optimizer step, so a resumed run continues the same curves; its writer purges the events a
+crashed continuation may have left after the checkpoint (``purge_step``), and W&B resumes the same
+run id (kept in ``wandb/trilevel-run-id``). The pruning picture is drawn with the global RNG state
+forked, so logging changes nothing in training (a resumed run stays bit-identical).
+"""
 
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import logging
+import os
+import secrets
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ..options import check_bool, check_int
 from .config import TrainConfig
 from .distributed import DistContext, broadcast_object
 
-__all__ = ["RunOutput"]
+__all__ = ["EPOCH_TAGS", "HISTOGRAM_TAG", "PICTURE_IMAGES", "PICTURE_TAG", "RUN_FILES", "STEP_TAGS",
+           "TENSORBOARD_DIR", "RunOutput", "check_live_logging", "run_outputs"]
+
+logger = logging.getLogger("trilevel.training")
+
+#: What a run folder may hold, in the order the ``outputs in ...`` line names them (folders end in /).
+RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "config.yaml", "train.log", "tensorboard/",
+             "wandb/")
+#: Sub-folder of the TensorBoard event files.
+TENSORBOARD_DIR = "tensorboard"
+#: Scalars written every ``log_interval`` steps (tag: meaning).
+STEP_TAGS = {
+    "train/loss": "running training loss of the epoch so far (rank 0)",
+    "train/lr": "learning rate",
+    "train/images_per_s": "training images per second in the epoch so far (all ranks)",
+    "pruning/keep_ratio": "token keep ratio of the step (1 for a dense run)",
+    "pruning/attn_keep_ratio": "attention keep ratio of the step (1 for a dense run)",
+    "pruning/tokens_per_block": "mean tokens per block of the step's forward (prefix tokens included)",
+    "flops/relative_so_far": "training forward FLOPs so far over those of dense training to the same point",
+    "flops/dense_epochs_so_far": "training forward FLOPs so far in dense-epoch equivalents",
+}
+#: Scalars written once per epoch, after its validation (tag: metrics.jsonl key).
+EPOCH_TAGS = {
+    "epoch/epoch": "epoch",
+    "epoch/train_loss": "train_loss",
+    "epoch/train_top1": "train_acc",
+    "epoch/val_top1": "val_top1",
+    "epoch/val_loss": "val_loss",
+    "epoch/val_top1_ema": "val_top1_ema",
+    "epoch/active_examples": "active_examples",
+}
+#: Histogram of the forgetting selector's counts over the active set, per epoch.
+HISTOGRAM_TAG = "examples/forgetting_counts"
+#: The pruning picture (the drawing of ``trilevel visualize``) of :data:`PICTURE_IMAGES` fixed images.
+PICTURE_TAG = "pruning/picture"
+PICTURE_IMAGES = 4
+
+
+def run_outputs(folder: Any) -> List[str]:
+    """The entries of :data:`RUN_FILES` present in a run folder (folders with a trailing ``/``)."""
+    folder = Path(folder)
+    found = []
+    for name in RUN_FILES:
+        path = folder / name.rstrip("/")
+        if path.is_dir() if name.endswith("/") else path.is_file():
+            found.append(name)
+    return found
+
+
+def check_live_logging(config: TrainConfig) -> None:
+    """Check the live-logging options, and that the packages they need import.
+
+    Args:
+        config: The run's configuration (``log_tensorboard``, ``log_wandb``,
+            ``tensorboard_images_every``).
+
+    Raises:
+        ValueError: A bad option value (named), or ``--log-tensorboard`` / ``--log-wandb``
+            without its package, saying what to install (``pip install trilevel[tensorboard]`` /
+            ``pip install trilevel[wandb]``).
+    """
+    check_bool("log_tensorboard", config.log_tensorboard)
+    check_bool("log_wandb", config.log_wandb)
+    check_int("tensorboard_images_every", config.tensorboard_images_every, 1)
+    if config.log_tensorboard:
+        try:
+            importlib.import_module("torch.utils.tensorboard")  # needs the tensorboard package
+        except ImportError as e:
+            raise ValueError(
+                f"--log-tensorboard needs the tensorboard package, which is not installed ({e}): "
+                f"pip install trilevel[tensorboard]"
+            ) from None
+    if config.log_wandb:
+        try:
+            importlib.import_module("wandb")
+        except ImportError as e:
+            raise ValueError(
+                f"--log-wandb needs the wandb package, which is not installed ({e}): pip install trilevel[wandb] "
+                f"(then WANDB_MODE=offline logs to <output-dir>/wandb/ without an account or network)"
+            ) from None
 
 
 class RunOutput:
@@ -24,16 +120,30 @@ class RunOutput:
     :meth:`open` creates it, writes ``config.yaml`` and attaches ``train.log`` to the
     ``trilevel`` logger (at INFO or finer); :meth:`close` detaches it.
 
+    With ``log_tensorboard`` / ``log_wandb`` it also logs the run live (see the module
+    docstring): :meth:`log_step` every ``log_interval`` steps, :meth:`end_epoch` after each epoch.
+
     Args:
         config: The run's configuration (``output_dir`` is resolved in place).
         ctx: This process's distributed context.
+        resumed: The loaded checkpoint this run resumes, or None (live logs continue after its
+            global step).
 
     Attributes:
         folder (Path): The run folder.
         checkpoint (Path): ``<folder>/checkpoint.pt``.
+
+    Raises:
+        ValueError: As :func:`check_live_logging` (on every rank, before anything is written).
     """
 
-    def __init__(self, config: TrainConfig, ctx: DistContext) -> None:
+    def __init__(self, config: TrainConfig, ctx: DistContext, resumed: Optional[Mapping[str, Any]] = None) -> None:
+        check_live_logging(config)
+        progress = resumed.get("progress") if isinstance(resumed, Mapping) else None
+        self._first_step = 1 + (int(progress.get("global_step", 0)) if isinstance(progress, Mapping) else 0)
+        self._tensorboard: Any = None
+        self._wandb: Any = None
+        self._picture_set: Any = None
         out = config.output_dir
         if out is None and config.resume is not None:
             out = str(Path(config.resume).resolve().parent)
@@ -62,9 +172,41 @@ class RunOutput:
         pkg_logger.addHandler(self._file_handler)
         with open(self.folder / "config.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+        if self.config.log_wandb:
+            try:
+                self._wandb = self._start_wandb()
+            except ValueError:
+                self.close()  # the caller closes only an opened output
+                raise
+
+    def _start_wandb(self) -> Any:
+        """``wandb.init`` in ``<folder>/wandb/``: a resumed run continues its W&B run (same id)."""
+        import wandb
+
+        folder = self.folder / "wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        id_file = folder / "trilevel-run-id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+        if self._first_step == 1 or not run_id:  # a fresh run gets a fresh W&B run
+            run_id = secrets.token_hex(8)
+            id_file.write_text(run_id + "\n", encoding="utf-8")
+        try:
+            return wandb.init(project=os.environ.get("WANDB_PROJECT", "trilevel"), name=self.folder.name, id=run_id,
+                              resume="allow", dir=str(self.folder), config=self.config.to_dict())
+        except Exception as e:  # wandb raises its own error types (no account, no network, ...)
+            raise ValueError(
+                f"--log-wandb: wandb.init failed ({type(e).__name__}: {e}); log in with 'wandb login', or set "
+                f"WANDB_MODE=offline to log to {folder} without an account or network ('wandb sync' uploads it later)"
+            ) from e
 
     def close(self) -> None:
-        """Detach ``train.log`` and restore the logger's level."""
+        """Close the live loggers, detach ``train.log`` and restore the logger's level."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         pkg_logger = logging.getLogger("trilevel")
         if self._file_handler is not None:
             pkg_logger.removeHandler(self._file_handler)
@@ -86,6 +228,127 @@ class RunOutput:
             m["epoch_seconds"], m["train_images_per_s"], m["active_examples"], num_train,
             "n/a" if tokens is None else f"{tokens:.1f}", m["keep_ratio"], m["attn_keep_ratio"], m["lr"],
         )
+
+    # ------------------------------------------------------------------------------ live logging
+    @property
+    def live(self) -> bool:
+        """Whether this process logs live (rank 0 with ``log_tensorboard`` or ``log_wandb``)."""
+        return self.is_main and (self.config.log_tensorboard or self.config.log_wandb)
+
+    def _writer(self) -> Any:
+        """The TensorBoard writer, opened on first use (after a resume's checkpoint is loaded)."""
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # Events of a crashed continuation after the checkpoint's step are dropped.
+            self._tensorboard = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=self._first_step)
+        return self._tensorboard
+
+    def _log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        values = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.config.log_tensorboard:
+            writer = self._writer()
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def log_step(self, trainer: Any, acc: Any, bar: Any, epoch: int, done: int, iters: int, fraction: float, *,
+                 lr: float, ratios: Tuple[float, float], tokens: Optional[float], elapsed: float) -> None:
+        """Show the progress of the epoch so far (rank 0, every ``log_interval`` steps).
+
+        Reads the running loss from the device (the loop's one host read per log interval), sets
+        the progress bar's postfix, logs a DEBUG line and, when live logging, the
+        :data:`STEP_TAGS` scalars at the current global step.
+
+        Args:
+            trainer: The :class:`~trilevel.training.Trainer` (its progress, sizes and FLOP counts are read).
+            acc: The epoch's :class:`~trilevel.training.accounting.EpochAccumulator` (rank 0's sums).
+            bar: The epoch's ``tqdm`` bar.
+            epoch: 0-based epoch.
+            done: Steps done in the epoch (1-based).
+            iters: Steps in the epoch.
+            fraction: Fraction of the run done after this step, in (0, 1].
+            lr: Learning rate of the step.
+            ratios: ``(keep ratio, attention keep ratio)`` of the step.
+            tokens: Mean tokens per block of the step's forward, or None (a model without tokens).
+            elapsed: Training seconds of the epoch so far.
+        """
+        world = trainer.ctx.world_size
+        loss_now = acc.loss_sum.item() / max(1, acc.counted)
+        rate = acc.images * world / max(elapsed, 1e-9)
+        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
+        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch + 1, done, iters, loss_now, lr, rate)
+        if not self.live:
+            return
+        # FLOPs so far: completed epochs (all ranks) + this epoch's (rank 0's x world size).
+        dense_epochs = (trainer.progress.flops_sum + acc.flops * world) / (trainer.num_train * trainer.dense_flops)
+        length = trainer.cfg.budget if trainer.plan is not None else trainer.cfg.epochs
+        self._log_scalars({
+            "train/loss": loss_now, "train/lr": lr, "train/images_per_s": rate,
+            "pruning/keep_ratio": ratios[0], "pruning/attn_keep_ratio": ratios[1],
+            "pruning/tokens_per_block": tokens,
+            "flops/relative_so_far": dense_epochs / max(length * fraction, 1e-12),
+            "flops/dense_epochs_so_far": dense_epochs,
+        }, trainer.progress.global_step)
+
+    def end_epoch(self, trainer: Any, metrics: Mapping[str, Any], last: bool) -> None:
+        """Record a finished epoch: its ``metrics.jsonl`` line and, when live logging, the rest.
+
+        Live (rank 0): the :data:`EPOCH_TAGS` scalars; :data:`HISTOGRAM_TAG`, the forgetting counts
+        of the active examples when the run has a forgetting selector; :data:`PICTURE_TAG`, the
+        pruning picture of :data:`PICTURE_IMAGES` fixed validation images (drawn by
+        :func:`trilevel.viz.pruning_figure` at the model's current training keep ratios) every
+        ``tensorboard_images_every`` epochs and at the run's last epoch (none for a dense run).
+        All at the run's global step.
+
+        Args:
+            trainer: The :class:`~trilevel.training.Trainer`.
+            metrics: The epoch's metrics line.
+            last: Whether this is the run's last epoch.
+        """
+        self.append_metrics(metrics)
+        if not self.live:
+            return
+        step = trainer.progress.global_step
+        self._log_scalars({tag: metrics.get(key) for tag, key in EPOCH_TAGS.items()}, step)
+        selector = getattr(trainer.algorithm, "selector", None)
+        counts = getattr(selector, "forgetting_counts", None)
+        if counts is not None:
+            values = counts[selector.active_mask].numpy()
+            if self.config.log_tensorboard:
+                self._writer().add_histogram(HISTOGRAM_TAG, values, step)
+            if self._wandb is not None:
+                import wandb
+
+                self._wandb.log({HISTOGRAM_TAG: wandb.Histogram(values)}, step=step)
+        every = self.config.tensorboard_images_every
+        if trainer.algorithm is not None and (last or int(metrics["epoch"]) % every == 0):
+            picture = self._pruning_picture(trainer)
+            if self.config.log_tensorboard:
+                self._writer().add_image(PICTURE_TAG, picture, step, dataformats="HWC")
+            if self._wandb is not None:
+                import wandb
+
+                self._wandb.log({PICTURE_TAG: wandb.Image(picture, caption=f"epoch {metrics['epoch']}")}, step=step)
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+
+    def _pruning_picture(self, trainer: Any) -> Any:
+        """The pruning picture as an RGB ``uint8`` array ``(H, W, 3)``; the global RNG is left as it was."""
+        import torch
+
+        from ..viz.figures import figure_to_rgb
+        from ..viz.pruning import pruning_figure, sample_images
+
+        if self._picture_set is None:  # the same images every time (chosen by the run's seed)
+            val = trainer.val_ds
+            self._picture_set = sample_images(val, min(PICTURE_IMAGES, len(val)), trainer.cfg.seed)
+        images, labels = self._picture_set
+        device = trainer.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            fig = pruning_figure(trainer.model_base, images, trainer.info.mean, trainer.info.std, row_labels=labels)
+        return figure_to_rgb(fig)
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Append one epoch's line to ``metrics.jsonl`` (rank 0)."""

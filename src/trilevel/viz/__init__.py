@@ -3,9 +3,14 @@
 * :func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
   of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
   at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``.
+  :func:`pruning_figure` is that drawing as a figure (:func:`figure_to_rgb` renders it to pixels,
+  as the live pruning picture of ``trilevel train --log-tensorboard`` does); :func:`sample_images`
+  picks the validation images by seed.
   :func:`trace_pruning` and :func:`stage_survival_masks` compute the drawn masks (no plotting).
 * :func:`report_run` turns a run folder's ``metrics.jsonl`` (and the example selector's state in
-  its ``checkpoint.pt``) into PNG plots next to it.
+  its ``checkpoint.pt``) into PNG plots next to it; :func:`write_report_html` gathers them, the
+  resolved ``config.yaml``, ``summary.json`` and the per-epoch metrics into one self-contained
+  ``report.html``.
 * :func:`plot_accuracy_vs_time` plots validation top-1 against training time for a benchmark.
 
 This package is a library only; the ``trilevel visualize`` and ``trilevel report`` commands are
@@ -22,8 +27,10 @@ pruning; attention level: per-query top-k connection masks; example level: forge
 """
 
 from .curves import plot_tta_curves
+from .figures import figure_to_rgb
 from .plots import plot_accuracy_vs_time
-from .pruning import visualize_checkpoint, visualize_pruning
+from .html_report import write_report_html
+from .pruning import pruning_figure, sample_images, visualize_checkpoint, visualize_pruning
 from .report import REPORT_FILES, read_metrics, report_run
 from .trace import PruningTrace, stage_survival_masks, trace_pruning
 
@@ -31,8 +38,12 @@ __all__ = [
     "PruningTrace",
     "stage_survival_masks",
     "trace_pruning",
+    "figure_to_rgb",
+    "pruning_figure",
+    "sample_images",
     "visualize_pruning",
     "visualize_checkpoint",
+    "write_report_html",
     "read_metrics",
     "report_run",
     "REPORT_FILES",

@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Union
 
-__all__ = ["PathLike", "check_png_path", "new_figure", "save_figure"]
+import numpy as np
+
+__all__ = ["PathLike", "check_png_path", "figure_to_rgb", "new_figure", "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +71,16 @@ def save_figure(fig, output_path: PathLike) -> Path:
     fig.savefig(path, format="png")
     logger.info("wrote %s", path)
     return path
+
+
+def figure_to_rgb(fig) -> np.ndarray:
+    """Render a figure into an RGB array (the pixels :func:`save_figure` would write).
+
+    Args:
+        fig: A ``Figure`` from :func:`new_figure`.
+
+    Returns:
+        A ``uint8`` array ``(H, W, 3)``, ``H`` and ``W`` in pixels (inches x 100 dpi), alpha dropped.
+    """
+    fig.canvas.draw()
+    return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba(), dtype=np.uint8)[..., :3])

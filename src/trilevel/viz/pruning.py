@@ -1,9 +1,12 @@
 """Pictures of which patch tokens and attention connections a patched ViT keeps.
 
-:func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
+:func:`pruning_figure` draws, for a few images, which patch tokens survive each pruning stage
 of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
-at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``. The
-masks come from :func:`trilevel.viz.trace.trace_pruning`.
+at the last stage; :func:`visualize_pruning` writes that drawing as a PNG and
+:func:`visualize_checkpoint` does so for a run's ``checkpoint.pt`` (``trilevel visualize``); the
+live pruning picture of ``trilevel train --log-tensorboard`` renders the same figure to pixels.
+:func:`sample_images` picks the validation images (by seed). The masks come from
+:func:`trilevel.viz.trace.trace_pruning`.
 
 The method drawn is that of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
 Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [CLS]-attention
@@ -24,7 +27,7 @@ import torch.nn as nn
 from .figures import PathLike, check_png_path, new_figure, save_figure
 from .trace import trace_pruning
 
-__all__ = ["visualize_pruning", "visualize_checkpoint"]
+__all__ = ["pruning_figure", "sample_images", "visualize_pruning", "visualize_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,18 +100,19 @@ def _patch_rect(ax, index: int, grid: tuple[int, int], shape: tuple[int, int], *
     ax.add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, **kwargs))
 
 
-def visualize_pruning(
+def pruning_figure(
     model: nn.Module,
     images: torch.Tensor,
     mean: Union[float, Sequence[float]],
     std: Union[float, Sequence[float]],
-    output_path: PathLike,
     query_patch: Optional[int] = None,
     row_labels: Optional[Sequence[str]] = None,
-) -> Path:
-    """Draw which patch tokens and attention connections a patched ViT keeps, as a PNG grid.
+):
+    """Draw which patch tokens and attention connections a patched ViT keeps, as a figure.
 
-    One row per image. Columns: the image; one column per pruning stage (block index in the
+    The one drawing behind :func:`visualize_pruning` (a PNG file), ``trilevel visualize`` and the
+    pruning picture of ``trilevel train --log-tensorboard`` / ``--log-wandb`` (an RGB array via
+    :func:`trilevel.viz.figures.figure_to_rgb`). One row per image. Columns: the image; one column per pruning stage (block index in the
     title) where the patches dropped by that stage or earlier are dimmed (20% of the image over a
     grey-blue tint); a last column with the connections of one query patch after the last pruning
     block: the query outlined in red, the kept patches it may attend to shown in full with gold
@@ -124,20 +128,18 @@ def visualize_pruning(
         images: Normalised images ``(K, C, H, W)``.
         mean: Per-channel normalisation mean (or one number), pixel values in [0, 1].
         std: Per-channel normalisation standard deviation (or one number).
-        output_path: PNG file to write (folders are created).
         query_patch: Row-major patch index of the query for every image, or None (see above).
             An index pruned in some image is drawn outlined with no connections.
         row_labels: Optional text per image, shown left of its row above the predicted class.
 
     Returns:
-        The path of the written PNG.
+        A matplotlib ``Figure`` (Agg canvas, 2 inches per panel at 100 dpi: ``2 + stages``
+        columns, one row per image).
 
     Raises:
         ValueError: If the model is not patched; ``images``, ``mean``, ``std``, ``query_patch``
-            or ``row_labels`` do not fit (the bad value is named); ``output_path`` is not a
-            ``.png``.
+            or ``row_labels`` do not fit (the bad value is named).
     """
-    check_png_path(output_path)
     trace = trace_pruning(model, images, query_patch)
     K = images.shape[0]
     if row_labels is not None:
@@ -190,7 +192,77 @@ def visualize_pruning(
     fig.suptitle("tokens kept per pruning stage (dropped: tinted); query (red) and its kept connections (gold)",
                  fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, output_path)
+    return fig
+
+
+def visualize_pruning(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: Union[float, Sequence[float]],
+    std: Union[float, Sequence[float]],
+    output_path: PathLike,
+    query_patch: Optional[int] = None,
+    row_labels: Optional[Sequence[str]] = None,
+) -> Path:
+    """Draw :func:`pruning_figure` and write it as a PNG grid.
+
+    One row per image. Columns: the image; one column per pruning stage (block index in the
+    title) where the patches dropped by that stage or earlier are dimmed; a last column with the
+    connections of one query patch after the last pruning block (see :func:`pruning_figure`).
+
+    Args:
+        model: A patched model, as for :func:`pruning_figure`.
+        images: Normalised images ``(K, C, H, W)``.
+        mean: Normalisation mean, as for :func:`pruning_figure`.
+        std: Normalisation standard deviation, likewise.
+        output_path: PNG file to write (folders are created).
+        query_patch: The query patch, as for :func:`pruning_figure`.
+        row_labels: Optional text per image (see :func:`pruning_figure`).
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: As :func:`pruning_figure`; or ``output_path`` is not a ``.png``.
+    """
+    check_png_path(output_path)
+    return save_figure(pruning_figure(model, images, mean, std, query_patch, row_labels), output_path)
+
+
+def _check_sample_args(num_images: Any, seed: Any) -> None:
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+
+def sample_images(dataset: Any, num_images: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Draw ``num_images`` distinct items of a validation set at random, with a label per row.
+
+    The choice depends on ``seed`` only (a private ``torch.Generator``; the global RNG is not
+    touched), so the same seed gives the same images in ``trilevel visualize`` and in every
+    epoch's pruning picture of a run.
+
+    Args:
+        dataset: Items ``(image (C, H, W) normalised, target int, ...)``.
+        num_images: How many, in ``[1, len(dataset)]``.
+        seed: Seed of the choice.
+
+    Returns:
+        ``(images (K, C, H, W), labels)``, each label ``"val #<index>, class <target>"``.
+
+    Raises:
+        ValueError: If ``num_images`` or ``seed`` is not an integer, or ``num_images`` is not in
+            ``[1, len(dataset)]`` (named).
+    """
+    _check_sample_args(num_images, seed)
+    if num_images > len(dataset):
+        raise ValueError(f"num_images {num_images} exceeds the {len(dataset)} validation images")
+    g = torch.Generator().manual_seed(int(seed))
+    indices = torch.randperm(len(dataset), generator=g)[:num_images].tolist()
+    items = [dataset[i] for i in indices]
+    images = torch.stack([item[0] for item in items])
+    return images, [f"val #{i}, class {int(item[1])}" for i, item in zip(indices, items)]
 
 
 def visualize_checkpoint(
@@ -234,25 +306,16 @@ def visualize_checkpoint(
     from ..training.run import load_run
     from ..vit import set_keep_ratios
 
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
-        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    _check_sample_args(num_images, seed)  # before the (slow) rebuild
     check_png_path(output_path)
     overrides = None if data_dir is None else {"data_dir": os.fspath(data_dir)}
     run = load_run(checkpoint_path, overrides, device="cpu")
     if run.config.dense:
         raise ValueError(f"{checkpoint_path} is a dense run: its model prunes nothing to visualise")
-    val_ds, info = run.val_set, run.data_info
-    if num_images > len(val_ds):
-        raise ValueError(f"num_images {num_images} exceeds the {len(val_ds)} validation images")
+    images, labels = sample_images(run.val_set, num_images, seed)
     kr, akr = run.eval_ratios
     set_keep_ratios(run.model, kr if keep_ratio is None else keep_ratio,
                     akr if attn_keep_ratio is None else attn_keep_ratio)
-    g = torch.Generator().manual_seed(int(seed))
-    indices = torch.randperm(len(val_ds), generator=g)[:num_images].tolist()
-    items = [val_ds[i] for i in indices]
-    images = torch.stack([item[0] for item in items])
-    labels = [f"val #{i}, class {int(item[1])}" for i, item in zip(indices, items)]
+    info = run.data_info
     logger.info("visualising %d validation images of %s (epoch %s)", num_images, checkpoint_path, run.epoch)
     return visualize_pruning(run.model, images, info.mean, info.std, output_path, query_patch, row_labels=labels)
