@@ -16,11 +16,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import trilevel, timm, torchvision, pytest, tyro, lightning" 2>/dev/null \
+if ! .venv/bin/python -c "import trilevel, timm, torchvision, pytest, tyro, lightning, tensorboard, hypothesis" 2>/dev/null \
    || [ constraints.txt -nt .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "[setup] installing pinned dependencies (constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,lightning]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,lightning,tensorboard]"
   touch .venv/.installed
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__)')"

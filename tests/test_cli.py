@@ -132,15 +132,27 @@ def test_cli_eval_reproduces_final_top1(trilevel_run):
     assert text.returncode == 0 and "top-1" in text.stdout and "keep_ratio 1" in text.stdout
 
 
-@needs_data
-def test_torchrun_two_cpu_processes_share_selector_state(tmp_path):
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
+def torchrun(args: list[str], script: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``trilevel ARGS`` in 2 CPU processes under torchrun (gloo); ``script``: a test child instead of -m trilevel."""
+    target = [str(script)] if script is not None else ["-m", "trilevel"]
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "-m", "trilevel", "train", *TINY_FLAGS, "--batch-size", "16", "--epochs", "2", "--output-dir", str(out)],
-        capture_output=True, text=True, env=_env(), timeout=400,
+         *target, *args], capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=400,
     )
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """An uninterrupted 2-epoch run of 2 CPU processes (batch 16 each)."""
+    out = tmp_path_factory.mktemp("ddp") / "ddp"
+    proc = torchrun(["train", *TINY_FLAGS, "--batch-size", "16", "--epochs", "2", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@needs_data
+def test_torchrun_two_cpu_processes_share_selector_state(ddp_run):
+    out = ddp_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 32
     digests = summary["selector_digest_per_rank"]
@@ -282,3 +294,275 @@ def test_eval_missing_checkpoint(tmp_path, capsys):
     code = exit_status(["eval", "--checkpoint", str(tmp_path / "missing.pt")])
     assert code == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# faults: SIGKILL at random moments, DDP stop/SIGTERM and resume, a full disk, truncated data
+# ------------------------------------------------------------------------------------------------
+
+#: A test child: ``trilevel ARGS`` with the fault ``FAULT=kind:n`` injected at its n-th occasion.
+FAULT_CHILD = r'''
+import hashlib, os, signal, sys
+import torch
+from trilevel import training
+from trilevel.cli import main
+
+kind, _, n = os.environ.get("FAULT", "none:0").partition(":")
+n, calls = int(n or 0), [0]
+
+
+def due():
+    calls[0] += 1
+    return calls[0] == n
+
+
+def note_latest():  # what checkpoint.pt holds when its successor's write dies
+    latest = os.path.join(os.environ["FAULT_RUN"], "checkpoint.pt")
+    digest = hashlib.sha256(open(latest, "rb").read()).hexdigest() if os.path.exists(latest) else "none"
+    with open(os.environ["FAULT_NOTE"], "w") as f:
+        f.write(digest)
+
+
+if kind == "write":  # SIGKILL in the middle of writing a checkpoint (its temporary file half written)
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if due():
+            note_latest()
+            f.write(b"PK\x03\x04 a partial checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+elif kind == "replace":  # SIGKILL right after a rename (a step file in place, checkpoint.pt not yet)
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if due():
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace
+elif kind == "metrics":  # SIGKILL between an epoch's checkpoint and its metrics.jsonl line
+    from trilevel.training import output
+    real_append = output.RunOutput.append_metrics
+    def append_metrics(self, metrics):
+        if due():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_append(self, metrics)
+    output.RunOutput.append_metrics = append_metrics
+elif kind == "step":  # SIGKILL in the middle of a step: after its backward pass, before its update
+    real_step = torch.amp.GradScaler.step
+    def step(self, *args, **kwargs):
+        if due():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self, *args, **kwargs)
+    torch.amp.GradScaler.step = step
+elif kind == "sigterm" and os.environ.get("RANK", "0") == "1":  # SIGTERM to rank 1 only, in its n-th step
+    real_flops = training.Trainer.flops_per_image
+    def flops(self, *args, **kwargs):
+        if due():
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_flops(self, *args, **kwargs)
+    training.Trainer.flops_per_image = flops
+sys.exit(main(sys.argv[1:]))
+'''
+
+_TIMINGS = {"epoch_seconds", "epoch_cpu_seconds", "train_images_per_s"}
+
+
+def _metrics(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in _TIMINGS} for line in lines]
+
+
+def assert_same_run(out: Path, ref: Path) -> None:
+    """Bit-identical runs: weights, optimizer state, selector digest (every rank), metrics minus timings."""
+    import torch
+
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, ref))
+    for key in ("finished", "val_top1", "val_loss", "train_loss", "train_acc", "train_images", "global_steps",
+                "relative_train_flops", "selector_digest", "selector_digest_per_rank", "world_size"):
+        assert a[key] == b[key], key
+    assert _metrics(out) == _metrics(ref)
+    mine, theirs = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(ref / "checkpoint.pt")
+    for k, v in theirs["model"].items():
+        assert torch.equal(mine["model"][k], v), k
+    for s, t in zip(mine["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
+        assert all(torch.equal(s[k], t[k]) for k in t)
+    assert mine["selector_digest"] == theirs["selector_digest"] and mine["progress"]["global_step"] == \
+        theirs["progress"]["global_step"]
+
+
+@needs_data
+def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
+    import hashlib
+    import random
+    import time
+
+    flags = ["train", *TINY_FLAGS, "--epochs", "3"]  # 3 epochs of 7 steps
+    straight = tmp_path / "straight"
+    proc = run_cli([*flags, "--output-dir", str(straight)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = tmp_path / "child.py"
+    child.write_text(FAULT_CHILD)
+    out, note = tmp_path / "chaos", tmp_path / "note"
+    latest = out / "checkpoint.pt"
+    fresh = [*flags, "--checkpoint-every", "1", "--keep-last", "2", "--output-dir", str(out)]
+    rng = random.Random(15)  # random moments, the same ones on every run of the test
+    plan = ["time", "step", "write", "metrics", "replace", "write", "step"]
+    kills, atomic_proofs = [], 0
+    for kind in [*plan, "none"]:
+        done = load_checkpoint(latest)["progress"]["global_step"] if latest.exists() else 0
+        left = 21 - done  # steps (and, with --checkpoint-every 1, checkpoint writes) still to come
+        if kind == "time" and left < 10:
+            kind = "step"  # too little left to hit with a timer
+        if kind != "none" and left == 0:
+            continue  # the run is complete: nothing left to interrupt
+        # the n-th occasion of this invocation: step, checkpoint write, rename (2 a write, 1 on resume), epoch end
+        n = {"time": 0, "none": 0, "metrics": 1, "step": rng.randint(1, min(3, left)),
+             "write": rng.randint(min(2, left), min(3, left)), "replace": rng.randint(1, min(4, 2 * left))}[kind]
+        args = ["train", "--resume", str(latest)] if latest.exists() else fresh
+        proc = subprocess.Popen([sys.executable, str(child), *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**_env(), "FAULT": f"{kind}:{n}", "FAULT_RUN": str(out), "FAULT_NOTE": str(note)})
+        try:
+            if kind == "time":  # SIGKILL a random moment after the training loop starts
+                for line in proc.stderr:
+                    if "parameters" in line and "GFLOPs" in line:
+                        break
+                time.sleep(rng.uniform(0.02, 0.25))
+                proc.kill()
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if kind == "none":
+            break
+        assert proc.returncode == -signal.SIGKILL, (kind, n, done, err[-3000:])
+        kills.append((kind, n, done))
+        if latest.exists():
+            load_checkpoint(latest)  # whatever the moment, the latest checkpoint loads
+        if kind == "write" and note.read_text() != "none":  # the killed write left its predecessor intact
+            assert hashlib.sha256(latest.read_bytes()).hexdigest() == note.read_text()
+            atomic_proofs += 1
+    assert proc.returncode == 0, err[-3000:]
+    print("kills (kind, n, global step before):", kills)
+    assert len(kills) >= 6 and atomic_proofs >= 1 and any(k[0] == "metrics" for k in kills), kills
+    assert_same_run(out, straight)
+    assert len(list(out.glob("checkpoint-step*.pt"))) <= 3 and not list(out.glob(".*.tmp"))
+
+
+@needs_data
+def test_torchrun_stop_sigterm_and_resume_match_the_straight_run(ddp_run, tmp_path, capsys):
+    child = tmp_path / "child.py"
+    child.write_text(FAULT_CHILD)
+    out = tmp_path / "ddp"
+    latest = out / "checkpoint.pt"
+    proc = torchrun(["train", *TINY_FLAGS, "--batch-size", "16", "--epochs", "2", "--stop-after-epoch", "1",
+                     "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert load_checkpoint(latest)["progress"]["epoch"] == 1
+    proc = torchrun(["train", "--resume", str(latest)], script=child, env={"FAULT": "sigterm:3"})
+    assert proc.returncode != 0 and "SIGTERM received" in proc.stderr, proc.stderr[-4000:]
+    p = load_checkpoint(latest)["progress"]
+    # rank 1's signal came after step 3's stop flags were exchanged: both ranks stop after step 4
+    assert (p["epoch"], p["step_in_epoch"]) == (1, 4)
+    proc = torchrun(["train", "--resume", str(latest)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_run(out, ddp_run)
+    # one process cannot continue it exactly: a clear error, unless --allow-world-size-change
+    assert exit_status(["train", "--resume", str(latest)]) == 2
+    err = capsys.readouterr().err
+    assert "saved by 2 process(es) but this run has 1" in err and "--allow-world-size-change" in err
+
+
+@needs_data
+def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import torch
+
+    real, calls = torch.save, {"n": 0}
+
+    def disk_full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    out = tmp_path / "full"
+    code = exit_status(["train", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "0", "--checkpoint-every", "3",
+                        "--output-dir", str(out)])
+    monkeypatch.undo()
+    assert code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("trilevel train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"cannot write checkpoint {out / 'checkpoint.pt'} at epoch 1, step 6" in lines[0]
+    assert "No space left on device" in lines[0] and "epoch 1, step 3) is kept" in lines[0]
+    assert load_checkpoint(out / "checkpoint.pt")["progress"]["global_step"] == 3
+
+
+@needs_data
+def test_an_error_while_training_exits_1_not_2(tmp_path, monkeypatch, capsys):
+    from trilevel import training
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the device fell over")
+
+    monkeypatch.setattr(training.Trainer, "flops_per_image", broken)
+    code = exit_status(["train", *TINY_FLAGS, "--epochs", "1", "--output-dir", str(tmp_path / "boom")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "training failed at epoch 1" in err and "the device fell over" in err and "Traceback" not in err
+
+
+def _idx_files(folder: Path, n: int = 8) -> Path:
+    import struct
+
+    folder.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + bytes(n * 784))
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + bytes(range(n)))
+    return folder
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_idx_file_is_a_usage_error_naming_it(tmp_path, capsys, gz):
+    import gzip
+
+    folder = _idx_files(tmp_path / "idx")
+    images = folder / "train-images-idx3-ubyte"
+    data = images.read_bytes()
+    if gz:
+        images.unlink()
+        images = folder / "train-images-idx3-ubyte.gz"
+        data = gzip.compress(data)
+    images.write_bytes(data[: len(data) // 2])  # cut short
+    code = exit_status(["train", "--dataset", "mnist", "--data-dir", str(folder), "--device", "cpu",
+                        "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"{str(images)!r} is truncated" in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_truncated_image_file_is_a_usage_error_naming_it(tmp_path, capsys, workers):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            d = tmp_path / "images" / split / label
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (16, 16), (40 * i, 100, 200)).save(d / f"{i}.png")
+    broken = tmp_path / "images" / "train" / "b" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    code = exit_status(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--img-size", "16",
+                        "--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+                        "--batch-size", "6", "--epochs", "1", "--workers", str(workers), "--device", "cpu",
+                        "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and str(broken) in lines[0] and "Traceback" not in err

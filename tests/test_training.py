@@ -382,3 +382,200 @@ def test_evaluate_checkpoint_rejects_foreign_file(tmp_path):
         evaluate_checkpoint(bad)
     with pytest.raises(FileNotFoundError):
         evaluate_checkpoint(tmp_path / "missing.pt")
+
+
+# ------------------------------------------------------------------------------------------------
+# faults of long runs: step checkpoints, workers, failed writes, world size, failures in the loop
+# ------------------------------------------------------------------------------------------------
+
+
+def _sigterm_at_call(monkeypatch, which: int) -> None:
+    """SIGTERM to this process in the ``which``-th training step (counted by FLOP lookups)."""
+    calls = {"n": 0}
+    original = training.Trainer.flops_per_image
+
+    def flops_and_signal(self, keep_ratio, training=False, attn_keep_ratio=1.0):
+        calls["n"] += 1
+        if calls["n"] == which:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio)
+
+    monkeypatch.setattr(training.Trainer, "flops_per_image", flops_and_signal)
+
+
+def assert_same_run(out: Path, summary: dict, out_ref: Path, s_ref: dict) -> None:
+    """Bit-identical to the reference run: weights, optimizer state, selector digest, metrics minus timings."""
+    assert summary["selector_digest"] == s_ref["selector_digest"]
+    for key in ("val_top1", "val_loss", "train_loss", "train_acc", "train_images", "relative_train_flops",
+                "global_steps"):
+        assert summary[key] == s_ref[key], key
+    assert comparable(read_metrics(out)) == comparable(read_metrics(out_ref))
+    mine, ref = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(out_ref / "checkpoint.pt")
+    assert_same_weights(mine["model"], ref["model"])
+    for a, b in zip(mine["optimizer"]["state"].values(), ref["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert mine["selector_digest"] == ref["selector_digest"]
+
+
+def test_step_checkpoints_keep_last_and_resume_from_one_is_exact(straight, tmp_path):
+    out_straight, s_straight = straight
+    # 7 steps per epoch: saves at global steps 3, 6, 7 (epoch end), 9, 12, 14 (run end)
+    summary = train(tiny(tmp_path, "steps", checkpoint_every=3, keep_last=2))
+    out = tmp_path / "steps"
+    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == [
+        "checkpoint-step12.pt", "checkpoint-step14.pt", "checkpoint.pt"]
+    assert not list(out.glob(".*.tmp"))
+    assert os.path.samefile(out / "checkpoint.pt", out / "checkpoint-step14.pt")  # one file, two names
+    assert_same_run(out, summary, out_straight, s_straight)  # saving changes nothing
+    step12 = load_checkpoint(out / "checkpoint-step12.pt")
+    p = step12["progress"]
+    assert (p["epoch"], p["step_in_epoch"], p["global_step"]) == (1, 5, 12)
+    assert len(step12["metrics_history"]) == 1
+    # resume the step checkpoint in another folder: metrics.jsonl is rebuilt from the checkpoint
+    resumed = train(tiny(tmp_path, "from12", resume=str(out / "checkpoint-step12.pt"),
+                         output_dir=str(tmp_path / "from12")))
+    assert_same_run(tmp_path / "from12", resumed, out_straight, s_straight)
+
+
+def test_workers_sigterm_mid_epoch_resume_is_exact(straight, tmp_path, monkeypatch):
+    # Augmentation is seeded per sample: 2 workers give the batches of 0 workers, and a resume
+    # (here with 1 worker) continues exactly.
+    out_straight, s_straight = straight
+    _sigterm_at_call(monkeypatch, 10)  # step 3 of epoch 2
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(tmp_path, "w2", workers=2))
+    monkeypatch.undo()
+    ckpt_path = tmp_path / "w2" / "checkpoint.pt"
+    assert load_checkpoint(ckpt_path)["progress"]["step_in_epoch"] == 3
+    resumed = train(tiny(tmp_path, "w2", workers=1, resume=str(ckpt_path)))
+    assert_same_run(tmp_path / "w2", resumed, out_straight, s_straight)
+
+
+def test_augmentation_streams_differ_per_rank_and_ignore_workers():
+    from trilevel.data import build_datasets
+    from trilevel.example_selection import IndexedDataset
+    from trilevel.training.loaders import make_loader, sample_seed
+
+    assert len({sample_seed(0, e, r, p) for e in range(3) for r in range(4) for p in range(50)}) == 600
+    train_set, _, _ = build_datasets("fashion-mnist", str(FMNIST), train_subset=24, aug="light")
+    data, order, cpu = IndexedDataset(train_set), [5, 3, 17, 0, 9, 11, 2, 8, 21, 4], torch.device("cpu")
+
+    def batches(rank, workers, skip_steps=0):
+        torch.manual_seed(123)  # the main process's stream must not matter
+        loader = make_loader(data, 4, workers, cpu, 0, 1, rank, sampler=order, seeded=True, skip_steps=skip_steps)
+        return [images for images, _, _ in loader]
+
+    rank0 = batches(0, 0)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, batches(0, 2)))  # workers change nothing
+    assert all(torch.equal(a, b) for a, b in zip(rank0[1:], batches(0, 1, skip_steps=1)))  # nor a resume
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, batches(1, 0)))  # another rank: other crops
+    state = torch.get_rng_state()
+    next(iter(make_loader(data, 4, 0, cpu, 0, 1, 0, sampler=order, seeded=True)))
+    assert torch.equal(state, torch.get_rng_state())  # augmenting leaves the training stream alone
+
+
+@pytest.mark.parametrize("broken", ["torch.save", "os.replace"])
+def test_failed_checkpoint_write_keeps_the_previous_one_and_loses_nothing(straight, tmp_path, monkeypatch, broken):
+    import errno
+
+    from trilevel.training import CheckpointWriteError
+
+    out_straight, s_straight = straight
+    out = tmp_path / "full"
+    module, name = broken.split(".")
+    real = getattr(torch if module == "torch" else os, name)
+    calls = {"n": 0}
+
+    def disk_full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 2:  # the epoch-1 checkpoint is written, the next write fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch if module == "torch" else os, name, disk_full)
+    with pytest.raises(CheckpointWriteError) as info:
+        train(tiny(tmp_path, "full"))
+    monkeypatch.undo()
+    msg = str(info.value)
+    assert str(out / "checkpoint.pt") in msg and "No space left" in msg and "ENOSPC" in msg
+    assert "the previous checkpoint" in msg and "end of epoch 1" in msg
+    assert "\n" not in msg and info.value.kept is not None
+    assert not list(out.glob(".*.tmp"))
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # the previous one, intact
+    assert (ckpt["progress"]["epoch"], ckpt["progress"]["step_in_epoch"]) == (1, 0)
+    assert len(read_metrics(out)) == 1  # the unsaved epoch left no line
+    resumed = train(tiny(tmp_path, "full", resume=str(out / "checkpoint.pt")))
+    assert_same_run(out, resumed, out_straight, s_straight)
+
+
+def _as_world_size(src: Path, dst: Path, world: int, step_in_epoch: int = 0) -> Path:
+    from trilevel.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    ckpt["world_size"] = world
+    ckpt["rng"] = ckpt["rng"] * world
+    ckpt["progress"]["step_in_epoch"] = step_in_epoch
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(ckpt, dst)
+
+
+def test_world_size_change_is_an_error_unless_allowed(tmp_path, caplog):
+    first = train(tiny(tmp_path, "one", stop_after_epoch=1))
+    assert first["finished"] is False
+    two = _as_world_size(tmp_path / "one" / "checkpoint.pt", tmp_path / "two" / "checkpoint.pt", 2)
+    with pytest.raises(ValueError, match=r"saved by 2 process\(es\) but this run has 1.*--allow-world-size-change"):
+        train(tiny(tmp_path, "two", resume=str(two)))
+    mid = _as_world_size(two, tmp_path / "mid" / "checkpoint.pt", 2, step_in_epoch=3)
+    with pytest.raises(ValueError, match="middle of epoch 2"):
+        train(tiny(tmp_path, "mid", resume=str(mid), allow_world_size_change=True))
+    with caplog.at_level("WARNING", logger="trilevel.training"):
+        summary = train(tiny(tmp_path, "two", resume=str(two), allow_world_size_change=True))
+    assert summary["finished"] is True and summary["world_size"] == 1
+    assert "not an exact continuation" in caplog.text and "LR schedule" in caplog.text
+
+
+def test_an_error_while_training_is_a_training_failure(tmp_path, monkeypatch):
+    from trilevel.training import TrainingFailedError
+
+    calls = {"n": 0}
+    original = training.Trainer.flops_per_image
+
+    def broken(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueError("something inside the loop")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.Trainer, "flops_per_image", broken)
+    with pytest.raises(TrainingFailedError, match="epoch 1.*ValueError: something inside the loop") as info:
+        train(tiny(tmp_path, "boom", epochs=1, warmup_epochs=0.0))
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_run_checkpoints_keep_last_prune_and_fallback_without_hard_links(tmp_path, monkeypatch):
+    from trilevel.training.checkpointing import RunCheckpoints
+    from trilevel.training.distributed import DistContext
+
+    files = RunCheckpoints(tmp_path, DistContext(), every=2, keep_last=2)
+    assert [files.due(s, d, 7) for s, d in ((2, 2), (3, 3), (4, 7), (6, 6))] == [True, False, False, True]
+    (tmp_path / "checkpoint-step10.pt").write_bytes(b"from a timeline this run replays")
+    (tmp_path / ".checkpoint.pt.0123456789ab.tmp").write_bytes(b"left by a SIGKILL")
+    files.remove_stale_temp_files()
+    assert not list(tmp_path.glob(".*.tmp"))
+    for step in (1, 2, 3):
+        files.write({"step": step}, step, f"step {step}")
+    names = sorted(p.name for p in tmp_path.glob("checkpoint*.pt"))
+    assert names == ["checkpoint-step10.pt", "checkpoint-step2.pt", "checkpoint-step3.pt", "checkpoint.pt"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt") == {"step": 3}
+    assert os.path.samefile(tmp_path / "checkpoint.pt", tmp_path / "checkpoint-step3.pt")
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a filesystem without hard links: written twice
+    files.write({"step": 4}, 4, "step 4")
+    assert load_checkpoint(tmp_path / "checkpoint.pt") == {"step": 4}
+    assert not os.path.samefile(tmp_path / "checkpoint.pt", tmp_path / "checkpoint-step4.pt")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-step*.pt")) == [
+        "checkpoint-step10.pt", "checkpoint-step3.pt", "checkpoint-step4.pt"]
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -73,7 +73,7 @@ def preset_settings(name: Optional[str]) -> Dict[str, Any]:
     """
     if name is None:
         return {}
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
     return dict(PRESETS[name])
 

@@ -43,7 +43,9 @@ def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int
         if not values:
             raise ValueError(f"--{what if what != 'configurations' else 'configs'} must name at least one")
         if len(set(values)) != len(values):
-            raise ValueError(f"{what} repeat ({list(values)}): each would overwrite the other's run folder")
+            name = "configs" if what == "configurations" else what
+            raise ValueError(f"--{name} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)!r}: "
+                             f"{what} repeat, each would overwrite the other's run folder")
     for b in budgets:
         if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0):
             raise ValueError(f"--budgets must be positive numbers of dense epochs, got {b!r}")

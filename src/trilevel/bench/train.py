@@ -72,7 +72,8 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
     if not configs:
         raise ValueError("configs must name at least one configuration")
     if len(set(configs)) != len(configs):
-        raise ValueError(f"configurations repeat ({list(configs)}): each would overwrite the other's run folder")
+        raise ValueError(f"--configs {','.join(configs)!r}: configurations repeat, each would overwrite the other's "
+                         f"run folder")
     if "dense" not in configs:
         raise ValueError("the bench reports speedups and gaps against dense training: include 'dense' in --configs")
     ordered = [c for c in configs if c != "dense-same-time"]
@@ -180,7 +181,7 @@ def run_train_bench_seeds(base: dict, configs: Sequence[str], seeds: Sequence[in
     if len(seeds) < 2:
         raise ValueError(f"a bench over seeds needs at least two seeds, got {seeds}; use --seed for one")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat: {seeds}")
+        raise ValueError(f"--seeds {','.join(map(str, seeds))!r}: seeds repeat")
     if "dense" not in configs:
         raise ValueError("a bench over seeds reports paired gaps to dense: include 'dense' in the configurations")
     per_seed = {}

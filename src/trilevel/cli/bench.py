@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 from ..options import BlockList, OptionalFloat, parse_float_list
 from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
 from .common import (
-    EXIT_FAILURE, EXIT_OK, EXIT_SIGTERM, flag_value, parse_options, split_common_flags, usage_error,
+    EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, split_common_flags, usage_error,
 )
 from .train import base_train_options
 
@@ -109,12 +109,25 @@ def _speed(argv: Sequence[str]) -> int:
         _check_positive(name, getattr(opts, name))
     if opts.warmup_steps < 0:
         raise ValueError(f"--warmup-steps must be an integer >= 0, got {opts.warmup_steps}")
-    results = speed_for_model(
+    import timm
+
+    from ..models import is_eva, is_swin
+
+    run = speed_for_model
+    if timm.is_model(opts.model):
+        try:
+            probe = timm.create_model(opts.model, pretrained=False, **kw)
+        except (TypeError, AssertionError, RuntimeError) as e:  # timm checks sizes with assert
+            raise ValueError(f"timm could not build --model {opts.model!r} with {kw}: {e or type(e).__name__}") from e
+        if is_eva(probe) or is_swin(probe):
+            from ..models.speed import speed_for_family as run  # EVA-02 and Swin: their own patches
+    results = run(
         opts.model, kw, batch_size=opts.batch_size, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         prune_layers=opts.prune_layers, rounds=opts.rounds, steps_per_round=opts.steps_per_round,
         warmup_steps=opts.warmup_steps, device=opts.device, amp=opts.amp,
     )
     print(format_speed_table(results, as_json=opts.json))
+    log_outputs(None)
     return EXIT_OK
 
 
@@ -154,13 +167,14 @@ def _train(argv: Sequence[str]) -> int:
         print(format_train_table(run_train_bench(recipe, configs, out)))
     else:
         print(format_seeds_table(run_train_bench_seeds(recipe, configs, seeds, out)))
-    print(f"(tables and plot in {out})")
+    log_outputs(out)  # the tables, the plot and a folder per run
     return EXIT_OK
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run ``trilevel bench speed|train ...``; returns the exit status (2 on bad input, 143 on SIGTERM)."""
-    from ..training import NonFiniteLossError, TrainingInterrupted
+    """Run ``trilevel bench speed|train ...``; returns the exit status (2 on bad input, 1 on a run that
+    fails while training, 143 on SIGTERM)."""
+    from ..training import TrainingInterrupted
 
     argv = list(argv)
     usage = "usage: trilevel bench {speed,train} [options]  (trilevel bench speed --help, trilevel bench train --help)"
@@ -173,13 +187,12 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _speed(rest) if what == "speed" else _train(rest)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         return usage_error("trilevel bench", str(e))
     except TrainingInterrupted as e:  # SIGTERM during a row: its checkpoint is saved, say where
         print(f"trilevel bench: {e}", file=sys.stderr)
         return EXIT_SIGTERM
-    except NonFiniteLossError as e:
-        print(f"trilevel bench: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+    except RuntimeError as e:  # a row failed while training (non-finite loss, a checkpoint write, ...)
+        return run_failed("trilevel bench", e)
 
 

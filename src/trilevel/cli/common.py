@@ -28,6 +28,9 @@ __all__ = [
     "parse_options",
     "parse_command",
     "usage_error",
+    "run_failed",
+    "one_line",
+    "log_outputs",
     "CheckpointOptions",
 ]
 
@@ -120,15 +123,58 @@ def parse_options(cls: Type[T], argv: Sequence[str], prog: str, description: str
     return tyro.cli(cls, args=list(argv), prog=prog, description=description, **kwargs)
 
 
+def one_line(message: str) -> str:
+    """``message`` without a traceback: an error re-raised from a DataLoader worker carries the worker's
+    traceback in its message (``Caught X in DataLoader worker process 0. Original Traceback ...``);
+    its last line is the original error."""
+    lines = [line for line in str(message).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and any("Traceback (most recent call last)" in line for line in lines):
+        return lines[-1].strip()
+    return " ".join(line.strip() for line in lines)
+
+
 def usage_error(prog: str, message: str) -> int:
-    """Print ``<prog>: error: <message>`` to stderr; returns :data:`EXIT_USAGE`."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Print ``<prog>: error: <message>`` (one line) to stderr; returns :data:`EXIT_USAGE` (bad options, data, checkpoint)."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
+def run_failed(prog: str, error: BaseException) -> int:
+    """Report a run that failed while running (one line; the traceback at ``-v``); returns :data:`EXIT_FAILURE`."""
+    logging.getLogger("trilevel.cli").debug("details", exc_info=error)
+    print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def log_outputs(folder: Optional[str], names: Optional[Sequence[str]] = None) -> None:
+    """Log a command's final line: where its outputs are, e.g. ``outputs in runs/X (summary.json, ...)``.
+
+    Args:
+        folder: The folder holding the outputs; None: the command wrote no file (its result is
+            printed above).
+        names: The entries of ``folder`` to name (folders with a trailing ``/``); None: every
+            entry in it, files first, by name.
+    """
+    log = logging.getLogger("trilevel.cli")
+    if folder is None:
+        log.info("outputs: none written (the result is printed above)")
+        return
+    if names is None:
+        entries = sorted(os.scandir(folder), key=lambda e: (e.is_dir(), e.name)) if os.path.isdir(folder) else []
+        names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+    log.info("outputs in %s%s", folder, f" ({', '.join(names)})" if names else "")
+
+
 def parse_command(cls: Type[T], argv: Sequence[str], prog: str, description: str) -> T:
-    """Set up logging from ``-v`` and parse the rest of ``argv`` into ``cls`` (see :func:`parse_options`)."""
-    common, rest = split_common_flags(argv)
+    """Set up logging from ``-v`` and parse the rest of ``argv`` into ``cls`` (see :func:`parse_options`).
+
+    Raises:
+        SystemExit: Status 2 on a bad flag (tyro's message) or a ``-c`` without its file.
+    """
+    try:
+        common, rest = split_common_flags(argv)
+    except ValueError as e:
+        raise SystemExit(usage_error(prog, str(e))) from None
     setup_logging(common.verbose)
     return parse_options(cls, rest, prog, description)
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..options import OptionalInt
 from ..training.config import DeviceName
-from .common import EXIT_OK, CheckpointOptions, parse_command, usage_error
+from .common import EXIT_OK, CheckpointOptions, log_outputs, parse_command, usage_error
 
 __all__ = ["EvalOptions", "main"]
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> int:
             data_dir=opts.data_dir, batch_size=opts.batch_size, device=opts.device, workers=opts.workers,
             ema=opts.ema, val_subset=opts.val_subset,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         return usage_error("trilevel eval", str(e))
     if int(os.environ.get("RANK", "0")) == 0:
         if opts.json:
@@ -58,4 +58,5 @@ def main(argv: Sequence[str]) -> int:
                 f"({result['model']}{', EMA' if result['ema'] else ''}, epoch {result['epoch']}, "
                 f"keep_ratio {result['keep_ratio']:g}, attn_keep_ratio {result['attn_keep_ratio']:g})"
             )
+    log_outputs(None)
     return EXIT_OK

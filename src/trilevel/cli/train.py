@@ -20,7 +20,7 @@ import logging
 from typing import Any, Dict, Optional, Sequence
 
 from .common import (
-    EXIT_FAILURE, EXIT_OK, EXIT_SIGTERM, flag_value, parse_options, setup_logging,
+    EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, setup_logging,
     split_common_flags, usage_error,
 )
 
@@ -36,7 +36,7 @@ DESCRIPTION = (
 )
 
 #: Settings of an interrupted invocation that a resumed one does not inherit.
-_NOT_INHERITED = ("output_dir", "stop_after_epoch", "resume")
+_NOT_INHERITED = ("output_dir", "stop_after_epoch", "resume", "allow_world_size_change")
 
 
 def base_train_options(config_file: Optional[str], resume: Optional[str], preset: Optional[str] = None) -> Dict[str, Any]:
@@ -90,28 +90,31 @@ def parse_train_config(argv: Sequence[str], prog: str = PROG):
 def main(argv: Sequence[str]) -> int:
     """Run ``trilevel train``; returns the exit status.
 
-    Exit status: 0 on success, 1 on a failed run (non-finite loss), 2 on bad options or missing
-    data/checkpoint, 143 after SIGTERM (checkpoint saved).
+    Exit status: 0 on success; 2 on bad options, data or checkpoint (found before training starts,
+    or an unreadable image file); 1 on a run that fails while training (a non-finite loss, a
+    checkpoint that cannot be written, any other error), with a one-line message (the traceback
+    with ``-v``); 143 after SIGTERM (checkpoint saved).
     """
-    from ..training import NonFiniteLossError, TrainingInterrupted, train
+    from ..training import TrainingInterrupted, train
+    from ..training.output import run_outputs
 
-    common, _ = split_common_flags(argv)
-    setup_logging(common.verbose)
     try:
+        common, _ = split_common_flags(argv)
+        setup_logging(common.verbose)
         config = parse_train_config(argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         return usage_error(PROG, str(e))
     try:
-        train(config)
+        summary = train(config)
     except TrainingInterrupted as e:
         logger.warning("%s", e)
         return EXIT_SIGTERM
-    except NonFiniteLossError as e:
-        logger.error("%s", e)
-        return EXIT_FAILURE
-    except (ValueError, FileNotFoundError) as e:
+    except RuntimeError as e:  # NonFiniteLossError, CheckpointWriteError, TrainingFailedError, ...
+        return run_failed(PROG, e)
+    except (ValueError, OSError) as e:
         logger.debug("details", exc_info=True)
         return usage_error(PROG, str(e))
+    log_outputs(summary["output_dir"], run_outputs(summary["output_dir"]))
     return EXIT_OK
 
 

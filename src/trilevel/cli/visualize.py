@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -11,7 +10,7 @@ import tyro
 from typing_extensions import Annotated
 
 from ..options import OptionalInt
-from .common import EXIT_OK, CheckpointOptions, parse_command, usage_error
+from .common import EXIT_OK, CheckpointOptions, log_outputs, parse_command, usage_error
 
 __all__ = ["VisualizeOptions", "main"]
 
@@ -46,7 +45,7 @@ def main(argv: Sequence[str]) -> int:
             opts.checkpoint, opts.images, output, data_dir=opts.data_dir, seed=opts.seed,
             query_patch=opts.query_patch, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         return usage_error("trilevel visualize", str(e))
-    logging.getLogger("trilevel.cli").info("pruning visualisation written to %s", path)
+    log_outputs(str(path.parent), [path.name])
     return EXIT_OK

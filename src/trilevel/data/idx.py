@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import shutil
+import struct
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -43,6 +45,32 @@ def _find_idx_file(folders: list[Path], stem: str) -> Path | None:
     return None
 
 
+# Bytes per value of each IDX type code (unsigned/signed byte, short, int, float, double).
+_IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def _check_complete(plain: str, shown: Path) -> None:
+    """Raise ValueError naming ``shown`` if the IDX file ``plain`` is shorter than its header announces."""
+    size = os.path.getsize(plain)
+    with open(plain, "rb") as f:
+        magic = f.read(4)
+        if len(magic) < 4:
+            raise ValueError(f"{str(shown)!r} is truncated: {size} bytes, less than an IDX header")
+        ndim, item = magic[3], _IDX_ITEM_BYTES.get(magic[2])
+        dims_raw = f.read(4 * ndim)
+    if item is None or magic[:2] != b"\0\0":
+        return  # not an IDX header at all: torchvision's parser says so
+    if len(dims_raw) < 4 * ndim:
+        raise ValueError(f"{str(shown)!r} is truncated: {size} bytes, its header is cut short")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
+    expected = 4 + 4 * ndim + math.prod(dims) * item
+    if size < expected:
+        raise ValueError(
+            f"{str(shown)!r} is truncated: its header announces {' x '.join(map(str, dims))} values "
+            f"({expected} bytes) but it holds {size} bytes; download or copy it again"
+        )
+
+
 def _read_idx(path: Path, reader: Callable[[str], torch.Tensor]) -> torch.Tensor:
     """Reads an IDX file with torchvision's parser, decompressing gzip into a temp file first.
 
@@ -53,13 +81,21 @@ def _read_idx(path: Path, reader: Callable[[str], torch.Tensor]) -> torch.Tensor
         with open(path, "rb") as f:
             is_gzip = f.read(2) == b"\x1f\x8b"
         if not is_gzip:
+            _check_complete(str(path), path)
             return reader(str(path))
         with tempfile.TemporaryDirectory(prefix="trilevel-idx-") as tmp:
             plain = Path(tmp) / "data.idx"
             with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
+            _check_complete(str(plain), path)
             return reader(str(plain))
-    except (AssertionError, ValueError, TypeError, KeyError, RuntimeError, EOFError, zlib.error,
+    except EOFError as exc:  # gzip data cut short
+        raise ValueError(f"{str(path)!r} is truncated (its gzip stream ends early): {exc}") from exc
+    except ValueError as exc:
+        if "is truncated" in str(exc):
+            raise
+        raise ValueError(f"{str(path)!r} is not a valid IDX file of the expected kind: {exc!r}") from exc
+    except (AssertionError, TypeError, KeyError, RuntimeError, zlib.error,
             gzip.BadGzipFile) as exc:  # torchvision's parser validates with assert
         raise ValueError(
             f"{str(path)!r} is not a valid IDX file of the expected kind: {exc!r}"

@@ -4,6 +4,7 @@
 * :mod:`~trilevel.training.trainer`: :func:`train` and the loop (:class:`Trainer`).
 * :mod:`~trilevel.training.evaluation`: :func:`evaluate`, :func:`evaluate_checkpoint`.
 * :mod:`~trilevel.training.run`: :func:`load_run`, the model and data of a checkpoint.
+* :mod:`~trilevel.training.checkpointing`: what a run saves and restores, step checkpoints.
 * :mod:`~trilevel.training.factory`, :mod:`~trilevel.training.distributed`,
   :mod:`~trilevel.training.accounting`: model construction, DDP plumbing, what the loop counts.
 
@@ -15,7 +16,9 @@ from .config import TrainConfig, config_from_checkpoint, load_config_file
 from .evaluation import evaluate, evaluate_checkpoint
 from .factory import build_model
 from .run import LoadedRun, load_run
-from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
+from .trainer import (
+    CheckpointWriteError, NonFiniteLossError, Trainer, TrainingFailedError, TrainingInterrupted, train,
+)
 
 __all__ = [
     "TrainConfig",
@@ -26,7 +29,9 @@ __all__ = [
     "build_model",
     "LoadedRun",
     "load_run",
+    "CheckpointWriteError",
     "NonFiniteLossError",
+    "TrainingFailedError",
     "Trainer",
     "TrainingInterrupted",
     "train",

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .distributed import DistContext, all_reduce_sum
+from .distributed import DistContext, all_gather_objects, all_reduce_sum
 
 __all__ = ["RunProgress", "EpochAccumulator", "StepFlags", "FlopMeter"]
 
@@ -131,25 +131,42 @@ class EpochAccumulator:
         return {"loss_sum": loss_sum, "correct": correct, "images": int(round(images)),
                 "counted": int(round(counted)), "flops": flops, "skipped": int(round(skipped))}
 
+    def _local(self) -> Dict[str, Any]:
+        """This rank's own sums as plain values (exact: float64 sums read as Python floats)."""
+        return {"loss_sum": float(self.loss_sum.item()), "correct": float(self.correct.item()),
+                "images": self.images, "counted": self.counted, "flops": self.flops, "skipped": self.skipped,
+                "tokens_sum": self.tokens_sum}
+
     def state(self, ctx: DistContext) -> Dict[str, Any]:
-        """Plain-value state for a mid-epoch checkpoint (global sums; a collective under DDP)."""
+        """Plain-value state for a mid-epoch checkpoint (collectives under DDP: every rank calls it).
+
+        Holds the global sums and every rank's own sums (``per_rank``), so that a resume on the
+        same world size continues each rank's sums bit-exactly.
+        """
         r = self.reduced(ctx)
         return {**r, "steps": self.steps, "tokens_sum": self.tokens_sum, "seconds": self.seconds,
-                "cpu_seconds": self.cpu_seconds}
+                "cpu_seconds": self.cpu_seconds, "per_rank": all_gather_objects(self._local(), ctx)}
 
     def load(self, state: Mapping[str, Any], ctx: DistContext) -> None:
-        """Restore global sums on rank 0 (zeros elsewhere, so the next reduction is exact)."""
+        """Restore :meth:`state`: each rank its own sums when the world size is the one saved; else the
+        global sums on rank 0 and zeros elsewhere (the next reduction is still the global total)."""
         self.steps = int(state["steps"])
         self.tokens_sum = float(state["tokens_sum"])
         self.seconds = float(state["seconds"])
         self.cpu_seconds = float(state["cpu_seconds"])
-        if ctx.is_main:
-            self.loss_sum.fill_(float(state["loss_sum"]))
-            self.correct.fill_(float(state["correct"]))
-            self.images = int(state["images"])
-            self.counted = int(state["counted"])
-            self.flops = float(state["flops"])
-            self.skipped = int(state["skipped"])
+        per_rank = state.get("per_rank")
+        if isinstance(per_rank, (list, tuple)) and len(per_rank) == ctx.world_size:
+            source: Optional[Mapping[str, Any]] = per_rank[ctx.rank]
+            self.tokens_sum = float(source["tokens_sum"])
+        else:
+            source = state if ctx.is_main else None
+        if source is not None:
+            self.loss_sum.fill_(float(source["loss_sum"]))
+            self.correct.fill_(float(source["correct"]))
+            self.images = int(source["images"])
+            self.counted = int(source["counted"])
+            self.flops = float(source["flops"])
+            self.skipped = int(source["skipped"])
 
 
 class StepFlags:

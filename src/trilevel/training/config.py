@@ -55,7 +55,8 @@ if get_args(AugName) != tuple(ALLOWED_AUGS) or get_args(BadImagesName) != tuple(
 #: Configuration keys that may differ between a checkpoint and the run resuming it.
 RUNTIME_KEYS = frozenset(
     {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
-     "bad_images", "eval_every"}
+     "bad_images", "eval_every", "checkpoint_every", "keep_last", "allow_world_size_change", "log_tensorboard",
+     "log_wandb", "tensorboard_images_every"}
 )
 
 
@@ -146,10 +147,16 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         output_dir: Output folder; none: runs/<timestamp> (on resume: the checkpoint's folder).
         resume: Checkpoint to resume from (its configuration is the base); none: start fresh.
         stop_after_epoch: End this invocation after this (1-based) epoch, checkpoint saved, to resume later; none: run to the end.
+        checkpoint_every: Also save the checkpoint every N optimizer steps inside an epoch, so that a crash loses at most N steps (the resume is exact); none: at the end of each epoch only.
+        keep_last: Besides checkpoint.pt (always the latest), keep the last K checkpoints as checkpoint-step<global step>.pt (older ones are deleted once a newer one is written); 0: none.
+        allow_world_size_change: On --resume with another number of processes than the checkpoint's, continue (from an epoch boundary; not an exact continuation, the differences are logged) instead of failing.
         nonfinite: On a NaN/inf loss: stop (save the last good state and fail) or skip the batch.
         bad_images: imagefolder: on an unreadable image file, fail naming its path, or skip it.
         log_interval: Steps between progress updates (the only per-step-range host reads).
         eval_every: Epochs between validation passes (the last epoch of the run and of this invocation is always evaluated).
+        log_tensorboard: Write TensorBoard events to <output-dir>/tensorboard/ (rank 0): loss, lr, keep ratios, tokens per block, relative FLOPs and images/s per logged step; accuracy, val loss, active-set size, forgetting counts and the pruning picture per epoch (pip install trilevel[tensorboard]).
+        log_wandb: Log the same to Weights & Biases, files under <output-dir>/wandb/ (pip install trilevel[wandb]; WANDB_MODE=offline needs no account or network).
+        tensorboard_images_every: Epochs between pruning pictures of 4 fixed validation images in TensorBoard / W&B (the run's last epoch always has one; a dense run none).
     """
 
     # model (with ModelConfig's fields)
@@ -185,10 +192,16 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     output_dir: Optional[str] = None
     resume: Optional[str] = None
     stop_after_epoch: OptionalInt = None
+    checkpoint_every: OptionalInt = None
+    keep_last: int = 0
+    allow_world_size_change: bool = False
     nonfinite: NonFiniteName = "stop"
     bad_images: BadImagesName = "fail"
     log_interval: int = 50
     eval_every: int = 1
+    log_tensorboard: bool = False
+    log_wandb: bool = False
+    tensorboard_images_every: int = 5
 
     def validate(self) -> None:
         """Check and normalise every field in place (also run on construction).
@@ -240,6 +253,9 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         for name in ("output_dir", "resume"):
             setattr(self, name, check_path(name, getattr(self, name)))
         check_int("stop_after_epoch", self.stop_after_epoch, 1, optional=True)
+        check_int("checkpoint_every", self.checkpoint_every, 1, optional=True)
+        check_int("keep_last", self.keep_last, 0)
+        check_bool("allow_world_size_change", self.allow_world_size_change)
         check_choice("nonfinite", self.nonfinite, ALLOWED_NONFINITE)
         check_choice("bad_images", self.bad_images, ALLOWED_BAD_IMAGES)
         check_int("log_interval", self.log_interval, 1)
@@ -406,10 +422,12 @@ def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format
         ValueError: Naming every setting that differs, or an unsupported checkpoint layout.
     """
     stored = stored_config(ckpt, config.resume)
+    # An option the checkpoint's version did not have yet ran at its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     diffs = [
-        f"{flag(k)}: checkpoint {stored.get(k)!r}, now {v!r}"
+        f"{flag(k)}: checkpoint {stored.get(k, defaults.get(k))!r}, now {v!r}"
         for k, v in config.to_dict().items()
-        if k not in RUNTIME_KEYS and stored.get(k) != v
+        if k not in RUNTIME_KEYS and stored.get(k, defaults.get(k)) != v
     ]
     if diffs:
         raise ValueError(

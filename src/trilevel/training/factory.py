@@ -85,11 +85,11 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
                 raise
             kwargs.pop("img_size")
             model = timm.create_model(config.model, **kwargs)
-    except TypeError as e:
-        hint = "" if config.dense else (
+    except (TypeError, AssertionError) as e:  # timm checks sizes with assert (e.g. dim % num_heads)
+        hint = "" if config.dense or isinstance(e, AssertionError) else (
             "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), use --dense for other models"
         )
-        raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e}{hint}") from e
+        raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e or type(e).__name__}{hint}") from e
     pe = getattr(model, "patch_embed", None)
     patch = getattr(pe, "patch_size", None)
     if patch is not None:

@@ -6,11 +6,14 @@ Unless ``dense``, the :class:`~trilevel.algorithm.TriLevel` algorithm patches th
 the keep-ratio schedules, the example selector and its sampler; the loop calls it at
 ``on_epoch_start``, ``on_step`` (progress ``(epoch + i / iters_this_epoch) / epochs``, which also
 drives the per-iteration cosine LR with warm-up) and ``after_forward``. Under ``torchrun`` the
-model is wrapped in DDP, every rank seeds with the same ``seed``, the selector all-gathers its
-observations, evaluation is sharded, and only rank 0 writes (:class:`~trilevel.training.output.RunOutput`).
+model is wrapped in DDP, every rank initialises with the same ``seed`` (then draws its own dropout,
+mixup and augmentation streams), the selector all-gathers its observations, evaluation is sharded,
+and only rank 0 writes (:class:`~trilevel.training.output.RunOutput`).
 Each stateful part (model, optimizer, LR scheduler, grad scaler, EMA, algorithm, run progress)
-contributes its own ``state_dict`` to the checkpoint, so a resumed run (after an epoch, or after
-SIGTERM mid-epoch) ends bit-identical to an uninterrupted one on CPU with ``workers=0``.
+contributes its own ``state_dict`` to the checkpoint (:mod:`~trilevel.training.checkpointing`), so a
+resumed run (after an epoch, after SIGTERM or a step checkpoint mid-epoch, or after SIGKILL from its
+last checkpoint) ends bit-identical to an uninterrupted one on CPU, with any number of workers
+(augmentation is seeded per sample: :mod:`~trilevel.training.loaders`).
 """
 
 from __future__ import annotations
@@ -23,31 +26,31 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..example_selection import dominant_indices
 from .accounting import EpochAccumulator, FlopMeter, RunProgress, StepFlags
+from .checkpointing import (
+    CHECKPOINT_FORMAT, CheckpointWriteError, RunCheckpoints, TrainingFailedError, checkpoint_state, restore_state,
+)
 from .config import TrainConfig, check_resume
-from .distributed import DistContext, agree, all_gather_objects, setup_distributed, shard
+from .distributed import DistContext, agree, setup_distributed, shard
 from .evaluation import autocast, evaluate
-from .loaders import SkipSampler, make_loader
+from .loaders import make_loader, seed_rank_streams
 from .output import RunOutput
 
-__all__ = ["CHECKPOINT_FORMAT", "NonFiniteLossError", "Trainer", "TrainingInterrupted", "train"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "NonFiniteLossError", "Trainer", "TrainingFailedError",
+           "TrainingInterrupted", "train"]
 
 logger = logging.getLogger("trilevel.training")
-
-#: Layout version of the training checkpoint (the parts each state_dict'd under its own key).
-CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,7 +86,9 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self._stop_requested = False
+        self._training = False  # set once setup is done: later failures are the run's (TrainingFailedError)
         self.progress = RunProgress()
+        self.metrics_history: List[Dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------ setup
     def _build(self) -> None:
@@ -98,7 +103,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp 'fp16' needs a CUDA device; use --amp bf16 or none on the CPU")
-        # Same seed on every rank (never seed + rank): identical init and augmentation streams.
+        # Same seed on every rank: identical init (each rank then draws its own streams, below).
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
@@ -144,6 +149,8 @@ class Trainer:
                 self.train_indexed, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed
             )
         self.mixup, self.criterion = build_criterion(cfg, self.info.num_classes)
+        if ctx.rank > 0:  # own dropout and mixup streams per rank (rank 0 keeps the seed's)
+            seed_rank_streams(cfg.seed, ctx.rank)
 
         # LR schedule in iterations of a nominal epoch (the first epoch's length); the LR is set
         # from the run progress, so epochs of other lengths still cover their share.
@@ -202,64 +209,19 @@ class Trainer:
         return self.meter.per_image(keep_ratio, training, attn_keep_ratio)
 
     # ------------------------------------------------------------------------------ state
-    def _stateful(self) -> Dict[str, Any]:
-        """The parts that contribute their own ``state_dict`` to a checkpoint, by key."""
-        parts: Dict[str, Any] = {
-            "model": self.model_base, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
-            "scaler": self.scaler, "progress": self.progress,
-        }
-        if self.ema is not None:
-            parts["ema"] = self.ema
-        if self.algorithm is not None:
-            parts["algorithm"] = self.algorithm
-        return parts
+    def _save(self, next_epoch: int, next_step: int, acc: Optional[EpochAccumulator] = None) -> float:
+        """Save the checkpoint (a collective under DDP); returns the seconds it took.
 
-    def _state(self, acc: Optional[EpochAccumulator]) -> Dict[str, Any]:
-        """Checkpoint content; a collective under DDP (every rank must call it)."""
-        from ..checkpoint import capture_rng_state
-
-        state = {name: part.state_dict() for name, part in self._stateful().items()}
-        state.update(
-            format=CHECKPOINT_FORMAT,
-            config=self.given_cfg.to_dict(),  # as given (a --speedup's keep ratio is resolved again on resume)
-            data_info=dataclasses.asdict(self.info),
-            rng=all_gather_objects(capture_rng_state(), self.ctx),
-            world_size=self.ctx.world_size,
-            selector_digest=self.algorithm.digest() if self.algorithm is not None else None,
-            epoch_acc=acc.state(self.ctx) if acc is not None else None,
-        )
-        return state
-
-    def _save(self, next_epoch: int, next_step: int, acc: Optional[EpochAccumulator] = None) -> None:
-        from ..checkpoint import save_checkpoint
-
+        Raises:
+            CheckpointWriteError: The write failed on rank 0 (every rank raises); the previous file is kept.
+        """
         t_save = time.perf_counter()
         self.progress.epoch, self.progress.step_in_epoch = int(next_epoch), int(next_step)
-        state = self._state(acc)
-        if self.ctx.is_main:
-            save_checkpoint(state, self.ckpt_path)
-        if self.ctx.distributed:
-            dist.barrier()
-        self.progress.checkpoint_seconds += time.perf_counter() - t_save
-
-    def _load(self, ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
-        from ..checkpoint import restore_rng_state
-
-        for name, part in self._stateful().items():
-            if ckpt.get(name) is None:
-                raise ValueError(f"{self.cfg.resume}: the checkpoint lacks the {name!r} state")
-            part.load_state_dict(ckpt[name])
-        saved_world = int(ckpt.get("world_size", 1))
-        if saved_world != self.ctx.world_size:
-            logger.warning(
-                "resuming a run saved with world size %d on world size %d: the data split per rank "
-                "differs, so the run is not an exact continuation", saved_world, self.ctx.world_size,
-            )
-        rng = ckpt["rng"]
-        restore_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
-        if self.algorithm is not None and ckpt.get("selector_digest") != self.algorithm.digest():
-            raise ValueError(f"{self.cfg.resume}: the restored selector does not match its saved digest")
-        return ckpt.get("epoch_acc")
+        where = f"epoch {next_epoch + 1}, step {next_step}" if next_step else f"the end of epoch {next_epoch}"
+        self.checkpoints.write(checkpoint_state(self, acc), self.progress.global_step, where)
+        spent = time.perf_counter() - t_save
+        self.progress.checkpoint_seconds += spent
+        return spent
 
     # ------------------------------------------------------------------------------ signals
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ANN001
@@ -281,14 +243,28 @@ class Trainer:
         if cfg.resume is not None:
             ckpt = load_checkpoint(cfg.resume)
             check_resume(cfg, ckpt, CHECKPOINT_FORMAT)
-        self.output = RunOutput(cfg, self.ctx)
+        self.output = RunOutput(cfg, self.ctx, resumed=ckpt)  # live logs (if any) continue after ckpt's step
         self.out, self.ckpt_path = self.output.folder, self.output.checkpoint
         self.output.open()
+        self.checkpoints = RunCheckpoints(self.out, self.ctx, cfg.checkpoint_every, cfg.keep_last)
+        self.checkpoints.remove_stale_temp_files()
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             return self._run(ckpt)
+        except (TrainingInterrupted, NonFiniteLossError, CheckpointWriteError, TrainingFailedError):
+            raise
+        except Exception as e:
+            from ..data import UnreadableImageError
+
+            if not self._training or isinstance(e, UnreadableImageError):
+                raise  # a bad option, data file or checkpoint
+            p = self.progress
+            raise TrainingFailedError(
+                f"training failed at epoch {p.epoch + 1} (global step {p.global_step}): {type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[-1]}"
+            ) from e
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
@@ -304,7 +280,9 @@ class Trainer:
         self._build()
         acc_state = None
         if ckpt is not None:
-            acc_state = self._load(ckpt)
+            acc_state = restore_state(self, ckpt)
+            self.checkpoints.kept = f"{cfg.resume} (the resumed one)"
+            self.checkpoints.rewrite_metrics(self.metrics_history)
             logger.info("resumed from %s at epoch %d, step %d", cfg.resume, self.progress.epoch + 1,
                         self.progress.step_in_epoch)
         start_epoch, start_step = self.progress.epoch, self.progress.step_in_epoch
@@ -320,6 +298,7 @@ class Trainer:
         )
 
         finished = True
+        self._training = True
         epoch = start_epoch
         while not (self.plan is None and epoch >= cfg.epochs) and not (
                 self.plan is not None and self.progress.global_step >= self.plan.total_steps):
@@ -327,8 +306,9 @@ class Trainer:
             metrics = self._train_epoch(epoch, skip, acc_state)
             acc_state = None
             self.progress.last_metrics = metrics
+            self.metrics_history.append(metrics)
             self._save(epoch + 1, 0)
-            self.output.append_metrics(metrics)
+            self.output.end_epoch(self, metrics, last=self._run_ends_after(epoch))  # metrics.jsonl, live logs
             stop = agree(self._stop_requested, ctx)
             if stop and not self._run_ends_after(epoch):
                 msg = (f"stopped by SIGTERM after epoch {epoch + 1}/{self.run_epochs}; checkpoint saved to "
@@ -364,9 +344,8 @@ class Trainer:
         iters = full_iters = self._iters(len(self.sampler))
         if self.plan is not None:  # the budget's last epoch ends early
             iters = min(iters, skip + self.plan.total_steps - self.progress.global_step)
-        sampler: Sampler = self.sampler if skip == 0 else SkipSampler(self.sampler, skip * cfg.batch_size)
-        loader = make_loader(self.train_indexed, cfg.batch_size, cfg.workers, self.device, cfg.seed, epoch,
-                             ctx.rank, sampler=sampler, drop_last=self.drop_last)
+        loader = make_loader(self.train_indexed, cfg.batch_size, cfg.workers, self.device, cfg.seed, epoch, ctx.rank,
+                             sampler=self.sampler, drop_last=self.drop_last, seeded=True, skip_steps=skip)
         flags = StepFlags(ctx)
         self.model.train()
         bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{self.run_epochs}", unit="it",
@@ -399,18 +378,16 @@ class Trainer:
                     tokens = self.meter.mean_tokens()
                     acc.tokens_sum += tokens if tokens is not None else float("nan")
                     done = i + 1
-                    if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):
-                        # One host read per log interval (rank 0's running loss; the epoch line is global).
-                        elapsed = seconds_before + time.perf_counter() - t0
-                        loss_now = acc.loss_sum.item() / max(1, acc.counted)
-                        rate = acc.images * ctx.world_size / max(elapsed, 1e-9)
-                        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
-                        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s",
-                                     epoch + 1, done, iters, loss_now, lr, rate)
+                    if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):  # bar, live logs: 1 host read
+                        self.output.log_step(self, acc, bar, epoch, done, iters, self._progress(epoch, done, iters), lr=lr,
+                                             ratios=(kr, akr), tokens=tokens, elapsed=seconds_before + time.perf_counter() - t0)
                     bar.update(1)
-                    if stop or (not ctx.distributed and self._stop_requested):
+                    stopping = stop or (not ctx.distributed and self._stop_requested)
+                    if stopping or self.checkpoints.due(self.progress.global_step, done, iters):
                         acc.seconds, acc.cpu_seconds = seconds_before + self._elapsed(t0), cpu_before + time.process_time() - c0
-                        self._interrupt(epoch, done, iters, acc)
+                        if stopping:
+                            self._interrupt(epoch, done, iters, acc)
+                        t0 += self._save(epoch, done, acc)  # writing checkpoints is not training time
                 acc.seconds, acc.cpu_seconds = seconds_before + self._elapsed(t0), cpu_before + time.process_time() - c0
         finally:
             bar.close()
