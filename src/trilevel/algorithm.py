@@ -58,9 +58,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
     "fast": {
         "keep_ratio": 0.5, "attn_keep_ratio": 1.0, "prune_layers": None, "ratio_schedule": "grow",
-        "ratio_warmup": 0.0, "ratio_decay_end": 0.8, "ratio_curve": "linear", "dense_tail": 0.0,
+        "ratio_warmup": 0.0, "ratio_decay_end": 0.8, "ratio_curve": "linear", "dense_tail": 0.2,
         "token_fate": "bypass", "token_score": "cls-attention", "rejoin_layer": None, "eval_keep_ratio": None,
-        "eval_attn_keep_ratio": None, "selector": "none",
+        "eval_attn_keep_ratio": None, "selector": "forgetting", "example_remove": 0.2, "example_swap": 0.05,
+        "example_update_every": 0.1, "example_max_updates": 5,
     },
 }
 
