@@ -579,3 +579,16 @@ def test_run_checkpoints_keep_last_prune_and_fallback_without_hard_links(tmp_pat
     assert sorted(p.name for p in tmp_path.glob("checkpoint-step*.pt")) == [
         "checkpoint-step10.pt", "checkpoint-step3.pt", "checkpoint-step4.pt"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_eva02_trains_tri_level_and_swin_is_named(tmp_path):
+    eva = dict(model="eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=32, depth=4, num_heads=2,
+               keep_ratio=0.5, attn_keep_ratio=1.0, prune_layers=[1, 2], ratio_warmup=0.0, ratio_decay_end=0.5)
+    summary = train(tiny(tmp_path, "eva", epochs=1, warmup_epochs=0.0, val_subset=100, **eva))
+    assert summary["relative_train_flops"] < 0.9 and math.isfinite(summary["val_top1"])
+    dense = train(tiny(tmp_path, "eva-dense", epochs=1, warmup_epochs=0.0, val_subset=100, dense=True, **eva))
+    assert dense["relative_train_flops"] == pytest.approx(1.0)
+    assert dense["dense_gflops_per_image"] == pytest.approx(summary["dense_gflops_per_image"])
+    with pytest.raises(ValueError, match="patch_swin"):
+        build_model(TrainConfig(model="swin_tiny_patch4_window7_224", img_size=28, patch_size=2, embed_dim=32,
+                                num_heads=None), num_classes=10, in_chans=1, img_size=28)

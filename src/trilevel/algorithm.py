@@ -258,16 +258,27 @@ def _check_update_every(value: Any) -> Any:
 
 
 def patch_model(model: nn.Module, config: TriLevelConfig) -> nn.Module:
-    """:func:`trilevel.patch_vit` with the settings of ``config`` (final keep ratios), in place.
+    """:func:`trilevel.patch_vit` (or :func:`trilevel.models.patch_eva` for EVA-02) with ``config``'s settings.
+
+    The model is patched in place with the final keep ratios.
 
     Raises:
-        TypeError, ValueError: As :func:`trilevel.patch_vit`.
+        TypeError: For a model of another family (a Swin is named: it has its own patch).
+        ValueError: As :func:`trilevel.patch_vit`.
     """
-    from .vit import patch_vit
+    from .models import is_eva, is_swin, patch_eva
+    from .vit import patch_vit, unwrap_model
 
-    return patch_vit(model, prune_layers=config.prune_layers, keep_ratio=config.keep_ratio,
-                     attn_keep_ratio=config.attn_keep_ratio, token_fate=config.token_fate,
-                     token_score=config.token_score, rejoin_layer=config.rejoin_layer)
+    base = unwrap_model(model)
+    if is_swin(base):
+        raise TypeError(
+            "a timm SwinTransformer is patched with trilevel.models.patch_swin (window pruning, its own "
+            "schedule calls: set_swin_keep_ratios); TriLevel and trilevel train drive VisionTransformer and Eva"
+        )
+    patch = patch_eva if is_eva(base) else patch_vit
+    return patch(model, prune_layers=config.prune_layers, keep_ratio=config.keep_ratio,
+                 attn_keep_ratio=config.attn_keep_ratio, token_fate=config.token_fate,
+                 token_score=config.token_score, rejoin_layer=config.rejoin_layer)
 
 
 def schedule_flops(model: nn.Module, config: TriLevelConfig, keep_ratio: float, points: int = 1000) -> float:

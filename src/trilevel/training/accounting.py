@@ -241,7 +241,9 @@ class FlopMeter:
         self.patched = patched
         self._forward_flops = forward_flops
         self._cache: Dict[Tuple[float, float, bool], float] = {}
-        if isinstance(model, VisionTransformer):
+        from ..models import is_eva
+
+        if isinstance(model, VisionTransformer) or is_eva(model):
             self.dense_flops = float(forward_flops(model, 1.0))
             # a training forward of a stock model with timm's PatchDropout sees fewer patches
             self._train_dense = float(forward_flops(model, 1.0, training=True))

@@ -65,7 +65,7 @@ class ModelConfig:
     """Which timm model to build, with architecture overrides (validated on construction).
 
     Attributes:
-        model: timm model name; tri-level training needs a timm VisionTransformer (vit_*, deit_*).
+        model: timm model name; tri-level training needs a timm VisionTransformer (vit_*, deit_*) or Eva (eva02_*).
         img_size: Input side in pixels; none: the dataset's native size.
         patch_size: Patch side in pixels; none: the model's.
         in_chans: Input channels; none: the dataset's (3 repeats a grayscale channel).

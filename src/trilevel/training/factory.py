@@ -87,7 +87,7 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
             model = timm.create_model(config.model, **kwargs)
     except (TypeError, AssertionError) as e:  # timm checks sizes with assert (e.g. dim % num_heads)
         hint = "" if config.dense or isinstance(e, AssertionError) else (
-            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), use --dense for other models"
+            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*) or Eva (eva02_*), use --dense for other models"
         )
         raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e or type(e).__name__}{hint}") from e
     pe = getattr(model, "patch_embed", None)
@@ -108,7 +108,7 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         except TypeError as e:
             raise ValueError(
                 f"model {config.model!r} cannot be trained tri-level ({e}); use a timm VisionTransformer "
-                f"(vit_*, deit_*) or --dense"
+                f"(vit_*, deit_*) or Eva (eva02_*), or --dense"
             ) from e
     return model
 
