@@ -137,3 +137,12 @@ def test_unpatch_restores_stock_after_bypass():
     model = patch_vit(tiny_vit(), keep_ratio=0.5, token_fate="bypass", token_score="random")
     unpatch_vit(model)
     assert not hasattr(model, "trilevel_rejoin_layer") and not hasattr(model.blocks[0], "token_fate")
+
+
+def test_bypass_default_pruning_blocks_stop_before_the_rejoin_block():
+    # depth 4: the default blocks are 1, 2, 3; block 3 is the rejoin block, so bypass prunes in 1 and 2
+    model = patch_vit(tiny_vit(depth=4), keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
+    assert tuple(model.trilevel_prune_layers) == (1, 2) and model.trilevel_rejoin_layer == 3
+    with pytest.raises(ValueError, match="rejoin_layer"):  # blocks the user names are kept as named
+        patch_vit(tiny_vit(depth=4), prune_layers=[1, 2, 3], token_fate="bypass")
+    assert tuple(patch_vit(tiny_vit(depth=12), token_fate="bypass").trilevel_prune_layers) == (3, 6, 9)

@@ -51,6 +51,7 @@ __all__ = [
     "get_trilevel_info",
     "is_patched",
     "default_prune_layers",
+    "resolve_bypass",
     "unwrap_model",
 ]
 
@@ -101,6 +102,34 @@ def default_prune_layers(depth: int) -> Tuple[int, ...]:
     Duplicates (for depth < 4) are dropped.
     """
     return tuple(sorted({depth // 4, depth // 2, (3 * depth) // 4}))
+
+
+def resolve_bypass(layers: Tuple[int, ...], rejoin_layer: Optional[int], depth: int,
+                   layers_given: bool) -> Tuple[Tuple[int, ...], int]:
+    """Pruning blocks and rejoin block of the bypass fate (random-LTD: tokens skip, then rejoin).
+
+    Args:
+        layers: Resolved pruning blocks (sorted).
+        rejoin_layer: Block where bypassed tokens come back; None: the last block.
+        depth: Number of blocks.
+        layers_given: Whether ``layers`` were given by the user; default ones at or after the
+            rejoin block are left out (e.g. blocks 1, 2, 3 of a 4-block model prune in 1 and 2).
+
+    Returns:
+        ``(layers, rejoin)``.
+
+    Raises:
+        ValueError: A rejoin block that is not after every pruning block, or past the last block.
+    """
+    rejoin = depth - 1 if rejoin_layer is None else rejoin_layer
+    if isinstance(rejoin, int) and not isinstance(rejoin, bool) and not layers_given:
+        layers = tuple(i for i in layers if i < rejoin) or layers
+    if isinstance(rejoin, bool) or not isinstance(rejoin, int) or not max(layers) < rejoin < depth:
+        raise ValueError(
+            f"rejoin_layer must be a block after the last pruning block {max(layers)} and at most "
+            f"{depth - 1}, got {rejoin!r}"
+        )
+    return layers, rejoin
 
 
 def _check_ratio(name: str, value) -> float:
@@ -398,7 +427,8 @@ def patch_vit(
     Args:
         model: A timm ``VisionTransformer`` (or a subclass such as ``VisionTransformerDistilled``).
         prune_layers: 0-based indices of the pruning blocks; None picks
-            ``(depth//4, depth//2, 3*depth//4)`` = (3, 6, 9) at depth 12, the paper's choice.
+            ``(depth//4, depth//2, 3*depth//4)`` = (3, 6, 9) at depth 12, the paper's choice (with
+            ``token_fate='bypass'``, those before the rejoin block).
         keep_ratio: Kept fraction of patch tokens per pruning block, in (0, 1]; compounds
             across stages (paper: 0.7).
         attn_keep_ratio: Kept fraction of attention connections per query row, in (0, 1]
@@ -461,12 +491,7 @@ def patch_vit(
         raise ValueError(f"token_score must be one of {', '.join(TOKEN_SCORES)}; got {token_score!r}")
     rejoin = None
     if token_fate == "bypass":
-        rejoin = len(blocks) - 1 if rejoin_layer is None else rejoin_layer
-        if isinstance(rejoin, bool) or not isinstance(rejoin, int) or not max(layers) < rejoin < len(blocks):
-            raise ValueError(
-                f"rejoin_layer must be a block after the last pruning block {max(layers)} and at most "
-                f"{len(blocks) - 1}, got {rejoin!r}"
-            )
+        layers, rejoin = resolve_bypass(layers, rejoin_layer, len(blocks), prune_layers is not None)
     elif rejoin_layer is not None:
         raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={token_fate!r})")
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..vit import (
-    TOKEN_FATES, TOKEN_SCORES, TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, default_prune_layers,
+    TOKEN_FATES, TOKEN_SCORES, TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, default_prune_layers, resolve_bypass,
     rejoin_tokens, unpatch_vit, unwrap_model,
 )
 from .common import check_block_indices, check_ratio, swap_class
@@ -249,11 +249,7 @@ def patch_eva(
         raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={token_fate!r})")
     rejoin = None
     if token_fate == "bypass":
-        rejoin = depth - 1 if rejoin_layer is None else rejoin_layer
-        valid = isinstance(rejoin, int) and not isinstance(rejoin, bool) and layers[-1] < rejoin < depth
-        if not valid:
-            raise ValueError(f"rejoin_layer must be a block after the last pruning block {layers[-1]} and at "
-                             f"most {depth - 1}, got {rejoin!r}")
+        layers, rejoin = resolve_bypass(tuple(layers), rejoin_layer, depth, prune_layers is not None)
     swap_class(base, TriLevelEvaMixin, trilevel_prune_layers=layers, trilevel_rejoin_layer=rejoin,
                trilevel_info=None)
     for i, blk in enumerate(base.blocks):
