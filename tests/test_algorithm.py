@@ -74,7 +74,7 @@ def test_state_round_trip_and_settings_check():
     b = make()
     b.load_state_dict(a.state_dict())
     assert b.digest() == a.digest() != make().digest()
-    other = trilevel.TriLevel(tiny_vit(depth=4), 50, epochs=3, example_update_every=1, seed=1, keep_ratio=0.5)
+    other = trilevel.TriLevel(tiny_vit(depth=4), 50, epochs=3, example_update_every=1, seed=1, keep_ratio=0.6)
     with pytest.raises(ValueError, match="keep_ratio"):
         other.load_state_dict(a.state_dict())
 
@@ -134,3 +134,15 @@ def test_presets():
     from trilevel.training import TrainConfig
 
     assert TrainConfig.from_dict({"preset": "paper", "keep-ratio": 0.5}).attn_keep_ratio == 0.3
+
+
+def test_defaults_are_the_fast_preset():
+    """The defaults are the time-to-accuracy study's winner; the paper's settings are one flag away."""
+    from trilevel.algorithm import PRESETS
+    from trilevel.training import TrainConfig
+
+    for cfg in (TriLevelConfig(), TrainConfig()):
+        assert {k: getattr(cfg, k) for k in PRESETS["fast"]} == PRESETS["fast"]
+    paper = TrainConfig.from_dict({"preset": "paper"})
+    assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
+    assert PRESETS["paper"] != PRESETS["fast"]

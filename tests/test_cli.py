@@ -34,7 +34,7 @@ TINY_FLAGS = [
     "--model", "vit_tiny_patch16_224", "--embed-dim", "32", "--depth", "4", "--num-heads", "2",
     "--patch-size", "7", "--train-subset", "256", "--val-subset", "500", "--batch-size", "32",
     "--warmup-epochs", "0.5", "--workers", "0", "--device", "cpu", "--log-interval", "2",
-    "--example-update-every", "1",
+    "--example-update-every", "1", "--preset", "paper",
 ]
 
 

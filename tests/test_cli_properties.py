@@ -158,7 +158,7 @@ def tiny_run(tmp_path_factory):
     training.train(dict(
         model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7, dataset="mnist",
         data_dir=str(data), epochs=1, batch_size=16, warmup_epochs=0.0, workers=0, device="cpu",
-        output_dir=str(tmp / "run"), example_update_every=1,
+        output_dir=str(tmp / "run"), example_update_every=1, preset="paper",
     ))
     return tmp / "run"
 

@@ -42,7 +42,7 @@ def dataset(n: int = N, seed: int = 0) -> TensorDataset:
 
 
 def algorithm(model: torch.nn.Module, **settings) -> trilevel.TriLevel:
-    defaults = dict(ratio_warmup=0.0, ratio_decay_end=1.0, example_update_every=1, seed=0)
+    defaults = dict(preset="paper", ratio_warmup=0.0, ratio_decay_end=1.0, example_update_every=1, seed=0)
     return trilevel.TriLevel(model, N, epochs=EPOCHS, **{**defaults, **settings})
 
 

@@ -33,7 +33,7 @@ needs_tensorboard = pytest.mark.skipif(
 TINY = dict(
     model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7, dataset="fashion-mnist",
     train_subset=128, val_subset=100, epochs=2, batch_size=32, workers=0, device="cpu", log_interval=1,
-    example_update_every=1, seed=0,
+    example_update_every=1, seed=0, preset="paper",
 )
 STEPS_PER_EPOCH = 4  # 128 / 32
 # A single evaluation without EMA has no EMA top-1.

@@ -34,9 +34,11 @@ def test_readme_own_loop_example_runs(monkeypatch):
     exec(compile(code, str(README), "exec"), scope)
     tl = scope["tl"]
     assert trilevel.is_patched(scope["model"])
-    # every step set the scheduled ratios; the last step's are the schedule at its progress
+    # every step set the scheduled ratios; the last step's are the schedule at its progress (the
+    # default schedule grows to 1.0 and ends dense), and the first epoch's were pruned
     steps = len(scope["loader"])
-    assert tl.keep_ratio == tl.token_schedule(trilevel.run_progress(1, steps - 1, steps, 2)) < 1.0
+    assert tl.keep_ratio == tl.token_schedule(trilevel.run_progress(1, steps - 1, steps, 2))
+    assert tl.token_schedule(trilevel.run_progress(0, 1, steps, 2)) < 1.0
     # the forgetting selector saw every active example once in the last epoch (statistics since its update)
     assert int(tl.selector.presentations.sum()) == tl.selector.num_active
     assert tl.selector.num_updates == 1

@@ -32,6 +32,7 @@ TINY = dict(
     dataset="fashion-mnist", train_subset=256, val_subset=500, epochs=2, batch_size=32,
     warmup_epochs=0.5, workers=0, device="cpu", seed=0, log_interval=2,
     ratio_warmup=0.1, ratio_decay_end=0.6, example_update_every=1,
+    preset="paper",  # these tests were written for the paper's settings; the default is tested apart
 )
 
 
@@ -97,7 +98,7 @@ def straight(tmp_path_factory):
         ({"token_score": "norm"}, ["token-score", "random"]),
         ({"ratio_schedule": "wave"}, ["ratio-schedule", "grow"]),
         ({"dense_tail": 1.0}, ["dense-tail"]),
-        ({"rejoin_layer": 11}, ["rejoin-layer", "bypass"]),
+        ({"token_fate": "drop", "rejoin_layer": 11}, ["rejoin-layer", "bypass"]),
         ({"token_fate": "bypass", "prune_layers": [3, 9], "rejoin_layer": 9}, ["rejoin-layer", "after"]),
         ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
         ({"eval_every": 0}, ["eval-every", "0"]),
@@ -126,6 +127,20 @@ def test_the_old_fuse_inattentive_key_still_reads():
     assert TrainConfig.from_dict({"fuse_inattentive": False}).token_fate == "drop"
     with pytest.raises(ValueError, match="contradicts"):
         TrainConfig.from_dict({"fuse-inattentive": True, "token-fate": "bypass"})
+
+
+def test_a_checkpoint_from_before_an_option_existed_reads_with_the_papers_value():
+    from trilevel.algorithm import PRESETS
+    from trilevel.training.config import stored_config
+
+    old = stored_config({"config": {"keep_ratio": 0.6, "fuse_inattentive": False}}, "old.pt")
+    assert old["keep_ratio"] == 0.6  # stored values stay
+    assert {k: old[k] for k in PRESETS["paper"] if k != "keep_ratio"} == {
+        k: v for k, v in PRESETS["paper"].items() if k != "keep_ratio"}
+    assert stored_config({"config": {"fuse-inattentive": True}}, "old.pt")["token_fate"] == "fuse"
+    assert TrainConfig.from_dict(stored_config({"config": {"fuse-inattentive": True}}, "old.pt")).token_fate == "fuse"
+    new = TrainConfig().to_dict()
+    assert stored_config({"config": new}, "new.pt") == new  # a current checkpoint is read as written
 
 
 def test_update_every_and_prune_layers_parsing():

@@ -83,7 +83,7 @@ TINY = dict(
     model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
     dataset="fashion-mnist", train_subset=256, val_subset=200, batch_size=32, workers=0, device="cpu",
     seed=0, log_interval=2, ratio_warmup=0.0, ratio_decay_end=0.5, example_update_every=1,
-    attn_keep_ratio=1.0, prune_layers=[1, 2],
+    attn_keep_ratio=1.0, prune_layers=[1, 2], preset="paper",
 )
 
 

@@ -85,16 +85,18 @@ class TriLevelConfig:
 
     Every invalid value raises ``ValueError`` naming the option (as its flag), the value and what
     is allowed. The command line of ``trilevel train`` is generated from these fields.
-    :meth:`from_preset` starts from named settings (:data:`PRESETS`).
+    :meth:`from_preset` starts from named settings (:data:`PRESETS`). The defaults are the
+    ``fast`` preset's, the winner of the time-to-accuracy study (docs/benchmarks.md);
+    ``preset="paper"`` (``--preset paper``) gives Kong et al.'s exact settings.
 
     Attributes:
-        preset: Named settings the others start from: paper (Kong et al.'s exact settings) or fast (the winner of our time-to-accuracy study); none: the defaults below (the paper's). Options given explicitly override the preset.
-        keep_ratio: Final token keep ratio per pruning block, in (0, 1] (paper: 0.7).
+        preset: Named settings the others start from: paper (Kong et al.'s exact settings) or fast (the winner of our time-to-accuracy study); none: the defaults below, which are the fast preset's (--preset paper for the paper's). Options given explicitly override the preset.
+        keep_ratio: Token keep ratio per pruning block at the schedule's start (grow) or end (decay), in (0, 1] (paper: 0.7).
         attn_keep_ratio: Final kept fraction of attention connections per query, in (0, 1] (paper: 0.3; 1.0 turns the attention level off).
-        prune_layers: 0-based pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4 (blocks 3, 6, 9 of 12, the paper's).
+        prune_layers: 0-based pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4 (blocks 3, 6, 9 of 12, the paper's; with bypass, those before the rejoin block).
         ratio_schedule: decay: the ratios start at 1 and fall to their targets (the paper's, from EViT); grow: they start at their targets and rise to 1, so the run ends at full tokens (random-LTD, Token Expansion).
-        ratio_warmup: Fraction of the run before the ratios start to change, e.g. 1/30 (paper: 10 of 300 epochs).
-        ratio_decay_end: Fraction of the run where the change ends, e.g. 11/30 (paper: epoch 110 of 300).
+        ratio_warmup: Fraction of the run before the ratios start to change (paper: 10 of 300 epochs = 1/30).
+        ratio_decay_end: Fraction of the run where the change ends (paper: epoch 110 of 300 = 11/30).
         ratio_curve: Form of the change: cosine (the paper's), linear, or step (--ratio-stages equal jumps).
         ratio_stages: Jumps of a step curve (Token Expansion: 2, for three stages).
         dense_tail: Final fraction of the run trained dense: both ratios 1, every example, no connection mask (FLIP, InfoBatch); the run then also evaluates dense. 0: off (the paper).
@@ -112,16 +114,16 @@ class TriLevelConfig:
     """
 
     preset: Optional[PresetName] = None
-    keep_ratio: float = 0.7
-    attn_keep_ratio: float = 0.3
+    keep_ratio: float = 0.5
+    attn_keep_ratio: float = 1.0
     prune_layers: BlockList = None
-    ratio_schedule: ScheduleShape = "decay"
-    ratio_warmup: Fraction = 1.0 / 30.0
-    ratio_decay_end: Fraction = 11.0 / 30.0
-    ratio_curve: ScheduleCurve = "cosine"
+    ratio_schedule: ScheduleShape = "grow"
+    ratio_warmup: Fraction = 0.0
+    ratio_decay_end: Fraction = 0.8
+    ratio_curve: ScheduleCurve = "linear"
     ratio_stages: int = 3
-    dense_tail: float = 0.0
-    token_fate: TokenFate = "drop"
+    dense_tail: float = 0.2
+    token_fate: TokenFate = "bypass"
     token_score: TokenScore = "cls-attention"
     rejoin_layer: OptionalInt = None
     speedup: OptionalFloat = None
@@ -384,7 +386,8 @@ class TriLevel:
         model: A timm ``VisionTransformer`` (DDP-wrapped is fine), patched in place.
         num_examples: Training-set size; required unless ``selector="none"``.
         epochs: Epochs of the run (the selector's fractions of the run are resolved against it).
-        config: Settings; None uses :class:`TriLevelConfig` defaults (the paper's).
+        config: Settings; None uses :class:`TriLevelConfig` defaults (the ``fast`` preset's;
+            ``preset="paper"`` gives the paper's).
         seed: Seed of the selector and of the sampler's per-epoch order; the same on every rank.
         num_replicas: Ranks sharing the data; None: the ``torch.distributed`` world size, else 1.
         rank: This rank; None: the distributed rank, else 0.

@@ -335,6 +335,8 @@ def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[s
             if out.get("token_fate", "fuse") != "fuse":
                 raise ValueError(f"{source}: fuse-inattentive: true contradicts token-fate {out['token_fate']!r}")
             out["token_fate"] = "fuse"
+        elif legacy is False:  # then meant the paper's fate
+            out.setdefault("token_fate", "drop")
     if unknown:
         allowed = ", ".join(sorted(flag(n) for n in names))
         raise ValueError(f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys: {allowed}")
@@ -399,13 +401,22 @@ def config_from_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
     """The ``config`` entry of a loaded training checkpoint, as a new dict.
 
+    A tri-level option missing from it is one the writing version did not have yet: that run used
+    the paper's value (the default until the ``fast`` preset became it), which is filled in.
+
     Raises:
         ValueError: If the checkpoint holds no configuration.
     """
     config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     if not isinstance(config, Mapping):
         raise ValueError(f"{path} is not a trilevel training checkpoint (no 'config' entry)")
-    return dict(config)
+    out = dict(config)
+    given = {str(k).replace("-", "_") for k in out}
+    fused = bool(out.get("fuse_inattentive", out.get("fuse-inattentive")))
+    for key, value in preset_settings("paper").items():
+        if key not in given:
+            out[key] = "fuse" if key == "token_fate" and fused else value
+    return out
 
 
 def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format: int) -> None:
