@@ -13,4 +13,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
     --output-dir "$OUT" "$@"
 echo
 echo "Runs, bench_tta.md and accuracy_vs_time.png are in $OUT"
-echo "Next: .venv/bin/trilevel visualize --checkpoint $OUT/fast/b4.5-s0/checkpoint.pt --images 6"
+echo "Next: .venv/bin/trilevel visualize --checkpoint $OUT/fast/b4.5-s0/checkpoint.pt --images 6 --keep-ratio 0.5"
+echo "  (the fast preset ends at full tokens; --keep-ratio 0.5 shows which patches its token level keeps)"
