@@ -122,9 +122,10 @@ def resolve_bypass(layers: Tuple[int, ...], rejoin_layer: Optional[int], depth: 
         ValueError: A rejoin block that is not after every pruning block, or past the last block.
     """
     rejoin = depth - 1 if rejoin_layer is None else rejoin_layer
-    if isinstance(rejoin, int) and not isinstance(rejoin, bool) and not layers_given:
+    is_index = isinstance(rejoin, int) and not isinstance(rejoin, bool)
+    if is_index and not layers_given:
         layers = tuple(i for i in layers if i < rejoin) or layers
-    if isinstance(rejoin, bool) or not isinstance(rejoin, int) or not max(layers) < rejoin < depth:
+    if not (is_index and max(layers) < rejoin < depth):
         raise ValueError(
             f"rejoin_layer must be a block after the last pruning block {max(layers)} and at most "
             f"{depth - 1}, got {rejoin!r}"
