@@ -6,7 +6,8 @@ transforms of :mod:`trilevel.data.transforms`. Sources:
 * Fashion-MNIST: Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for
   Benchmarking Machine Learning Algorithms", arXiv:1708.07747, 2017, as installed by the Debian
   package ``dataset-fashion-mnist``; MNIST-format IDX files in general (see
-  :mod:`trilevel.data.idx`).
+  :mod:`trilevel.data.idx`). Cluttered Fashion-MNIST: the same images on a larger canvas among
+  clutter (Jaderberg et al., NeurIPS 2015; :mod:`trilevel.data.cluttered`).
 * CIFAR-10/100: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009, the
   "python version" from https://www.cs.toronto.edu/~kriz/cifar.html, read with torchvision's
   ``CIFAR10``/``CIFAR100``.
@@ -25,6 +26,7 @@ import torchvision
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 
+from .cluttered import cluttered_split
 from .datasets import CheckedImageFolder, DataInfo, DatasetNotFoundError, TensorImageDataset
 from .idx import load_idx, uint8_mean_std
 from .transforms import imagefolder_transforms, tensor_transforms
@@ -41,13 +43,14 @@ __all__ = [
 # The package's name, as log lines were named before trilevel.data became a package.
 logger = logging.getLogger(__package__)
 
-ALLOWED_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+ALLOWED_NAMES = ("fashion-mnist", "cluttered-fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 """Dataset names accepted by :func:`build_datasets`."""
 
 ALLOWED_AUGS = ("light", "none", "deit")
 """Training augmentations accepted by :func:`build_datasets`."""
 
-HFLIP_KEEPS_LABEL = {"fashion-mnist": True, "mnist": False, "cifar10": True, "cifar100": True, "imagefolder": True}
+HFLIP_KEEPS_LABEL = {"fashion-mnist": True, "cluttered-fashion-mnist": True, "mnist": False, "cifar10": True,
+                     "cifar100": True, "imagefolder": True}
 """Whether a horizontal flip keeps an image's label, per dataset: clothing, objects and scenes
 mirror; digits do not (a mirrored 2 or 7 is not a digit), so ``"light"`` does not flip MNIST."""
 
@@ -176,8 +179,9 @@ def _build_in_memory(
     return train, val, info
 
 
-def _build_idx(name: str, data_dir, **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
-    if name == "fashion-mnist":
+def _build_idx(name: str, data_dir, canvas_size: int = 56, clutter_fragments: int = 4,
+               **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
+    if name in ("fashion-mnist", "cluttered-fashion-mnist"):
         hint = (
             "Install it with `sudo apt-get install dataset-fashion-mnist` (files go to "
             f"{DEFAULT_FASHION_MNIST_DIR}), or pass data_dir (--data-dir) pointing to a folder "
@@ -193,14 +197,17 @@ def _build_idx(name: str, data_dir, **kwargs) -> tuple[Dataset, Dataset, DataInf
             "t10k-labels-idx1-ubyte, each optionally .gz)."
         )
         folder = _data_dir_or_raise(name, data_dir, hint)
-    train_x, train_y, val_x, val_y = load_idx(name, folder, hint)
+    train_x, train_y, val_x, val_y = load_idx("fashion-mnist" if name.startswith("cluttered") else name, folder, hint)
+    if name == "cluttered-fashion-mnist":  # Jaderberg et al. (NeurIPS 2015)'s cluttered recipe, see .cluttered
+        train_x = cluttered_split(train_x, "train", canvas_size, clutter_fragments)
+        val_x = cluttered_split(val_x, "val", canvas_size, clutter_fragments)
     max_label = int(max(train_y.max(), val_y.max()))
     min_label = int(min(train_y.min(), val_y.min()))
-    if name == "fashion-mnist":
+    if name != "mnist":
         num_classes = 10
         if min_label < 0 or max_label >= num_classes:
             raise ValueError(
-                f"fashion-mnist labels in {str(folder)!r} span [{min_label}, {max_label}], "
+                f"{name} labels in {str(folder)!r} span [{min_label}, {max_label}], "
                 f"expected [0, {num_classes - 1}]"
             )
     else:  # any IDX dataset: classes are 0..max label
@@ -298,6 +305,8 @@ def build_datasets(
     aug: str = "light",
     in_chans: int | None = None,
     bad_images: str = "fail",
+    canvas_size: int = 56,
+    clutter_fragments: int = 4,
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """Builds the training and validation datasets of ``name`` with their transforms.
 
@@ -340,6 +349,8 @@ def build_datasets(
         bad_images: ``"imagefolder"`` only: an unreadable image file raises
             :class:`UnreadableImageError` naming its path (``"fail"``), or is logged with its
             path and dropped from its batch (``"skip"``; use :func:`skip_unreadable_collate`).
+        canvas_size: ``"cluttered-fashion-mnist"`` only: side of the canvas in pixels (>= 28).
+        clutter_fragments: ``"cluttered-fashion-mnist"`` only: 8x8 clutter fragments per image (>= 0).
 
     Returns:
         ``(train, val, info)``: two picklable map-style datasets and their :class:`DataInfo`.
@@ -362,7 +373,15 @@ def build_datasets(
     if img_size is not None:
         _check_positive_int("img_size", img_size)
     kwargs = dict(train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans)
-    if name in ("fashion-mnist", "mnist"):
+    if name == "cluttered-fashion-mnist":
+        _check_positive_int("canvas_size", canvas_size)
+        if isinstance(clutter_fragments, bool) or not isinstance(clutter_fragments, int) or clutter_fragments < 0:
+            raise ValueError(f"clutter_fragments must be an integer >= 0, got {clutter_fragments!r}")
+        if canvas_size < 28:
+            raise ValueError(f"canvas_size must be at least 28 (the Fashion-MNIST image side), got {canvas_size}")
+        train, val, info = _build_idx(name, data_dir, canvas_size=canvas_size, clutter_fragments=clutter_fragments,
+                                      **kwargs)
+    elif name in ("fashion-mnist", "mnist"):
         train, val, info = _build_idx(name, data_dir, **kwargs)
     elif name in ("cifar10", "cifar100"):
         train, val, info = _build_cifar(name, data_dir, **kwargs)
