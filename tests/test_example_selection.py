@@ -16,7 +16,6 @@ from trilevel.example_selection import (
     IndexedDataset,
     LossSelector,
     RandomSelector,
-    benchmark_record,
 )
 
 K = 10  # classes of the fake model
@@ -714,6 +713,8 @@ def test_indexed_dataset_and_loader():
 
 
 def test_benchmark_record_runs():
+    from trilevel.bench.selector_speed import benchmark_record
+
     threads = torch.get_num_threads()
     out = benchmark_record(num_examples=5000, batch_size=32, repeats=5, num_threads=1)
     assert out["median_us"] > 0 and out["repeats"] == 5 and out["batch_size"] == 32 and out["threads"] == 1
@@ -727,14 +728,20 @@ def test_benchmark_record_runs():
 DIST_N, DIST_EPOCHS, DIST_CALLS = 103, 7, 5
 
 
-def _chunks(order, rank):
-    """Split a shard into DIST_CALLS batches whose sizes differ between ranks (some empty)."""
+def _chunks(order):
+    """Split a shard into DIST_CALLS batches of unequal sizes (one empty).
+
+    The sizes are the same on every rank at each call, as ``record`` requires under DDP (the
+    sampler pads every rank's shard to the same length).
+    """
     n = len(order)
-    if rank == 0:
-        cuts = [round(i * n / DIST_CALLS) for i in range(DIST_CALLS + 1)]
-    else:
-        cuts = [0, n // 2, n // 2, n // 2 + 3, n - 1, n]
+    cuts = [0, n // 2, n // 2, n // 2 + 3, n - 1, n]
     return [order[cuts[i] : cuts[i + 1]] for i in range(DIST_CALLS)]
+
+
+def _dist_valid(rank, epoch, call):
+    """Rank 1 marks one batch per epoch as invalid (e.g. a non-finite loss): its rows must be ignored."""
+    return not (rank == 1 and call == 3 and epoch % 2 == 1)
 
 
 def _dist_worker(rank, world, init_file, out_dir):
@@ -757,15 +764,36 @@ def _dist_worker(rank, world, init_file, out_dir):
                 shards.append(order)
                 actives.append(sel.active_indices.tolist())
                 table = fake_correct(DIST_N, epoch, seed=rank + 1)  # each rank's own "model"
-                for chunk in _chunks(order, rank):
+                for k, chunk in enumerate(_chunks(order)):
                     idx = torch.tensor(chunk, dtype=torch.long)
                     correct = table[idx]
                     loss = (1.0 - correct.float()) + 0.01 * idx.float() + 0.1 * rank
                     tie = fake_scores(DIST_N, epoch)[idx] + rank
                     _, logits, targets = fake_batch(idx, correct)
-                    sel.record(idx, logits, targets, loss=loss, tie_break=tie)
-                    calls.append((idx.tolist(), correct.tolist(), loss.tolist(), tie.tolist()))
+                    valid = _dist_valid(rank, epoch, k)
+                    sel.record(idx, logits, targets, loss=loss, tie_break=tie, valid=torch.tensor(valid))
+                    calls.append((idx.tolist(), correct.tolist(), loss.tolist(), tie.tolist(), valid))
+            # duplicates within one batch and across the ranks, with different outcomes: the first
+            # occurrence in rank order wins (rank 0's rows first)
+            idx = torch.tensor([7, 8, 7, 9] if rank == 0 else [8, 7, 10, 8])
+            correct = torch.tensor([True, False, False, True] if rank == 0 else [False, True, True, False])
+            loss, tie = torch.arange(4.0) + 10 * rank, torch.arange(4.0) - 10 * rank
+            _, logits, targets = fake_batch(idx, correct)
+            sel.record(idx, logits, targets, loss=loss, tie_break=tie)
+            calls.append((idx.tolist(), correct.tolist(), loss.tolist(), tie.tolist(), True))
+            # an index out of range on rank 1 only: the gathered rows are on the CPU (gloo), so every
+            # rank raises the same ValueError, before any statistic changes
+            before = sel.digest()
+            bad = torch.tensor([0, DIST_N + 5 if rank == 1 else 1])
+            _, logits, targets = fake_batch(torch.tensor([0, 1]), [True, True])
+            try:
+                sel.record(bad, logits, targets, loss=torch.zeros(2), tie_break=torch.zeros(2))
+                error = None
+            except ValueError as exc:
+                error = str(exc)
+            assert sel.digest() == before
             result[name] = {
+                "error": error,
                 "digest": sel.digest(),
                 "calls": calls,
                 "shards": shards,
@@ -786,8 +814,12 @@ def test_two_process_gloo_identical_state(tmp_path):
         r0, r1 = res[0][name], res[1][name]
         assert r0["digest"] == r1["digest"], name
         assert r0["actives"] == r1["actives"]
-        # local observations differed (different shards, batch sizes and correctness)
-        assert [len(c[0]) for c in r0["calls"]] != [len(c[0]) for c in r1["calls"]]
+        # local observations differed (different shards and correctness), batch sizes did not
+        assert [c[0] for c in r0["calls"]] != [c[0] for c in r1["calls"]]
+        assert [len(c[0]) for c in r0["calls"]] == [len(c[0]) for c in r1["calls"]]
+        assert any(not c[4] for c in r1["calls"]) and all(c[4] for c in r0["calls"])
+        for r in (r0, r1):
+            assert r["error"] is not None and "indices must lie in" in r["error"]
         for epoch in range(DIST_EPOCHS):
             a, b = r0["shards"][epoch], r1["shards"][epoch]
             active = r0["actives"][epoch]
@@ -802,19 +834,20 @@ def test_two_process_gloo_identical_state(tmp_path):
             )
         else:
             ref = LossSelector(DIST_N, prune_ratio=0.5, num_epochs=DIST_EPOCHS, seed=0)
-        for epoch in range(DIST_EPOCHS):
-            ref.set_epoch(epoch)
-            for k in range(DIST_CALLS):
-                c0, c1 = r0["calls"][epoch * DIST_CALLS + k], r1["calls"][epoch * DIST_CALLS + k]
-                idx = torch.tensor(c0[0] + c1[0], dtype=torch.long)
-                correct = torch.tensor(c0[1] + c1[1], dtype=torch.bool)
+        for epoch in range(DIST_EPOCHS + 1):
+            ref.set_epoch(min(epoch, DIST_EPOCHS - 1))
+            for k in range(DIST_CALLS if epoch < DIST_EPOCHS else 1):
+                # the union of the valid ranks' rows, in rank order (an invalid batch is not recorded)
+                cs = [c for c in (r0["calls"][epoch * DIST_CALLS + k], r1["calls"][epoch * DIST_CALLS + k]) if c[4]]
+                idx = torch.tensor([i for c in cs for i in c[0]], dtype=torch.long)
+                correct = torch.tensor([v for c in cs for v in c[1]], dtype=torch.bool)
                 _, logits, targets = fake_batch(idx, correct)
                 ref.record(
                     idx,
                     logits,
                     targets,
-                    loss=torch.tensor(c0[2] + c1[2]),
-                    tie_break=torch.tensor(c0[3] + c1[3]),
+                    loss=torch.tensor([v for c in cs for v in c[2]], dtype=torch.float32),
+                    tie_break=torch.tensor([v for c in cs for v in c[3]], dtype=torch.float32),
                 )
         assert ref.digest() == r0["digest"], name
     assert res[0]["forgetting"]["digest"] != res[0]["loss"]["digest"]

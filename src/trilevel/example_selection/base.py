@@ -6,7 +6,8 @@ Hierarchical Reduction of Data Redundancy for Efficient Vision Transformer Train
 examples while the rest wait in a *removed pool*. :class:`ExampleSelector` is the interface every
 selector implements (:class:`~trilevel.example_selection.ForgettingSelector`,
 :class:`~trilevel.example_selection.RandomSelector`, :class:`~trilevel.example_selection.LossSelector`);
-it owns the active set, the validation and cross-rank gathering of :meth:`ExampleSelector.record`, the
+it owns the active set, the statistics tensors and their device, the validation and cross-rank
+gathering of :meth:`ExampleSelector.record` (free of host-device synchronisation), the
 ``state_dict`` / ``load_state_dict`` layout and the digest, and calls public hook methods that the
 subclasses define.
 """
@@ -20,11 +21,15 @@ import torch
 import torch.distributed as dist
 
 from .collective import gather_batch
-from .validation import check_int, check_seed
+from .syncfree import host_any, host_bounds, is_host, move, redirect
+from .validation import check_batch, check_int, check_seed
 
 __all__ = ["ExampleSelector"]
 
 _STATE_VERSION = 1
+
+# Per-example status codes of ExampleSelector.record (uint8).
+_INCORRECT, _CORRECT, _BAD_LABEL, _IGNORED = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -36,20 +41,29 @@ class ExampleSelector:
     """The interface every example selector implements, and the machinery they share.
 
     A selector holds a boolean *active mask* over the ``num_examples`` training examples (the active
-    set; the others form the removed pool), per-example statistics as CPU tensors of shape
-    ``(num_examples,)``, and one seeded CPU ``torch.Generator`` that is its only source of
-    randomness. :meth:`record` validates a batch, judges top-1 correctness, all-gathers the
-    observations across ranks under ``torch.distributed``, drops duplicate indices and passes the
-    result to :meth:`observe`; :meth:`set_epoch` calls :meth:`on_epoch` once per new epoch.
+    set; the others form the removed pool), per-example statistics tensors of shape
+    ``(num_examples,)``, both on :attr:`device`, and one seeded CPU ``torch.Generator`` that is its
+    only source of randomness. :meth:`record` validates a batch, judges top-1 correctness,
+    all-gathers the observations across ranks under ``torch.distributed``, sends duplicate and
+    ignored rows to a hidden dummy slot and passes the result to :meth:`observe`, all without a
+    host-device synchronisation; :meth:`set_epoch` calls :meth:`on_epoch` once per new epoch (epoch
+    boundaries may synchronise).
 
-    Subclasses implement the hooks :meth:`observe`, :meth:`on_epoch`, :meth:`config` and
-    :meth:`stat_tensors`, and may override :meth:`extra_state`, :meth:`load_extra_state`,
-    :meth:`reweighted` and :attr:`needs_loss`. They change the active set only through
-    :meth:`set_active_mask` and draw random numbers only from :attr:`generator`.
+    Each statistics tensor is stored with one extra entry, the *dummy slot* at index
+    ``num_examples``, that absorbs the updates which must not count; the public attributes (and
+    :meth:`stat_tensors`, :meth:`state_dict`, :meth:`digest`) are views of the first
+    ``num_examples`` entries only.
+
+    Subclasses create their statistics with :meth:`add_stat`, and implement the hooks
+    :meth:`observe`, :meth:`on_epoch` and :meth:`config`; they may override :meth:`extra_state`,
+    :meth:`load_extra_state`, :meth:`reweighted` and :attr:`needs_loss`. They change the active set
+    only through :meth:`set_active_mask` and draw random numbers only from :attr:`generator`.
 
     Args:
         num_examples: Size of the training set (``>= 1``).
         seed: Seed of the selector's generator (an integer).
+        device: Device of the active mask and the statistics (None: the CPU). Put it on the model's
+            device so that :meth:`record` never waits for the device; see :meth:`to`.
 
     Attributes:
         num_examples (int): Size of the training set.
@@ -63,24 +77,89 @@ class ExampleSelector:
     #: Whether :meth:`record` requires a per-example ``loss`` (a ``ValueError`` names it if missing).
     needs_loss: ClassVar[bool] = False
 
-    def __init__(self, num_examples: int, seed: int) -> None:
+    def __init__(self, num_examples: int, seed: int, device: torch.device | str | None = None) -> None:
         self.num_examples = check_int("num_examples", num_examples, 1)
         self.seed = check_seed(seed)
+        self._device = torch.device("cpu") if device is None else torch.device(device)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self.seed)
-        self._active_mask = torch.ones(self.num_examples, dtype=torch.bool)
+        self._stats: dict[str, torch.Tensor] = {}  # name -> (num_examples + 1,) tensor with the dummy slot
+        self._active_mask = torch.ones(self.num_examples, dtype=torch.bool, device=self._device)
+        self._device = self._active_mask.device  # resolved ("cuda" -> "cuda:0")
         self._version = 0  # bumped whenever the active set changes (the sampler re-reads it)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         #: The last epoch passed to :meth:`set_epoch` (-1 before the first call).
         self.last_epoch = -1
+
+    # ----------------------------------------------------------------------------- device, statistics
+    @property
+    def device(self) -> torch.device:
+        """The device of the active mask and the statistics tensors (read-only; change it with :meth:`to`)."""
+        return self._device
+
+    def to(self, device: torch.device | str) -> "ExampleSelector":
+        """Move the active mask and all statistics tensors to ``device``.
+
+        The generator stays on the CPU, and :meth:`index_sets`, :meth:`state_dict` and :meth:`digest`
+        stay CPU-based, so moving changes neither the decisions nor the digest. Attributes holding
+        statistics are rebound to the moved tensors (re-read them after the call).
+
+        Args:
+            device: The new device, e.g. the model's device.
+
+        Returns:
+            ``self``.
+        """
+        self._active_mask = self._active_mask.to(device)
+        self._device = self._active_mask.device
+        for name, full in self._stats.items():
+            self._bind(name, full.to(self._device))
+        return self
+
+    def add_stat(self, name: str, fill: float | bool, dtype: torch.dtype) -> torch.Tensor:
+        """Create a statistics tensor (for subclass constructors).
+
+        Allocates ``num_examples + 1`` entries filled with ``fill`` on :attr:`device` (the last one is
+        the dummy slot) and binds attribute ``name`` to the view of the first ``num_examples``.
+        :meth:`stat_tensors` lists the statistics in the order they were added.
+
+        Args:
+            name: Attribute name, also the key in ``state_dict()["stats"]``.
+            fill: Initial value.
+            dtype: Data type.
+
+        Returns:
+            The public ``(num_examples,)`` view.
+        """
+        full = torch.full((self.num_examples + 1,), fill, dtype=dtype, device=self._device)
+        self._bind(name, full)
+        return getattr(self, name)
+
+    def _bind(self, name: str, full: torch.Tensor) -> None:
+        self._stats[name] = full
+        setattr(self, name, full[: self.num_examples])
+
+    def full_stat(self, name: str) -> torch.Tensor:
+        """The ``(num_examples + 1,)`` tensor behind statistic ``name``, dummy slot included (for hooks)."""
+        return self._stats[name]
+
+    def stat_tensors(self) -> dict[str, torch.Tensor]:
+        """The statistics tensors, by attribute name (the live views, not copies).
+
+        Returns:
+            ``{name: tensor}`` where ``getattr(self, name) is tensor``; each is a ``(num_examples,)``
+            tensor on :attr:`device`. Saved under ``state_dict()["stats"]``, restored in place by
+            :meth:`load_state_dict`, and hashed by :meth:`digest` in this order.
+        """
+        return {name: getattr(self, name) for name in self._stats}
 
     # ----------------------------------------------------------------------------- the active set
     @property
     def generator(self) -> torch.Generator:
         """The selector's seeded CPU ``torch.Generator`` (the live object, saved by :meth:`state_dict`).
 
-        Every random choice of a selector draws from it, so the same seed gives the same choices on
-        every rank; the global RNG is never touched.
+        Every random choice of a selector draws from it (at epoch boundaries, on the CPU), so the same
+        seed gives the same choices on every rank and on every device; the global RNG is never touched.
         """
         return self._generator
 
@@ -95,24 +174,28 @@ class ExampleSelector:
 
     @property
     def active_mask(self) -> torch.Tensor:
-        """``(num_examples,)`` bool tensor, True for the active set (a copy; safe to modify)."""
+        """``(num_examples,)`` bool tensor on :attr:`device`, True for the active set (a copy; safe to modify)."""
         return self._active_mask.clone()
 
     def set_active_mask(self, mask: torch.Tensor) -> None:
         """Replace the active set (for subclasses and :meth:`load_state_dict`).
 
-        Takes ownership of ``mask`` (no copy: do not modify it afterwards), bumps
-        :attr:`active_set_version` and drops the cached :meth:`index_sets`.
+        Takes ownership of ``mask`` when it is on :attr:`device` (no copy: do not modify it
+        afterwards), else moves it there; bumps :attr:`active_set_version` and drops the cached
+        :meth:`index_sets`.
 
         Args:
-            mask: ``(num_examples,)`` bool CPU tensor, True for the active examples.
+            mask: ``(num_examples,)`` bool tensor, True for the active examples, any device.
         """
-        self._active_mask = mask
+        self._active_mask = mask.to(self._device)
         self._version += 1
         self._cache = None
 
     def index_sets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached ``(active, removed)`` index tensors, without copying.
+
+        Computed on the CPU once per :attr:`active_set_version` (one device-to-host copy of the mask
+        when :attr:`device` is an accelerator: an epoch-boundary cost).
 
         Returns:
             Two sorted, disjoint 1-D int64 CPU tensors that together cover ``range(num_examples)``.
@@ -121,19 +204,20 @@ class ExampleSelector:
             :attr:`active_set_version` changes.
         """
         if self._cache is None:
-            active = torch.nonzero(self._active_mask, as_tuple=False).flatten()
-            removed = torch.nonzero(~self._active_mask, as_tuple=False).flatten()
+            mask = self._active_mask.to("cpu")
+            active = torch.nonzero(mask, as_tuple=False).flatten()
+            removed = torch.nonzero(~mask, as_tuple=False).flatten()
             self._cache = (active, removed)
         return self._cache
 
     @property
     def active_indices(self) -> torch.Tensor:
-        """Indices of the active set, a sorted 1-D ``LongTensor`` (a copy; safe to modify)."""
+        """Indices of the active set, a sorted 1-D int64 CPU tensor (a copy; safe to modify)."""
         return self.index_sets()[0].clone()
 
     @property
     def removed_indices(self) -> torch.Tensor:
-        """Indices of the removed pool, a sorted 1-D ``LongTensor`` disjoint from the active set."""
+        """Indices of the removed pool, a sorted 1-D int64 CPU tensor disjoint from the active set."""
         return self.index_sets()[1].clone()
 
     @property
@@ -152,7 +236,7 @@ class ExampleSelector:
 
         Idempotent: calling it again with the same epoch changes nothing. Called by
         :meth:`~trilevel.example_selection.ActiveSubsetSampler.set_epoch`, so with the sampler you
-        never call it yourself.
+        never call it yourself. May synchronise with the device (an epoch-boundary cost).
 
         Args:
             epoch: The epoch about to start (0-based, ``>= 0``).
@@ -182,28 +266,35 @@ class ExampleSelector:
         targets: torch.Tensor,
         loss: torch.Tensor | None = None,
         tie_break: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Record the outcome of one batch.
+        """Record the outcome of one batch, without a host-device synchronisation.
 
         An example is correct when the logit of its label is the largest logit (top-1; an exact tie
         for the maximum counts as correct). With soft targets of shape ``(B, K)`` (mixup, cutmix,
         label smoothing) the label is ``argmax(targets)``, the class with the larger mixing weight
         (the first one on an exact tie), instead of the original hard label of an image that was
         mixed (what the authors' released code does). What is kept is the subclass's
-        :meth:`observe`: forgetting events and presentations (:class:`ForgettingSelector`), or the
-        last loss (:class:`LossSelector`).
+        :meth:`observe`: forgetting events and presentations (:class:`ForgettingSelector`, after
+        Toneva et al., ICLR 2019), or the last loss (:class:`LossSelector`, after InfoBatch).
 
-        Vectorised; the statistics stay on the CPU. Per batch there is one device-to-host copy of
-        the correctness (plus the indices if they live on a device), no per-example ``.item()``.
-        With ``torch.distributed`` initialised (world size > 1) the observations (indices,
-        correctness, ``loss``, ``tie_break``) of all ranks are all-gathered first - two collectives,
-        on CUDA (the logits' device) for NCCL and on the CPU for gloo/MPI, unequal batch sizes padded
-        to the largest - so every rank updates identical global statistics. Every rank must
-        therefore call ``record`` the same number of times (batch sizes may differ, also 0); an
-        invalid shape on one rank only raises there and leaves the others waiting. Duplicate
-        indices in one (gathered) batch count as one presentation with the outcome of the first
-        occurrence (in batch order, then rank order); :class:`ActiveSubsetSampler` never repeats an
-        index within one rank's epoch, but its padding may repeat one across ranks.
+        Vectorised, with fixed shapes. Correctness is judged on the logits' device, then the rows are
+        moved to :attr:`device` (non-blocking, except a copy from an accelerator to CPU statistics,
+        which blocks: put the selector on the model's device with :meth:`to`). Nothing is read on the
+        host except tensors that already live in host memory (e.g. indices straight from a
+        ``DataLoader``). Duplicate indices in one (gathered) batch count as one presentation with the
+        outcome of the first occurrence (in batch order, then rank order): repeats are sent to a
+        hidden dummy slot instead of being dropped.
+
+        Under ``torch.distributed`` (world size > 1) the rows (index, status, ``loss``,
+        ``tie_break``) of all ranks are all-gathered with one fixed-shape collective, on CUDA for
+        NCCL and on the CPU for gloo/MPI, so every rank updates identical global statistics. Every
+        rank must therefore call ``record`` the same number of times, with the same batch size
+        ``B`` at each call (``DistributedSampler`` and :class:`ActiveSubsetSampler` pad every rank to
+        the same length; do not use ``drop_last=False`` with a sampler that does not), and pass
+        ``loss`` and ``tie_break`` on all ranks or on none. These requirements are not checked (a
+        check would need a host read); a violation makes the collective fail or hang. An invalid
+        shape on one rank only raises there and leaves the others waiting.
 
         Args:
             indices: ``(B,)`` integer example indices in ``[0, num_examples)`` (e.g. from
@@ -215,20 +306,30 @@ class ExampleSelector:
             tie_break: Optional ``(B,)`` per-example score; :class:`ForgettingSelector` stores the
                 last one in ``tie_break_scores`` and breaks ties in the forgetting count with it,
                 lower removed first (paper variant: variance of the last block's [CLS] attention).
+            valid: Optional 0-d bool tensor, any device: when False the whole batch is ignored (no
+                statistic changes; under DDP only this rank's rows), e.g. a batch whose loss was not
+                finite, without reading the flag on the host. None: the batch is valid. Range
+                errors are raised even for an ignored batch.
 
         Returns:
             What :meth:`reweighted` returns: None, or for :class:`LossSelector`
-            ``(loss * weights[indices]).mean()``, a scalar with grad on ``loss``'s device (NaN for an
-            empty batch; only the local batch enters it).
+            ``(loss * batch_weights(indices)).mean()``, a scalar with grad on ``loss``'s device (NaN
+            for an empty batch; only the local batch enters it).
 
         Raises:
-            ValueError: A wrong shape, dtype or batch size, float 1-D targets, an index or class
-                index out of range, a missing ``loss`` when :attr:`needs_loss`, or
-                ``loss``/``tie_break`` given on some ranks only.
-            TypeError: ``logits``, ``targets``, ``loss`` or ``tie_break`` not a tensor.
+            ValueError: A wrong shape, dtype or batch size, float 1-D targets, a missing ``loss``
+                when :attr:`needs_loss`, a ``valid`` that is not a 0-d bool tensor, or an index or
+                class index out of range in a tensor that lives in host memory (checked exactly; under
+                gloo the gathered rows are on the CPU, so every rank raises).
+            TypeError: ``logits``, ``targets``, ``loss``, ``tie_break`` or ``valid`` not a tensor.
+            RuntimeError: An index or class index out of range in a tensor on an accelerator is
+                checked with ``torch._assert_async`` (same message text): the error surfaces
+                asynchronously, at a later synchronisation, as a device-side assertion. The offending
+                rows are sent to the dummy slot meanwhile, so no memory outside the statistics is
+                touched.
         """
-        idx, correct, loss_cpu, tb_cpu = self._prepare(indices, logits, targets, loss, tie_break)
-        self.observe(idx, correct, loss_cpu, tb_cpu)
+        idx, correct, loss_s, tb_s = self._prepare(indices, logits, targets, loss, tie_break, valid)
+        self.observe(idx, correct, loss_s, tb_s)
         return self.reweighted(idx, indices, loss)
 
     def observe(
@@ -238,16 +339,19 @@ class ExampleSelector:
         loss: torch.Tensor | None,
         tie_break: torch.Tensor | None,
     ) -> None:  # pragma: no cover - overridden
-        """Hook: update the statistics with one validated, gathered, de-duplicated batch.
+        """Hook: update the statistics with one validated, gathered batch (no host reads here).
 
-        Called by :meth:`record`; not meant to be called directly.
+        Called by :meth:`record`; not meant to be called directly. Write to the full tensors
+        (:meth:`full_stat`) at ``idx``: every value below ``num_examples`` appears at most once, and
+        the rows to ignore (repeats, ignored or out-of-range rows) point at the dummy slot
+        ``num_examples``, whose content is never read, so ``index_put_`` is exact.
 
         Args:
-            idx: ``(N,)`` int64 CPU example indices, distinct, in ``[0, num_examples)``; ``N`` is the
-                global batch size (all ranks) after dropping duplicates, possibly 0.
-            correct: ``(N,)`` bool CPU tensor, top-1 correctness of each example.
-            loss: ``(N,)`` float32 CPU per-example loss, or None if not given.
-            tie_break: ``(N,)`` float32 CPU tie-break score, or None if not given.
+            idx: ``(N,)`` int64 on :attr:`device`, values in ``[0, num_examples]``; ``N`` is the global
+                batch size (all ranks), possibly 0.
+            correct: ``(N,)`` bool on :attr:`device`, top-1 correctness of each row.
+            loss: ``(N,)`` float32 on :attr:`device` per-example loss, or None if not given.
+            tie_break: ``(N,)`` float32 on :attr:`device` tie-break score, or None if not given.
         """
         raise NotImplementedError
 
@@ -260,7 +364,7 @@ class ExampleSelector:
         """Hook: the value :meth:`record` returns (the base class returns None).
 
         Args:
-            idx: ``(N,)`` int64 CPU global, de-duplicated indices (as passed to :meth:`observe`).
+            idx: ``(N,)`` int64 global scatter targets on :attr:`device` (as passed to :meth:`observe`).
             indices: ``(B,)`` the local batch's indices as given to :meth:`record`.
             loss: ``(B,)`` the local per-example loss as given to :meth:`record` (with grad), or None.
 
@@ -269,118 +373,92 @@ class ExampleSelector:
         """
         return None
 
-    def _prepare(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor, targets: torch.Tensor,
-                 loss: torch.Tensor | None, tie_break: torch.Tensor | None) -> tuple:
-        """Validate one batch, judge correctness, gather across ranks, drop duplicates.
+    def _index_error(self, idx: torch.Tensor) -> str | None:
+        """The out-of-range message for host-resident ``idx`` (exact), None if fine or not on the host."""
+        if not is_host(idx) or idx.numel() == 0:
+            return None
+        lo, hi = host_bounds(idx)
+        if lo >= 0 and hi < self.num_examples:
+            return None
+        bad = idx[(idx < 0) | (idx >= self.num_examples)]  # error path only
+        return (f"indices must lie in [0, num_examples) = [0, {self.num_examples}), got "
+                f"{bad[:8].tolist()} out of range")
 
-        Returns CPU tensors ``(indices int64, correct bool, loss float32|None, tie_break float32|None)``
-        covering the whole (global) batch.
+    @staticmethod
+    def _label_error(status: torch.Tensor, label: torch.Tensor, num_classes: int) -> str | None:
+        """The out-of-range message for host-resident ``status`` (exact), None if fine or not on the host."""
+        if not is_host(status) or not host_any(status == _BAD_LABEL):
+            return None
+        local_bad = label[(label < 0) | (label >= num_classes)].to("cpu")  # error path only
+        detail = local_bad[:8].tolist() if local_bad.numel() else "values on another rank"
+        return f"targets must be class indices in [0, K) = [0, {num_classes}), got {detail} out of range"
+
+    def _assert_indices(self, idx: torch.Tensor) -> None:
+        """Queue the range check of accelerator-resident ``idx`` (``torch._assert_async``, no sync)."""
+        if not is_host(idx):
+            ok = ((idx >= 0) & (idx < self.num_examples)).all()
+            torch._assert_async(ok, f"indices must lie in [0, num_examples) = [0, {self.num_examples}), "
+                                    f"got values out of range")
+
+    def _assert_on_device(self, idx: torch.Tensor, status: torch.Tensor, num_classes: int) -> None:
+        """Queue the range checks of accelerator-resident tensors (``torch._assert_async``, no sync)."""
+        self._assert_indices(idx)
+        if not is_host(status):
+            torch._assert_async((status != _BAD_LABEL).all(),
+                                f"targets must be class indices in [0, K) = [0, {num_classes}), "
+                                f"got values out of range")
+
+    def _prepare(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor, targets: torch.Tensor,
+                 loss: torch.Tensor | None, tie_break: torch.Tensor | None,
+                 valid: torch.Tensor | None) -> tuple:
+        """Validate one batch, judge correctness, gather across ranks, redirect what must not count.
+
+        Returns tensors on :attr:`device` covering the whole (global) batch: ``(scatter targets int64
+        in [0, num_examples], correct bool, loss float32|None, tie_break float32|None)``.
         """
-        if not isinstance(indices, torch.Tensor):
-            indices = torch.as_tensor(indices)
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"logits must be a torch.Tensor of shape (B, K), got {type(logits).__name__}")
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(
-                f"targets must be a torch.Tensor of shape (B,) or (B, K), got {type(targets).__name__}"
-            )
-        if indices.dim() != 1:
-            raise ValueError(f"indices must have shape (B,), got shape {tuple(indices.shape)}")
-        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got dtype {indices.dtype}")
-        if logits.dim() != 2 or logits.shape[1] < 1:
-            raise ValueError(f"logits must have shape (B, K) with K >= 1, got shape {tuple(logits.shape)}")
-        batch, num_classes = logits.shape
-        if indices.shape[0] != batch:
-            raise ValueError(
-                f"indices and logits must have the same batch size, got indices of shape "
-                f"{tuple(indices.shape)} and logits of shape {tuple(logits.shape)}"
-            )
-        if targets.dim() == 1:
-            if targets.dtype.is_floating_point or targets.dtype.is_complex:
-                raise ValueError(
-                    f"targets of shape (B,) must hold integer class indices, got dtype {targets.dtype}"
-                )
-        elif targets.dim() == 2:
-            if targets.shape[1] != num_classes:
-                raise ValueError(
-                    f"soft targets must have shape (B, K) = {tuple(logits.shape)} like the logits, "
-                    f"got shape {tuple(targets.shape)}"
-                )
-        else:
-            raise ValueError(
-                f"targets must have shape (B,) or (B, K), got shape {tuple(targets.shape)}"
-            )
-        if targets.shape[0] != batch:
-            raise ValueError(
-                f"targets and logits must have the same batch size, got targets of shape "
-                f"{tuple(targets.shape)} and logits of shape {tuple(logits.shape)}"
-            )
-        if self.needs_loss and loss is None:
-            raise ValueError(f"{type(self).__name__}.record requires loss, a per-example loss of shape (B,)")
-        for name, extra in (("loss", loss), ("tie_break", tie_break)):
-            if extra is None:
-                continue
-            if not isinstance(extra, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(extra).__name__}")
-            if extra.shape != (batch,):
-                raise ValueError(
-                    f"{name} must have shape (B,) = ({batch},) (one value per example), "
-                    f"got shape {tuple(extra.shape)}"
-                )
+        indices, num_classes = check_batch(indices, logits, targets, loss, tie_break, valid,
+                                           type(self).__name__ if self.needs_loss else None)
 
         # Correctness on the logits' device: the label's logit attains the maximum of the logits
         # (amax + gather: ~10x cheaper than argmax on the CPU; an exact tie for the maximum counts as
         # correct). For soft (mixup/cutmix, label-smoothed) targets the label is argmax(targets), the
-        # class with the larger mixing weight (the first such class on an exact tie). Labels outside
-        # [0, K) are flagged in the same tensor (status 2), so that checking them costs no extra
-        # device-to-host copy.
+        # class with the larger mixing weight (the first such class on an exact tie). The status code
+        # also carries an ignored batch (3) and a label outside [0, K) (2, an error), so that rows
+        # keep a fixed shape and nothing is read on the host.
         scores = logits.detach()
-        if targets.dim() == 2:
-            label = targets.detach().argmax(dim=1).to(scores.device)
-        else:
-            label = targets.detach().to(scores.device, torch.int64)
+        device = scores.device
+        label = targets.detach().argmax(dim=1) if targets.dim() == 2 else targets.detach()
+        label = move(label, device, torch.int64)
         safe = label.clamp(0, num_classes - 1)
         picked = scores.gather(1, safe.unsqueeze(1)).squeeze(1)
-        # status: 1 = correct, 0 = incorrect, 2 = label out of range (an error, raised below)
-        status = torch.where(safe == label, (picked >= scores.amax(dim=1)).to(torch.uint8), 2)
+        status = (picked >= scores.amax(dim=1)).to(torch.uint8)
+        if valid is not None:
+            status = torch.where(move(valid, device), status, _IGNORED)
+        status = torch.where(safe == label, status, _BAD_LABEL)
 
+        # Range checks: exact for tensors in host memory (raised before any state changes), queued
+        # with torch._assert_async for tensors on an accelerator.
+        error = self._index_error(indices) or self._label_error(status, label, num_classes)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            idx, status_cpu, loss_cpu, tb_cpu = gather_batch(indices, status, loss, tie_break, logits.device)
+            # Gather first, so that the other ranks see the bad rows too and raise as well.
+            idx, status, loss, tie_break = gather_batch(indices, status, loss, tie_break, device)
+            error = error or self._index_error(idx) or self._label_error(status, label, num_classes)
         else:
-            idx = indices.detach().to("cpu", torch.int64)
-            status_cpu = status.to("cpu")
-            loss_cpu = None if loss is None else loss.detach().to("cpu", torch.float32)
-            tb_cpu = None if tie_break is None else tie_break.detach().to("cpu", torch.float32)
-        correct_cpu = status_cpu == 1
+            idx = indices
+        if error is not None:
+            raise ValueError(error)
+        self._assert_on_device(idx, status, num_classes)
 
-        if idx.numel() > 0:
-            # One range check per (global) batch; offending values are only read in the error path.
-            lo, hi = torch.aminmax(idx)
-            if int(lo) < 0 or int(hi) >= self.num_examples:
-                bad = idx[(idx < 0) | (idx >= self.num_examples)]
-                raise ValueError(
-                    f"indices must lie in [0, num_examples) = [0, {self.num_examples}), got "
-                    f"{bad[:8].tolist()} out of range"
-                )
-            if int(status_cpu.max()) > 1:
-                local_bad = label[(label < 0) | (label >= num_classes)]
-                detail = local_bad[:8].tolist() if local_bad.numel() else "values on another rank"
-                raise ValueError(
-                    f"targets must be class indices in [0, K) = [0, {num_classes}), got {detail} out of range"
-                )
-            # Duplicates: keep the first occurrence (batch order, then rank order when gathered).
-            if idx.numel() > 1:
-                sorted_idx, order = torch.sort(idx, stable=True)
-                dup = sorted_idx[1:] == sorted_idx[:-1]
-                if bool(dup.any()):
-                    first = torch.ones_like(sorted_idx, dtype=torch.bool)
-                    first[1:] = ~dup
-                    keep = order[first]
-                    idx, correct_cpu = idx[keep], correct_cpu[keep]
-                    loss_cpu = None if loss_cpu is None else loss_cpu[keep]
-                    tb_cpu = None if tb_cpu is None else tb_cpu[keep]
-        return idx, correct_cpu, loss_cpu, tb_cpu
+        checked = is_host(idx)  # its range was checked exactly above
+        target = self._device
+        idx = move(idx.detach(), target, torch.int64)
+        status = move(status, target)
+        loss_s = None if loss is None else move(loss.detach(), target, torch.float32)
+        tb_s = None if tie_break is None else move(tie_break.detach(), target, torch.float32)
+        recorded = status <= _CORRECT
+        if not checked:  # until the asynchronous assert fires, send out-of-range rows to the dummy slot
+            recorded = recorded & (idx >= 0) & (idx < self.num_examples)
+        return redirect(idx, recorded, self.num_examples), status == _CORRECT, loss_s, tb_s
 
     # ----------------------------------------------------------------------------- state
     def config(self) -> dict[str, Any]:  # pragma: no cover - overridden
@@ -388,16 +466,6 @@ class ExampleSelector:
 
         Returns:
             A dict of ints / floats (stored under ``state_dict()["config"]``).
-        """
-        raise NotImplementedError
-
-    def stat_tensors(self) -> dict[str, torch.Tensor]:  # pragma: no cover - overridden
-        """Hook: the statistics tensors, by attribute name (the live tensors, not copies).
-
-        Returns:
-            ``{name: tensor}`` where ``getattr(self, name) is tensor``; each is a CPU tensor of shape
-            ``(num_examples,)``. Saved under ``state_dict()["stats"]``, restored in place by
-            :meth:`load_state_dict`, and hashed by :meth:`digest` in this order.
         """
         raise NotImplementedError
 
@@ -420,17 +488,19 @@ class ExampleSelector:
         """Everything needed to resume exactly: active set, statistics, counters, generator state.
 
         The dictionary holds only tensors, ints, floats, strings, bools, lists and dicts, so it can be
-        saved with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``.
+        saved with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``. Its
+        tensors are compact CPU copies (no dummy slot) whatever :attr:`device` is, so a state saved
+        on one device loads on any other.
 
         Returns:
-            A new dictionary (tensors are copies).
+            A new dictionary (tensors are CPU copies).
         """
         state: dict[str, Any] = {
             "kind": type(self).__name__,
             "version": _STATE_VERSION,
             "config": dict(self.config()),
-            "active_mask": self._active_mask.clone(),
-            "stats": {k: v.clone() for k, v in self.stat_tensors().items()},
+            "active_mask": self._active_mask.to("cpu", copy=True),
+            "stats": {k: v.to("cpu", copy=True) for k, v in self.stat_tensors().items()},
             "last_epoch": int(self.last_epoch),
             "generator_state": self._generator.get_state(),
         }
@@ -439,6 +509,8 @@ class ExampleSelector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict` of a selector with the same configuration.
+
+        The tensors are copied onto :attr:`device` (the state's tensors may live on any device).
 
         Args:
             state: The dictionary returned by :meth:`state_dict` (possibly via ``torch.save`` /
@@ -479,18 +551,19 @@ class ExampleSelector:
         generator_state = state.get("generator_state")
         if not isinstance(generator_state, torch.Tensor) or generator_state.dtype != torch.uint8:
             raise ValueError("state['generator_state'] must be the uint8 tensor of Generator.get_state()")
-        for name in current:
-            getattr(self, name).copy_(saved_stats[name])
-        self.set_active_mask(mask.clone().to("cpu"))
+        for name, tensor in current.items():
+            tensor.copy_(saved_stats[name])
+        self.set_active_mask(mask.to(self._device, copy=True))
         self.last_epoch = int(state["last_epoch"])
-        self._generator.set_state(generator_state.clone())
+        self._generator.set_state(generator_state.to("cpu", copy=True))
         self.load_extra_state(state)
 
     def digest(self) -> str:
         """Short hex SHA-256 over the active set, the removed pool and the statistics tensors.
 
         Two selectors (two ranks, or a resumed and an uninterrupted run) with the same digest hold the
-        same sets and statistics.
+        same sets and statistics. Hashes CPU copies, so the value does not depend on :attr:`device`
+        (the dummy slot is not hashed); synchronises when :attr:`device` is an accelerator.
 
         Returns:
             The first 16 hex characters of the SHA-256.
@@ -501,7 +574,7 @@ class ExampleSelector:
         for name, tensor in tensors:
             h.update(name.encode())
             h.update(str(tensor.dtype).encode())
-            h.update(tensor.contiguous().numpy().tobytes())
+            h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:

@@ -95,6 +95,9 @@ class ForgettingSelector(ExampleSelector):
         seed: Seed of the selector's generator (initial removal, tie order, restored examples).
         num_epochs: Length of the run in epochs; required when ``update_every`` is a fraction. When
             given, ``update_epochs`` only lists epochs ``< num_epochs``.
+        device: Device of the active mask and the statistics tensors (None: the CPU); use the model's
+            device so that :meth:`record` never synchronises. Random draws stay on the CPU generator,
+            so the device changes no decision.
 
     Attributes:
         remove_count (int): Size of the removed pool.
@@ -103,14 +106,16 @@ class ForgettingSelector(ExampleSelector):
         update_epochs (list[int]): The epochs at which updates happen when every epoch is visited.
         num_updates (int): Updates made so far.
         history (list[dict]): One ``{"epoch", "removed", "restored"}`` entry per update.
-        last_correct (torch.BoolTensor): ``(num_examples,)`` correctness at the last presentation
-            (kept across updates; False before the first one).
-        forgetting_counts (torch.IntTensor): ``(num_examples,)`` forgetting events since the last update.
-        ever_learned (torch.BoolTensor): ``(num_examples,)`` classified correctly at least once since
+        last_correct (torch.Tensor): ``(num_examples,)`` bool on :attr:`device`, correctness at the
+            last presentation (kept across updates; False before the first one).
+        forgetting_counts (torch.Tensor): ``(num_examples,)`` int32 on :attr:`device`, forgetting
+            events since the last update.
+        ever_learned (torch.Tensor): ``(num_examples,)`` bool on :attr:`device`, classified correctly
+            at least once since the last update.
+        presentations (torch.Tensor): ``(num_examples,)`` int32 on :attr:`device`, presentations since
             the last update.
-        presentations (torch.IntTensor): ``(num_examples,)`` presentations since the last update.
-        tie_break_scores (torch.FloatTensor): ``(num_examples,)`` last score passed as ``tie_break``
-            to :meth:`record` (NaN = none since the last update).
+        tie_break_scores (torch.Tensor): ``(num_examples,)`` float32 on :attr:`device`, last score
+            passed as ``tie_break`` to :meth:`record` (NaN = none since the last update).
 
     Raises:
         ValueError: If ``num_examples < 1``; a fraction is outside ``[0, 1)``; the removed pool would
@@ -128,8 +133,9 @@ class ForgettingSelector(ExampleSelector):
         max_updates: int = 5,
         seed: int = 0,
         num_epochs: int | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(num_examples, seed)
+        super().__init__(num_examples, seed, device)
         n = self.num_examples
         self.initial_remove_fraction = check_fraction("initial_remove_fraction", initial_remove_fraction)
         self.swap_fraction = check_fraction("swap_fraction", swap_fraction)
@@ -162,12 +168,12 @@ class ForgettingSelector(ExampleSelector):
         self._last_update_epoch = 0
         self.history: list[dict[str, int]] = []
 
-        self.last_correct = torch.zeros(n, dtype=torch.bool)
-        self.forgetting_counts = torch.zeros(n, dtype=torch.int32)
-        self.ever_learned = torch.zeros(n, dtype=torch.bool)
-        self.presentations = torch.zeros(n, dtype=torch.int32)
-        self.tie_break_scores = torch.full((n,), float("nan"), dtype=torch.float32)
-        self._one = torch.ones((), dtype=torch.int32)
+        # The statistics, on the selector's device (each with a hidden dummy slot, see ExampleSelector).
+        self.add_stat("last_correct", False, torch.bool)
+        self.add_stat("forgetting_counts", 0, torch.int32)
+        self.add_stat("ever_learned", False, torch.bool)
+        self.add_stat("presentations", 0, torch.int32)
+        self.add_stat("tie_break_scores", float("nan"), torch.float32)
 
         # The initial removal: a seeded random choice (the same on every rank).
         mask = torch.ones(n, dtype=torch.bool)
@@ -179,23 +185,29 @@ class ForgettingSelector(ExampleSelector):
                 tie_break: torch.Tensor | None) -> None:
         """Count presentations and forgetting events of one gathered batch (hook of :meth:`record`).
 
+        Fixed-shape scatters on :attr:`device`, no host read.
+
         Args:
-            idx: ``(N,)`` int64 CPU indices, distinct.
-            correct: ``(N,)`` bool CPU top-1 correctness.
+            idx: ``(N,)`` int64 scatter targets on :attr:`device`: each real index at most once, the
+                rows to ignore at the dummy slot ``num_examples``.
+            correct: ``(N,)`` bool top-1 correctness, on :attr:`device`.
             loss: Unused.
-            tie_break: ``(N,)`` float32 CPU scores stored in ``tie_break_scores``, or None.
+            tie_break: ``(N,)`` float32 scores stored in ``tie_break_scores``, or None.
         """
         if idx.numel() == 0:
             return
-        # idx holds no duplicates here (see ExampleSelector.record), so accumulate=True is a plain
-        # increment and, on the bool tensor, a logical or; it saves a gather per statistic.
-        previous = self.last_correct.index_select(0, idx)
-        self.forgetting_counts.index_put_((idx,), (previous > correct).to(torch.int32), accumulate=True)
-        self.ever_learned.index_put_((idx,), correct, accumulate=True)
-        self.presentations.index_put_((idx,), self._one, accumulate=True)
-        self.last_correct.index_put_((idx,), correct)
+        last_correct = self.full_stat("last_correct")
+        ever_learned = self.full_stat("ever_learned")
+        # A forgetting event (Toneva et al., ICLR 2019): correct at the previous presentation, not now.
+        previous = last_correct.index_select(0, idx)
+        self.full_stat("forgetting_counts").index_put_(
+            (idx,), (previous > correct).to(torch.int32), accumulate=True)
+        ever_learned.index_put_((idx,), ever_learned.index_select(0, idx) | correct)
+        self.full_stat("presentations").index_put_(
+            (idx,), torch.ones_like(idx, dtype=torch.int32), accumulate=True)
+        last_correct.index_put_((idx,), correct)
         if tie_break is not None:
-            self.tie_break_scores.index_put_((idx,), tie_break)
+            self.full_stat("tie_break_scores").index_put_((idx,), tie_break)
 
     # ----------------------------------------------------------------------------- updates
     def on_epoch(self, epoch: int) -> None:
@@ -215,14 +227,15 @@ class ForgettingSelector(ExampleSelector):
     def _choose_removal(self, active: torch.Tensor) -> torch.Tensor:
         """The active examples to move to the removed pool, forgetting-ranked."""
         g = self.generator
-        candidates = active[self.ever_learned[active]]
+        # Epoch boundary: work on CPU copies of the statistics (the draws use the CPU generator).
+        candidates = active[self.ever_learned.to("cpu")[active]]
         count = min(self.swap_count, int(candidates.numel()))
         # Least significant key first, stable sorts: random order < tie-break score < forgetting count.
         candidates = candidates[torch.randperm(candidates.numel(), generator=g)]
-        scores = self.tie_break_scores[candidates]
+        scores = self.tie_break_scores.to("cpu")[candidates]
         scores = torch.where(torch.isnan(scores), torch.full_like(scores, float("inf")), scores)
         candidates = candidates[torch.sort(scores, stable=True).indices]
-        counts = self.forgetting_counts[candidates]
+        counts = self.forgetting_counts.to("cpu")[candidates]
         candidates = candidates[torch.sort(counts, stable=True).indices]
         return candidates[:count]
 
@@ -232,7 +245,7 @@ class ForgettingSelector(ExampleSelector):
         count = int(to_remove.numel())
         # Restore from the pool as it was before adding the newly removed examples.
         restore = pool[torch.randperm(pool.numel(), generator=self.generator)[:count]]
-        mask = self.active_mask
+        mask = self._active_mask.to("cpu", copy=True)
         mask[to_remove] = False
         mask[restore] = True
         self.set_active_mask(mask)
@@ -243,10 +256,10 @@ class ForgettingSelector(ExampleSelector):
 
     def _reset_statistics(self) -> None:
         # last_correct is kept: consecutive presentations may straddle the update
-        self.forgetting_counts.zero_()
-        self.ever_learned.zero_()
-        self.presentations.zero_()
-        self.tie_break_scores.fill_(float("nan"))
+        self.full_stat("forgetting_counts").zero_()
+        self.full_stat("ever_learned").zero_()
+        self.full_stat("presentations").zero_()
+        self.full_stat("tie_break_scores").fill_(float("nan"))
 
     # ----------------------------------------------------------------------------- state
     def config(self) -> dict[str, Any]:
@@ -262,21 +275,6 @@ class ForgettingSelector(ExampleSelector):
             "update_every": self.update_every,
             "max_updates": self.max_updates,
             "seed": self.seed,
-        }
-
-    def stat_tensors(self) -> dict[str, torch.Tensor]:
-        """The live ``(num_examples,)`` statistics tensors, by attribute name.
-
-        Returns:
-            ``{"last_correct", "forgetting_counts", "ever_learned", "presentations",
-            "tie_break_scores"}``.
-        """
-        return {
-            "last_correct": self.last_correct,
-            "forgetting_counts": self.forgetting_counts,
-            "ever_learned": self.ever_learned,
-            "presentations": self.presentations,
-            "tie_break_scores": self.tie_break_scores,
         }
 
     def extra_state(self) -> dict[str, Any]:
@@ -320,6 +318,7 @@ class RandomSelector(ForgettingSelector):
         max_updates: Maximum number of updates, ``>= 0``.
         seed: Seed of the selector's generator.
         num_epochs: Length of the run; required when ``update_every`` is a fraction.
+        device: Device of the active mask and the statistics (None: the CPU).
 
     Raises:
         ValueError: As :class:`ForgettingSelector`.

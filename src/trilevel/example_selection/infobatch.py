@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from .base import ExampleSelector
+from .syncfree import move
 from .validation import check_fraction, check_int
 
 __all__ = ["LossSelector"]
@@ -38,11 +39,15 @@ class LossSelector(ExampleSelector):
         anneal_fraction: Final fraction of the epochs trained on the full data, in ``[0, 1)``
             (InfoBatch: 0.125, i.e. ``delta = 0.875``).
         seed: Seed of the selector's generator.
+        device: Device of the active mask and the statistics (None: the CPU); use the model's device
+            so that :meth:`record` and :meth:`batch_weights` never synchronise.
 
     Attributes:
-        last_loss (torch.FloatTensor): ``(num_examples,)`` last recorded loss (NaN = none yet).
-        has_loss (torch.BoolTensor): ``(num_examples,)`` whether a loss was recorded.
-        weights (torch.FloatTensor): ``(num_examples,)`` loss weight of each example this epoch.
+        last_loss (torch.Tensor): ``(num_examples,)`` float32 on :attr:`device`, last recorded loss
+            (NaN = none yet).
+        has_loss (torch.Tensor): ``(num_examples,)`` bool on :attr:`device`, whether a loss was recorded.
+        weights (torch.Tensor): ``(num_examples,)`` float32 on :attr:`device`, loss weight of each
+            example this epoch.
         anneal_start_epoch (int): First epoch on the full data.
 
     Raises:
@@ -59,23 +64,25 @@ class LossSelector(ExampleSelector):
         num_epochs: int | None = None,
         anneal_fraction: float = 0.125,
         seed: int = 0,
+        device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(num_examples, seed)
+        super().__init__(num_examples, seed, device)
         if num_epochs is None:
             raise ValueError("num_epochs is required by LossSelector (an integer >= 1), got None")
         self.num_epochs = check_int("num_epochs", num_epochs, 1)
         self.prune_ratio = check_fraction("prune_ratio", prune_ratio)
         self.anneal_fraction = check_fraction("anneal_fraction", anneal_fraction)
         self.anneal_start_epoch = self.num_epochs - round(self.anneal_fraction * self.num_epochs)
-        n = self.num_examples
-        self.last_loss = torch.full((n,), float("nan"), dtype=torch.float32)
-        self.has_loss = torch.zeros(n, dtype=torch.bool)
-        self.weights = torch.ones(n, dtype=torch.float32)
+        self.add_stat("last_loss", float("nan"), torch.float32)
+        self.add_stat("has_loss", False, torch.bool)
+        self.add_stat("weights", 1.0, torch.float32)
 
     def on_epoch(self, epoch: int) -> None:
         """Draw this epoch's active set and weights, or use the full data from ``anneal_start_epoch`` on.
 
-        Hook of :meth:`set_epoch`.
+        Hook of :meth:`set_epoch`. An epoch boundary: works on CPU copies of the statistics (one
+        device-to-host copy when :attr:`device` is an accelerator) and draws from the CPU generator,
+        so the draw does not depend on the device.
 
         Args:
             epoch: The epoch about to start (``>= 0``).
@@ -83,10 +90,11 @@ class LossSelector(ExampleSelector):
         n = self.num_examples
         mask = torch.ones(n, dtype=torch.bool)
         weights = torch.ones(n, dtype=torch.float32)
-        if epoch < self.anneal_start_epoch and bool(self.has_loss.any()):
-            recorded = self.last_loss[self.has_loss]
+        has_loss, last_loss = self.has_loss.to("cpu"), self.last_loss.to("cpu")
+        if epoch < self.anneal_start_epoch and bool(has_loss.any()):
+            recorded = last_loss[has_loss]
             mean = recorded.to(torch.float64).mean().to(torch.float32)
-            low = torch.nonzero(self.has_loss & (self.last_loss < mean), as_tuple=False).flatten()
+            low = torch.nonzero(has_loss & (last_loss < mean), as_tuple=False).flatten()
             dropped = torch.rand(low.numel(), generator=self.generator) < self.prune_ratio
             mask[low[dropped]] = False
             weights[low[~dropped]] = 1.0 / (1.0 - self.prune_ratio)
@@ -97,16 +105,52 @@ class LossSelector(ExampleSelector):
                 tie_break: torch.Tensor | None) -> None:
         """Store the gathered batch's losses as the examples' last losses (hook of :meth:`record`).
 
+        Fixed-shape scatters on :attr:`device`, no host read.
+
         Args:
-            idx: ``(N,)`` int64 CPU indices, distinct.
+            idx: ``(N,)`` int64 scatter targets on :attr:`device`: each real index at most once, the
+                rows to ignore at the dummy slot ``num_examples``.
             correct: Unused.
-            loss: ``(N,)`` float32 CPU per-example loss (always given: :attr:`needs_loss` is True).
+            loss: ``(N,)`` float32 per-example loss on :attr:`device` (always given:
+                :attr:`needs_loss` is True).
             tie_break: Unused.
         """
         if idx.numel() == 0:
             return
-        self.last_loss[idx] = loss
-        self.has_loss[idx] = True
+        self.full_stat("last_loss").index_put_((idx,), loss)
+        self.full_stat("has_loss").index_fill_(0, idx, True)
+
+    def batch_weights(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """This epoch's loss weights of a batch's examples, ``weights[indices]``, without a host read.
+
+        The InfoBatch rescaling (Qin et al., ICLR 2024): ``1 / (1 - prune_ratio)`` for a kept low-loss
+        example, 1 otherwise; multiply the per-example loss by it before the mean.
+
+        Args:
+            indices: ``(B,)`` integer example indices in ``[0, num_examples)``, any device.
+
+        Returns:
+            ``(B,)`` float32 on :attr:`device` (move it to the loss with
+            ``w.to(loss.device, loss.dtype, non_blocking=True)``).
+
+        Raises:
+            ValueError: ``indices`` is not a 1-D integer tensor (or sequence), or, when it lives in
+                host memory, holds a value out of range (checked exactly).
+            RuntimeError: An index out of range in a tensor on an accelerator is checked with
+                ``torch._assert_async`` (same message text) and surfaces asynchronously; the lookup
+                is clamped to the valid range meanwhile.
+        """
+        local = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+        if local.dim() != 1:
+            raise ValueError(f"indices must have shape (B,), got shape {tuple(local.shape)}")
+        if local.dtype.is_floating_point or local.dtype.is_complex or local.dtype == torch.bool:
+            raise ValueError(f"indices must be an integer tensor, got dtype {local.dtype}")
+        error = self._index_error(local)
+        if error is not None:
+            raise ValueError(error)
+        self._assert_indices(local)
+        local = move(local.detach(), self.device, torch.int64)
+        return self.weights.index_select(0, local.clamp(0, self.num_examples - 1))
 
     def reweighted(
         self,
@@ -117,16 +161,16 @@ class LossSelector(ExampleSelector):
         """The local batch's loss weighted by this epoch's weights (the value :meth:`record` returns).
 
         Args:
-            idx: Unused (the global indices).
+            idx: Unused (the global scatter targets).
             indices: ``(B,)`` the local batch's indices.
             loss: ``(B,)`` the local per-example loss, with grad.
 
         Returns:
-            ``(loss * weights[indices]).mean()``, a scalar on ``loss``'s device.
+            ``(loss * batch_weights(indices)).mean()``, a scalar on ``loss``'s device (no host read,
+            unless the weights must be copied from an accelerator to a CPU ``loss``).
         """
-        local = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
-        w = self.weights[local.detach().to("cpu", torch.int64)]
-        return (loss * w.to(device=loss.device, dtype=loss.dtype)).mean()
+        w = self.batch_weights(indices)
+        return (loss * move(w, loss.device, loss.dtype)).mean()
 
     def config(self) -> dict[str, Any]:
         """The settings that a loaded state must match.
@@ -141,11 +185,3 @@ class LossSelector(ExampleSelector):
             "anneal_start_epoch": self.anneal_start_epoch,
             "seed": self.seed,
         }
-
-    def stat_tensors(self) -> dict[str, torch.Tensor]:
-        """The live ``(num_examples,)`` statistics tensors, by attribute name.
-
-        Returns:
-            ``{"last_loss", "has_loss", "weights"}``.
-        """
-        return {"last_loss": self.last_loss, "has_loss": self.has_loss, "weights": self.weights}

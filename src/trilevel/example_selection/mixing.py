@@ -1,8 +1,15 @@
-"""Whose outcome a mixed image is: the example whose label dominates the mix (mixup/cutmix)."""
+"""Whose outcome a mixed image is: the example whose label dominates the mix (mixup/cutmix).
+
+Used with the example level of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
+Redundancy for Efficient Vision Transformer Training", AAAI 2023 (example-level sparsity): the
+forgetting events (Toneva et al., ICLR 2019) of a mixed image are credited to one example.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from .syncfree import move
 
 __all__ = ["dominant_indices"]
 
@@ -17,13 +24,19 @@ def dominant_indices(indices: torch.Tensor, labels: torch.Tensor, mixed_targets:
     code judged the mixed image against example ``i``'s hard label). When both labels are the same
     class, example ``i`` is credited.
 
+    Computed on ``mixed_targets``' device without a host read: ``indices`` and ``labels`` are copied
+    there with ``non_blocking=True`` (e.g. indices straight from a ``DataLoader`` to the GPU), and
+    the result stays there, ready for :meth:`ExampleSelector.record` with the statistics on the same
+    device.
+
     Args:
-        indices: ``(B,)`` example indices of the batch before mixing.
-        labels: ``(B,)`` class indices before mixing.
+        indices: ``(B,)`` integer example indices of the batch before mixing, any device.
+        labels: ``(B,)`` class indices before mixing, any device.
         mixed_targets: ``(B, K)`` soft targets after mixing (label smoothing allowed).
 
     Returns:
-        ``(B,)`` example indices, on ``indices``' device.
+        ``(B,)`` example indices with ``indices``' dtype, on ``mixed_targets``' device (not copied
+        back to ``indices``' device when it differs).
 
     Raises:
         ValueError: If the shapes disagree.
@@ -34,8 +47,9 @@ def dominant_indices(indices: torch.Tensor, labels: torch.Tensor, mixed_targets:
             f"expected indices (B,), labels (B,) and mixed targets (B, K), got {tuple(indices.shape)}, "
             f"{tuple(labels.shape)} and {tuple(mixed_targets.shape)}"
         )
-    labels = labels.to(mixed_targets.device, torch.int64)
+    device = mixed_targets.device
+    labels = move(labels, device, torch.int64)
+    indices = move(indices, device)
     own = mixed_targets.gather(1, labels.unsqueeze(1)).squeeze(1)
     other = mixed_targets.gather(1, labels.flip(0).unsqueeze(1)).squeeze(1)
-    partner_dominates = (other > own).to(indices.device)
-    return torch.where(partner_dominates, indices.flip(0), indices)
+    return torch.where(other > own, indices.flip(0), indices)

@@ -12,7 +12,9 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_fraction", "check_int", "check_seed", "is_int", "is_number"]
+import torch
+
+__all__ = ["check_batch", "check_fraction", "check_int", "check_seed", "is_int", "is_number"]
 
 
 def is_int(value: Any) -> bool:
@@ -77,3 +79,95 @@ def check_seed(value: Any) -> int:
     if not is_int(value):
         raise ValueError(f"seed must be an integer, got {value!r}")
     return int(value)
+
+
+def check_batch(
+    indices: Any,
+    logits: Any,
+    targets: Any,
+    loss: Any,
+    tie_break: Any,
+    valid: Any,
+    requires_loss: str | None,
+) -> tuple[torch.Tensor, int]:
+    """Validate the shapes, dtypes and types of one :meth:`ExampleSelector.record` call (metadata only).
+
+    Reads no tensor values, so it never synchronises with a device.
+
+    Args:
+        indices: ``(B,)`` integer indices (a tensor or a sequence of ints).
+        logits: ``(B, K)`` tensor, ``K >= 1``.
+        targets: ``(B,)`` integer tensor or ``(B, K)`` tensor.
+        loss: None or a ``(B,)`` tensor.
+        tie_break: None or a ``(B,)`` tensor.
+        valid: None or a 0-d bool tensor.
+        requires_loss: The selector's class name when it needs ``loss`` (named in the error), else None.
+
+    Returns:
+        ``(indices as a tensor, K)``.
+
+    Raises:
+        ValueError: A wrong shape, dtype or batch size, float 1-D targets, a missing ``loss``, or a
+            ``valid`` that is not a 0-d bool tensor.
+        TypeError: ``logits``, ``targets``, ``loss``, ``tie_break`` or ``valid`` not a tensor.
+    """
+    if not isinstance(indices, torch.Tensor):
+        indices = torch.as_tensor(indices)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor of shape (B, K), got {type(logits).__name__}")
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"targets must be a torch.Tensor of shape (B,) or (B, K), got {type(targets).__name__}"
+        )
+    if indices.dim() != 1:
+        raise ValueError(f"indices must have shape (B,), got shape {tuple(indices.shape)}")
+    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+    if logits.dim() != 2 or logits.shape[1] < 1:
+        raise ValueError(f"logits must have shape (B, K) with K >= 1, got shape {tuple(logits.shape)}")
+    batch, num_classes = logits.shape
+    if indices.shape[0] != batch:
+        raise ValueError(
+            f"indices and logits must have the same batch size, got indices of shape "
+            f"{tuple(indices.shape)} and logits of shape {tuple(logits.shape)}"
+        )
+    if targets.dim() == 1:
+        if targets.dtype.is_floating_point or targets.dtype.is_complex:
+            raise ValueError(
+                f"targets of shape (B,) must hold integer class indices, got dtype {targets.dtype}"
+            )
+    elif targets.dim() == 2:
+        if targets.shape[1] != num_classes:
+            raise ValueError(
+                f"soft targets must have shape (B, K) = {tuple(logits.shape)} like the logits, "
+                f"got shape {tuple(targets.shape)}"
+            )
+    else:
+        raise ValueError(
+            f"targets must have shape (B,) or (B, K), got shape {tuple(targets.shape)}"
+        )
+    if targets.shape[0] != batch:
+        raise ValueError(
+            f"targets and logits must have the same batch size, got targets of shape "
+            f"{tuple(targets.shape)} and logits of shape {tuple(logits.shape)}"
+        )
+    if requires_loss is not None and loss is None:
+        raise ValueError(f"{requires_loss}.record requires loss, a per-example loss of shape (B,)")
+    for name, extra in (("loss", loss), ("tie_break", tie_break)):
+        if extra is None:
+            continue
+        if not isinstance(extra, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(extra).__name__}")
+        if extra.shape != (batch,):
+            raise ValueError(
+                f"{name} must have shape (B,) = ({batch},) (one value per example), "
+                f"got shape {tuple(extra.shape)}"
+            )
+    if valid is not None:
+        if not isinstance(valid, torch.Tensor):
+            raise TypeError(f"valid must be a 0-d bool torch.Tensor or None, got {type(valid).__name__}")
+        if valid.dim() != 0 or valid.dtype != torch.bool:
+            raise ValueError(
+                f"valid must be a 0-d bool tensor, got dtype {valid.dtype} and shape {tuple(valid.shape)}"
+            )
+    return indices, num_classes
