@@ -1,5 +1,6 @@
-"""Time-to-accuracy: curves, interpolation and speedups on crafted numbers; the interleaved order;
-the budget bench's bookkeeping with training stubbed (no real training)."""
+"""Time and FLOPs to accuracy: curves, interpolation, speedups and cost per FLOP on crafted numbers;
+the interleaved order; the plots; the budget bench's bookkeeping with training stubbed (no real
+training)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import json
 import pytest
 
 from trilevel import training
-from trilevel.bench.budgets import format_tta_table, run_budget_bench
-from trilevel.bench.tta import accuracy_at_time, build_curves, interleaved_order, time_to_accuracy, tta_rows
+from trilevel.bench.budgets import format_curve_table, format_tta_table, run_budget_bench
+from trilevel.bench.tta import (
+    accuracy_at_time,
+    build_curves,
+    interleaved_order,
+    run_train_flops,
+    time_to_accuracy,
+    tta_rows,
+)
 from trilevel.cli.bench import main as bench_main
+from trilevel.viz import plot_flops_curves
 
 
 def test_time_to_accuracy_interpolates_the_first_crossing():
@@ -29,10 +38,17 @@ def test_accuracy_at_time_stays_inside_the_curve():
     assert accuracy_at_time([10, 30], [60, 80], 5) is None and accuracy_at_time([10, 30], [60, 80], 31) is None
 
 
-def _runs(name, per_budget):
-    """Crafted runs: per budget, (seconds, [top-1 per seed])."""
-    return [{"name": name, "budget": b, "seed": s, "val_top1": a, "train_seconds": t, "train_cpu_seconds": 2 * t}
+def _runs(name, per_budget, compute_per_budget=None, num_train=1000, gflops=2.0):
+    """Crafted runs: per budget, (seconds, [top-1 per seed]); CPU time twice the wall-clock; with
+    ``compute_per_budget``, ``dense_epochs_used`` = that x budget on ``num_train`` images of
+    ``gflops`` dense forward GFLOPs each."""
+    runs = [{"name": name, "budget": b, "seed": s, "val_top1": a, "train_seconds": t, "train_cpu_seconds": 2 * t}
             for b, (t, accs) in per_budget.items() for s, a in enumerate(accs)]
+    if compute_per_budget is not None:
+        for r in runs:
+            r.update(dense_epochs_used=compute_per_budget * r["budget"], num_train=num_train,
+                     dense_gflops_per_image=gflops)
+    return runs
 
 
 def test_curves_tta_speedup_interval_and_gains():
@@ -69,6 +85,117 @@ def test_a_curve_that_never_reaches_the_target_says_so():
         tta_rows(build_curves(_runs("ours", {1: (1, [1])})), 1.0)
 
 
+# dense: top-1 71, 81, 90 (s.e.m. 1) at 1, 2, 4 dense epochs; ours: 80, 89, 90 (s.e.m. 1, 1, 0) at half
+# the compute (0.5, 1, 2 dense epochs) and the same wall-clock as dense per budget
+_DENSE = {1: (100, [70, 72]), 2: (200, [80, 82]), 4: (400, [89, 91])}
+_OURS = {1: (100, [79, 81]), 2: (200, [88, 90]), 4: (400, [90, 90])}
+
+
+def test_compute_to_target_interpolates_on_the_compute_axis():
+    curves = build_curves(_runs("dense", _DENSE, 1.0) + _runs("ours", _OURS, 0.5))
+    assert curves["ours"].series(x="compute") == ([0.5, 1.0, 2.0], [80.0, 89.0, 90.0])
+    assert curves["ours"].series(-1.0, x="compute")[1] == [79.0, 88.0, 90.0]
+    with pytest.raises(ValueError, match="axis"):
+        curves["ours"].series(x="joules")
+    assert time_to_accuracy(*curves["dense"].series(x="compute"), 85) == pytest.approx(2 + 4 / 9 * 2)
+    rows = {r["name"]: r for r in tta_rows(curves, target=85)}
+    assert rows["dense"]["compute_to_target"] == pytest.approx(2 + 4 / 9 * 2)
+    assert rows["ours"]["compute_to_target"] == pytest.approx(0.5 + 5 / 9 * 0.5)
+    # absolute training FLOPs: 3 x dense epochs x 1000 images x 2 GFLOPs
+    assert rows["ours"]["flops_to_target"] == pytest.approx(3 * (0.5 + 5 / 9 * 0.5) * 1000 * 2e9)
+    assert run_train_flops({"dense_epochs_used": 2, "num_train": 10, "dense_gflops_per_image": 0.5}) == 30e9
+    assert run_train_flops({"dense_epochs_used": 2, "num_train": 10}) is None
+    # without the compute fields the figures are unknown, not "never"
+    bare = {r["name"]: r for r in tta_rows(build_curves(_runs("dense", _DENSE) + _runs("ours", _OURS)), 85)}
+    assert bare["ours"]["reached"] and bare["ours"]["compute_to_target"] is None
+    assert bare["ours"]["flops_speedup"] is None and bare["ours"]["cpu_per_flop_vs_dense"] is None
+
+
+def test_flops_to_accuracy_speedup_and_its_interval():
+    rows = {r["name"]: r for r in tta_rows(build_curves(_runs("dense", _DENSE, 1.0) + _runs("ours", _OURS, 0.5)),
+                                           target=85)}
+    ours = rows["ours"]
+    dense_mid, dense_up, dense_down = 2 + 4 / 9 * 2, 2 + 3 / 9 * 2, 2 + 5 / 9 * 2  # dense at 71/81/90, +1, -1 sem
+    ours_mid, ours_up, ours_down = 0.5 + 5 / 9 * 0.5, 0.5 + 4 / 9 * 0.5, 0.5 + 6 / 9 * 0.5
+    assert ours["flops_speedup_axis"] == "flops"
+    assert ours["flops_speedup"] == pytest.approx(dense_mid / ours_mid)
+    assert ours["flops_speedup_low"] == pytest.approx(dense_up / ours_down)  # 3.2
+    assert ours["flops_speedup_high"] == pytest.approx(dense_down / ours_up)
+    assert rows["dense"]["flops_speedup"] == pytest.approx(1.0)
+    # the same wall-clock per budget: the time figures differ from the FLOPs ones (overhead)
+    assert ours["speedup"] == pytest.approx((200 + 4 / 9 * 200) / (100 + 5 / 9 * 100))
+    assert ours["cpu_speedup"] == pytest.approx(ours["speedup"])  # CPU time is twice the wall-clock for both
+    assert ours["cpu_speedup_low"] == pytest.approx(ours["speedup_low"])
+    # ours at half the compute per budget on the same time: twice dense's CPU time per FLOP
+    assert ours["cpu_per_flop_vs_dense"] == pytest.approx(2.0)
+    # read on absolute FLOPs: a configuration with a model twice as costly per image needs twice the FLOPs
+    big = _runs("big", _OURS, 0.5, gflops=4.0)
+    rows = {r["name"]: r for r in tta_rows(build_curves(_runs("dense", _DENSE, 1.0) + big), target=85)}
+    assert rows["big"]["compute_to_target"] == pytest.approx(ours_mid)
+    assert rows["big"]["flops_speedup"] == pytest.approx(dense_mid / ours_mid / 2)
+
+
+def test_a_configuration_that_never_reaches_the_target_in_flops():
+    runs = _runs("dense", {1: (100, [80]), 2: (200, [90])}, 1.0) + _runs("slow", {1: (50, [70]), 2: (100, [85])}, 0.5)
+    rows = {r["name"]: r for r in tta_rows(build_curves(runs), target=89.7)}
+    slow = rows["slow"]
+    assert slow["reached"] is False and slow["compute_to_target"] is None and slow["flops_to_target"] is None
+    assert slow["flops_speedup"] is None and slow["flops_speedup_low"] is None and slow["cpu_speedup"] is None
+    table = format_tta_table(list(rows.values()), 89.7)
+    flops_table = table.split("FLOPs-to-accuracy speedup vs dense")[1]
+    slow_line = next(line for line in flops_table.splitlines() if line.startswith("| slow "))
+    assert slow_line.startswith("| slow | never | never | never reaches the target |")
+
+
+def test_cpu_seconds_per_flop_is_the_mean_over_runs_relative_to_dense():
+    def run(name, budget, seed, epochs, cpu):
+        return {"name": name, "budget": budget, "seed": seed, "val_top1": 80.0, "train_seconds": 1.0,
+                "train_cpu_seconds": cpu, "dense_epochs_used": epochs, "num_train": 1000, "dense_gflops_per_image": 2.0}
+
+    # a dense epoch: 3 x 1000 x 2 GFLOPs = 6000 training GFLOPs
+    runs = [run("dense", 1, 0, 1.0, 60.0), run("dense", 1, 1, 1.0, 120.0), run("dense", 2, 0, 2.0, 240.0),
+            run("ours", 1, 0, 0.5, 60.0), run("ours", 2, 0, 1.0, 90.0)]
+    curves = build_curves(runs)
+    assert [p.cpu_ms_per_gflop_mean for p in curves["dense"].points] == pytest.approx([15.0, 20.0])
+    rows = {r["name"]: r for r in tta_rows(curves, target=80.0)}
+    # mean over the runs (10, 20, 20 ms per GFLOP), not over the points (15, 20)
+    assert rows["dense"]["cpu_ms_per_gflop"] == pytest.approx(50 / 3)
+    assert rows["ours"]["cpu_ms_per_gflop"] == pytest.approx(17.5)  # 20 and 15
+    assert rows["ours"]["cpu_per_flop_vs_dense"] == pytest.approx(17.5 / (50 / 3))  # 1.05
+    assert rows["dense"]["cpu_per_flop_vs_dense"] == pytest.approx(1.0)
+    assert "| ours | 0.5 | 3e+12 | 2.00x (2.00-2.00) | 17.5 | 1.05 |" in format_tta_table(list(rows.values()), 80.0)
+
+
+def test_tables_have_the_time_and_the_flops_columns():
+    curves = build_curves(_runs("dense", _DENSE, 1.0) + _runs("ours", _OURS, 0.5))
+    table = format_tta_table(tta_rows(curves, target=85), 85)
+    for column in ("time to target (s)", "TTA speedup vs dense, wall-clock (interval)",
+                   "TTA speedup vs dense, CPU time (interval)", "compute to target (dense epochs)",
+                   "FLOPs-to-accuracy speedup vs dense (interval)", "CPU s per FLOP vs dense",
+                   "gain over dense at equal wall-clock"):
+        assert column in table, column
+    assert "FLOPs to accuracy: the method, the same on any hardware" in table
+    assert "time to accuracy: the method times this implementation on this machine" in table.lower()
+    assert table.index("Time to accuracy (") < table.index("FLOPs to accuracy (")
+    ours = next(line for line in table.splitlines() if line.startswith("| ours | 0.778 "))
+    assert "| 4.67e+12 | 3.71x (3.20-4.31) | 66.7 | 2.00 |" in ours  # FLOPs, speedup (interval), ms/GFLOP, ratio
+    points = format_curve_table(curves)
+    assert "compute used (dense epochs)" in points
+    assert "| ours | 4 | 2 | 90.00 +- 0.00 | 0.00 | 400 | 800 | 2 | 1.2e+13 |" in points
+    bare = format_curve_table(build_curves(_runs("dense", {1: (100, [70])})))
+    assert bare.endswith("| 100 | 200 | n/a | n/a |")
+
+
+def test_plot_flops_curves_writes_a_png(tmp_path):
+    curves = build_curves(_runs("dense", _DENSE, 1.0) + _runs("ours", _OURS, 0.5))
+    path = plot_flops_curves(curves, tmp_path / "f.png", target=85)
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="compute"):
+        plot_flops_curves(build_curves(_runs("dense", _DENSE)), tmp_path / "g.png")
+    with pytest.raises(ValueError, match="png"):
+        plot_flops_curves(curves, tmp_path / "f.pdf")
+
+
 def test_interleaved_order_rotates_configurations():
     order = interleaved_order(["dense", "a", "b"], [1.0, 2.0], [0, 1])
     assert len(order) == 12 and len(set(order)) == 12
@@ -82,9 +209,10 @@ def _fake_train(calls):
         calls.append(cfg)
         cheap = 0.5 if not cfg.get("dense") else 1.0
         return {"val_top1": 60.0 + 10 * cfg["budget"] + cfg["seed"], "val_top1_full_tokens": None,
-                "train_seconds": 100.0 * cfg["budget"] * cheap, "train_cpu_seconds": 1.0, "eval_seconds": 1.0,
-                "checkpoint_seconds": 0.1, "total_steps": 10, "epochs_trained": 1.0,
-                "dense_epochs_used": cfg["budget"], "relative_train_flops": 1.0, "output_dir": cfg["output_dir"]}
+                "train_seconds": 100.0 * cfg["budget"] * cheap, "train_cpu_seconds": 150.0 * cfg["budget"] * cheap,
+                "eval_seconds": 1.0, "checkpoint_seconds": 0.1, "total_steps": 10, "epochs_trained": 1.0,
+                "dense_epochs_used": cfg["budget"] * cheap ** 2, "relative_train_flops": cheap ** 2,
+                "num_train": 100, "dense_gflops_per_image": 0.5, "output_dir": cfg["output_dir"]}
 
     return fake
 
@@ -100,11 +228,21 @@ def test_budget_bench_runs_every_cell_interleaved_and_writes_outputs(tmp_path, m
     assert calls[0]["dense"] is True and calls[3].get("dense") is True  # rotating order
     assert all(c["resume"] is None and c["output_dir"].startswith(str(tmp_path)) for c in calls)
     assert result["target"] == pytest.approx(80.5 - 0.3)  # dense mean at budget 2 minus 0.3
-    for name in ("bench_runs.json", "bench_tta.json", "bench_tta.md", "accuracy_vs_time.png"):
+    for name in ("bench_runs.json", "bench_tta.json", "bench_tta.md", "accuracy_vs_time.png", "accuracy_vs_flops.png"):
         assert (tmp_path / name).is_file(), name
     assert len(json.loads((tmp_path / "bench_runs.json").read_text())) == 8
     tta = {r["name"]: r for r in result["tta"]}
     assert tta["token-only"]["speedup"] > 1.9  # same accuracy in half the time
+    # a quarter of the compute in half the time: 4x FLOPs to accuracy, twice dense's CPU time per FLOP
+    assert tta["token-only"]["flops_speedup"] == pytest.approx(4.0)
+    assert tta["token-only"]["cpu_speedup"] == pytest.approx(2.0)
+    assert tta["token-only"]["cpu_per_flop_vs_dense"] == pytest.approx(2.0)
+    saved = json.loads((tmp_path / "bench_tta.json").read_text())
+    assert {"runs", "curves", "target", "tta"} <= set(saved) and saved["train_flops_per_forward"] == 3.0
+    assert saved["runs"][0]["num_train"] == 100 and saved["runs"][0]["dense_gflops_per_image"] == 0.5
+    assert saved["curves"]["dense"][0]["compute_mean"] == pytest.approx(1.0)
+    assert {"speedup", "flops_speedup", "compute_to_target", "cpu_ms_per_gflop"} <= set(saved["tta"][0])
+    assert "FLOPs-to-accuracy speedup" in (tmp_path / "bench_tta.md").read_text()
 
 
 @pytest.mark.parametrize("configs, budgets, seeds, words", [

@@ -3,9 +3,10 @@
 Each run is a full ``trilevel train`` with ``--budget B`` (its LR, warm-up and keep-ratio schedules
 fitted to the steps B dense epochs of compute buy, :mod:`trilevel.training.budget`). The runs
 alternate on the machine (seed by seed, budget by budget, configurations in rotating order), so
-a drift of its speed hits every configuration alike. The results become accuracy-against-time
-curves, a time-to-accuracy table against budget-matched dense training
-(:mod:`trilevel.bench.tta`), a plot and JSON. A run whose folder already holds a finished
+a drift of its speed hits every configuration alike. The results become accuracy curves against
+wall-clock and against training compute, time-to-accuracy and FLOPs-to-accuracy tables against
+budget-matched dense training with each configuration's CPU cost per FLOP
+(:mod:`trilevel.bench.tta`), two plots and JSON. A run whose folder already holds a finished
 summary with the same configuration is not run again, so an interrupted bench resumes.
 """
 
@@ -20,16 +21,25 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import yaml
 
 from .train import TRAIN_PRESETS
-from .tta import build_curves, interleaved_order, tta_rows
+from .tta import TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
 
-__all__ = ["BUDGET_RUN_KEYS", "run_budget_bench", "format_curve_table", "format_tta_table"]
+__all__ = ["BUDGET_RUN_KEYS", "FIGURES_NOTE", "run_budget_bench", "format_curve_table", "format_tta_table"]
 
 _LOG = logging.getLogger(__name__)
 
 #: Summary fields kept for each run of the bench.
 BUDGET_RUN_KEYS = ("val_top1", "val_top1_full_tokens", "train_seconds", "train_cpu_seconds", "eval_seconds",
                    "checkpoint_seconds", "total_steps", "epochs_trained", "dense_epochs_used",
-                   "relative_train_flops", "output_dir")
+                   "relative_train_flops", "num_train", "dense_gflops_per_image", "output_dir")
+
+#: What the two kinds of figures of a budget bench measure (the heading of its tables).
+FIGURES_NOTE = (
+    "FLOPs to accuracy: the method, the same on any hardware (from the analytic FLOP model; a training step "
+    "counted as 3x its forward FLOPs). Time to accuracy: the method times this implementation on this machine. "
+    "CPU s per FLOP vs dense is the link: this implementation's CPU time per training FLOP over dense's (1.00: "
+    "its steps cost what their FLOPs imply relative to dense; above 1: overhead), so the TTA speedup on CPU time "
+    "is about the FLOPs-to-accuracy speedup divided by it."
+)
 
 
 def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int], table: Mapping) -> None:
@@ -83,8 +93,8 @@ def run_budget_bench(
         budgets: Budgets in dense-epoch equivalents.
         seeds: Seeds.
         output_dir: Runs go to ``<output_dir>/<config>/b<budget>-s<seed>/``; ``bench_runs.json``
-            (every run, written as they finish), ``bench_tta.json``, ``bench_tta.md`` and
-            ``accuracy_vs_time.png`` to ``output_dir``.
+            (every run, written as they finish), ``bench_tta.json``, ``bench_tta.md``,
+            ``accuracy_vs_time.png`` and ``accuracy_vs_flops.png`` to ``output_dir``.
         target: Time-to-accuracy target top-1 (percent); None: dense's mean top-1 at the
             largest budget minus ``target_drop``.
         target_drop: Points below dense's best mean for the default target.
@@ -92,8 +102,11 @@ def run_budget_bench(
             a study), next to :data:`~trilevel.bench.train.TRAIN_PRESETS`.
 
     Returns:
-        ``{"runs", "curves", "target", "tta"}``: the run rows, the curves (as dicts), the target
-        and the rows of :func:`trilevel.bench.tta.tta_rows`.
+        ``{"runs", "curves", "target", "tta", "configs", "budgets", "seeds",
+        "train_flops_per_forward", "figures_note"}``: the run rows, the curves (as dicts, one per
+        point: :class:`~trilevel.bench.tta.CurvePoint`'s fields), the target, the rows of
+        :func:`trilevel.bench.tta.tta_rows` (time and FLOPs to accuracy, speedups, cost per FLOP),
+        the bench's settings, the factor from forward to training FLOPs and :data:`FIGURES_NOTE`.
 
     Raises:
         ValueError: Unknown or repeated configurations, no ``dense``, bad budgets or seeds
@@ -125,41 +138,79 @@ def run_budget_bench(
     target = dense_best - target_drop if target is None else float(target)
     tta = tta_rows(curves, target)
     result = {"runs": rows, "curves": {k: [vars(p) for p in c.points] for k, c in curves.items()},
-              "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds)}
+              "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds),
+              "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD, "figures_note": FIGURES_NOTE}
     with open(os.path.join(output_dir, "bench_tta.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "bench_tta.md"), "w", encoding="utf-8") as f:
         f.write(format_curve_table(curves) + "\n\n" + format_tta_table(tta, target) + "\n")
-    from ..viz import plot_tta_curves
+    from ..viz import plot_flops_curves, plot_tta_curves
 
     plot_tta_curves(curves, os.path.join(output_dir, "accuracy_vs_time.png"), target)
+    if any(c.known("compute") for c in curves.values()):
+        plot_flops_curves(curves, os.path.join(output_dir, "accuracy_vs_flops.png"), target)
     return result
 
 
+def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:
+    """``x`` formatted by ``spec``; ``none`` when it is None or NaN."""
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
 def format_curve_table(curves: Mapping[str, Any]) -> str:
-    """Markdown table: per configuration and budget, mean top-1 +- s.e.m., seeds, mean wall-clock and CPU time."""
+    """Markdown table of the curves' points.
+
+    Per configuration and budget: seeds, mean top-1 +- s.e.m. and standard deviation (percent),
+    mean training wall-clock and CPU time (s), mean compute used (dense-epoch equivalents) and
+    mean training FLOPs (3 x forward); ``n/a`` where unknown.
+    """
     lines = ["| configuration | budget (dense epochs) | seeds | top-1 % (mean +- sem) | std | train s (wall) | "
-             "train s (CPU) |", "|---|---|---|---|---|---|---|"]
+             "train s (CPU) | compute used (dense epochs) | train FLOPs |", "|---|---|---|---|---|---|---|---|---|"]
     for name, curve in curves.items():
         for p in curve.points:
             lines.append(f"| {name} | {p.budget:g} | {p.seeds} | {p.top1_mean:.2f} +- {p.top1_sem:.2f} | "
-                         f"{p.top1_std:.2f} | {p.seconds_mean:.0f} | {p.cpu_seconds_mean:.0f} |")
+                         f"{p.top1_std:.2f} | {p.seconds_mean:.0f} | {_fmt(p.cpu_seconds_mean, '.0f')} | "
+                         f"{_fmt(p.compute_mean, '.3g')} | {_fmt(p.train_flops_mean, '.3g')} |")
     return "\n".join(lines)
 
 
-def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:
-    return none if x is None else format(x, spec)
+def _speedup_cell(r: Mapping[str, Any], key: str, never: str = "never reaches the target") -> str:
+    """``r[key]`` with its interval (``r[key + '_low']``-``r[key + '_high']``; ``?`` for an open end)."""
+    if not r["reached"]:
+        return never
+    if r[key] is None:
+        return "n/a"
+    return f"{r[key]:.2f}x ({_fmt(r[key + '_low'], '.2f', '?')}-{_fmt(r[key + '_high'], '.2f', '?')})"
 
 
 def format_tta_table(rows: Sequence[Mapping[str, Any]], target: float) -> str:
-    """Markdown table of :func:`trilevel.bench.tta.tta_rows`: time to ``target``, TTA speedup, gains at equal time."""
+    """Markdown tables of :func:`trilevel.bench.tta.tta_rows`, headed by :data:`FIGURES_NOTE`.
+
+    * **Time to accuracy** (the method times this implementation on this machine): time to
+      ``target`` (wall-clock s), TTA speedup vs dense on wall-clock and on process CPU time (with
+      their intervals), gain over dense at equal wall-clock per budget (points).
+    * **FLOPs to accuracy and cost per FLOP**: compute to ``target`` (dense-epoch equivalents and
+      training FLOPs), FLOPs-to-accuracy speedup vs dense (interval), CPU milliseconds per
+      training GFLOP and its ratio to dense's.
+    """
     lines = [f"Target: {target:.2f}% top-1 (dense at its largest budget minus the drop, unless given).", "",
-             "| configuration | time to target (s) | TTA speedup vs dense (interval) | gain over dense at equal "
-             "wall-clock, per budget (points) |", "|---|---|---|---|"]
+             FIGURES_NOTE, "", "Time to accuracy (the method times this implementation on this machine):", "",
+             "| configuration | time to target (s) | TTA speedup vs dense, wall-clock (interval) | TTA speedup vs "
+             "dense, CPU time (interval) | gain over dense at equal wall-clock, per budget (points) |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        speed = ("never reaches the target" if not r["reached"] else
-                 f"{_fmt(r['speedup'], '.2f')}x ({_fmt(r['speedup_low'], '.2f', '?')}-"
-                 f"{_fmt(r['speedup_high'], '.2f', '?')})")
         gains = ", ".join(f"{g['budget']:g}: {_fmt(g['gain'], '+.2f')}" for g in r["gains"])
-        lines.append(f"| {r['name']} | {_fmt(r['tta_seconds'], '.0f', 'never')} | {speed} | {gains} |")
+        lines.append(f"| {r['name']} | {_fmt(r['tta_seconds'], '.0f', 'never')} | {_speedup_cell(r, 'speedup')} | "
+                     f"{_speedup_cell(r, 'cpu_speedup', 'never')} | {gains} |")
+    lines += ["", "FLOPs to accuracy (the method, the same on any hardware) and cost per FLOP (this implementation "
+              "on this machine):", "",
+              "| configuration | compute to target (dense epochs) | training FLOPs to target | FLOPs-to-accuracy "
+              "speedup vs dense (interval) | CPU ms per training GFLOP | CPU s per FLOP vs dense |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        unknown = "n/a" if r["reached"] else "never"
+        lines.append(f"| {r['name']} | {_fmt(r['compute_to_target'], '.3g', unknown)} | "
+                     f"{_fmt(r['flops_to_target'], '.3g', unknown)}"
+                     f" | {_speedup_cell(r, 'flops_speedup')} | {_fmt(r['cpu_ms_per_gflop'], '.3g')} | "
+                     f"{_fmt(r['cpu_per_flop_vs_dense'], '.2f')} |")
     return "\n".join(lines)

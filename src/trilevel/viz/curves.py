@@ -1,20 +1,72 @@
-"""Accuracy against wall-clock curves of a time-to-accuracy bench (:mod:`trilevel.bench.tta`)."""
+"""Accuracy curves of a budget bench (:mod:`trilevel.bench.tta`): against wall-clock and against compute.
+
+:func:`plot_tta_curves` draws top-1 against training wall-clock (time to accuracy: the method
+times this implementation on this machine); :func:`plot_flops_curves` draws it against training
+compute from the analytic FLOP model (FLOPs to accuracy: the method, the same on any hardware).
+Both draw through one helper; only the x axis differs.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .figures import PathLike, check_png_path, new_figure, save_figure
 
-__all__ = ["plot_tta_curves"]
+__all__ = ["plot_tta_curves", "plot_flops_curves"]
+
+#: Per x axis of :meth:`trilevel.bench.tta.Curve.series`: the axis label and the title.
+_AXES = {
+    "seconds": ("training wall-clock (s), mean over seeds", "accuracy against time"),
+    "compute": ("training compute (dense-epoch equivalents, analytic FLOP model), mean over seeds",
+                "accuracy against training compute"),
+}
+
+
+def _plot_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float], x: str,
+                 caller: str) -> Path:
+    """Draw one line per configuration, top-1 against the curves' axis ``x``, and write the PNG.
+
+    Points whose cost on ``x`` is unknown (NaN) are left out; error bars are one standard error of
+    the mean over seeds; each point is labelled with its budget; a dotted horizontal line marks
+    ``target``. ``caller`` names the public function in errors.
+    """
+    if not curves:
+        raise ValueError(f"{caller} needs at least one curve")
+    check_png_path(output_path)
+    drawn = {name: [(cost, p) for cost, p in zip(curve.series(x=x)[0], curve.points) if math.isfinite(cost)]
+             for name, curve in curves.items()}
+    if not any(drawn.values()):
+        raise ValueError(f"{caller}: no curve has a point with a known {x!r} value")
+    xlabel, title = _AXES[x]
+    fig = new_figure(7.2, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in drawn.items():
+        if not pts:
+            continue
+        line = ax.errorbar([c for c, _ in pts], [p.top1_mean for _, p in pts], yerr=[p.top1_sem for _, p in pts],
+                           marker="o", ms=4, capsize=3, lw=1.5, label=name, ls="--" if name == "dense" else "-")
+        color = line[0].get_color()
+        for cost, p in pts:
+            ax.annotate(f"{p.budget:g}", (cost, p.top1_mean), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color=color)
+    if target is not None:
+        ax.axhline(target, color="0.4", lw=0.8, ls=":", label=f"target {target:.2f}%")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation top-1 (%), mean +- s.e.m.")
+    ax.set_title(f"{title} (labels: budget in dense epochs)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, output_path)
 
 
 def plot_tta_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None) -> Path:
     """One line per configuration: mean top-1 against mean training wall-clock, one point per budget.
 
     Error bars are one standard error of the mean over seeds; each point is labelled with its
-    budget; a dashed horizontal line marks the time-to-accuracy target.
+    budget; a dotted horizontal line marks the time-to-accuracy target.
 
     Args:
         curves: ``{name: Curve}`` from :func:`trilevel.bench.tta.build_curves`.
@@ -27,27 +79,27 @@ def plot_tta_curves(curves: Mapping[str, Any], output_path: PathLike, target: Op
     Raises:
         ValueError: If there is no curve or ``output_path`` is not a ``.png``.
     """
-    if not curves:
-        raise ValueError("plot_tta_curves needs at least one curve")
-    check_png_path(output_path)
-    fig = new_figure(7.2, 4.8)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, curve in curves.items():
-        xs = [p.seconds_mean for p in curve.points]
-        ys = [p.top1_mean for p in curve.points]
-        es = [p.top1_sem for p in curve.points]
-        line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, lw=1.5, label=name,
-                           ls="--" if name == "dense" else "-")
-        color = line[0].get_color()
-        for p in curve.points:
-            ax.annotate(f"{p.budget:g}", (p.seconds_mean, p.top1_mean), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color=color)
-    if target is not None:
-        ax.axhline(target, color="0.4", lw=0.8, ls=":", label=f"target {target:.2f}%")
-    ax.set_xlabel("training wall-clock (s), mean over seeds")
-    ax.set_ylabel("validation top-1 (%), mean +- s.e.m.")
-    ax.set_title("accuracy against time (labels: budget in dense epochs)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return save_figure(fig, output_path)
+    return _plot_curves(curves, output_path, target, "seconds", "plot_tta_curves")
+
+
+def plot_flops_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None) -> Path:
+    """FLOPs to accuracy: mean top-1 against mean training compute, a line per configuration.
+
+    The x axis is the compute each budget's runs used (``dense_epochs_used``: forward FLOPs of
+    the analytic model over train-set size x dense forward FLOPs per image), so the picture is the
+    same on any hardware. Drawn like :func:`plot_tta_curves` (s.e.m. error bars, budget labels,
+    target line); points with unknown compute are left out.
+
+    Args:
+        curves: The bench's curves by configuration (:func:`trilevel.bench.tta.build_curves`),
+            their points' ``compute_mean`` in dense-epoch equivalents.
+        output_path: Where the ``.png`` goes (folders created).
+        target: A top-1 (percent) to mark with a dotted line; None for none.
+
+    Returns:
+        ``output_path`` as a ``Path``, once written.
+
+    Raises:
+        ValueError: On no curves, no point with known compute, or a path not ending in ``.png``.
+    """
+    return _plot_curves(curves, output_path, target, "compute", "plot_flops_curves")
