@@ -17,7 +17,11 @@ def test_events_set_ratios_and_record():
                            ratio_warmup=0.0, ratio_decay_end=0.5, example_update_every=1)
     assert trilevel.is_patched(tl.model) and tl.sampler is not None and tl.num_active == 80
     tl.on_epoch_start(0)
-    assert tl.on_step(0.25) == (pytest.approx(0.75), 1.0) and trilevel.get_keep_ratios(tl.model)[0] == pytest.approx(0.75)
+    assert tl.on_step(0.25) == (pytest.approx(0.5 + 0.5 * 4 / 7), 1.0)  # 0.75 rounded to 8 levels of [0.5, 1]
+    assert trilevel.get_keep_ratios(tl.model)[0] == pytest.approx(0.5 + 0.5 * 4 / 7)
+    continuous = trilevel.TriLevel(tiny_vit(depth=4), 100, epochs=4, keep_ratio=0.5, attn_keep_ratio=1.0,
+                                   ratio_warmup=0.0, ratio_decay_end=0.5, ratio_buckets=0)
+    assert continuous.on_step(0.25) == (pytest.approx(0.75), 1.0)
     idx = torch.arange(8)
     assert tl.after_forward(idx, torch.randn(8, 10), torch.randint(0, 10, (8,))) is None
     assert int(tl.selector.presentations.sum()) == 8

@@ -148,3 +148,29 @@ def test_no_module_uses_another_modules_private_names():
 def test_modules_stay_small(name):
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_the_layers_contract_of_pyproject_holds():
+    # import-linter reads [tool.importlinter] of pyproject.toml: core <- settings <- algorithm <- training <- viz
+    # <- bench / integrations <- cli, and tyro only under cli
+    import os
+
+    from importlinter.cli import lint_imports
+
+    root = SRC.parents[1]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert lint_imports(config_filename=str(root / "pyproject.toml")) == 0
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_layers_contract_names_every_top_level_module():
+    import tomllib
+
+    config = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    layers = config["tool"]["importlinter"]["contracts"][0]["layers"]
+    named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
+    top = {".".join(name.split(".")[:2]) for name in MODULES if name.count(".") >= 1} - {"trilevel.__main__"}
+    assert top - named == set(), f"modules outside the layers contract: {sorted(top - named)}"

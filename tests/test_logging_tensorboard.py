@@ -18,6 +18,7 @@ import torch
 
 from trilevel.checkpoint import load_checkpoint
 from trilevel.training import train
+import trilevel.viz  # noqa: F401,E402  (installs the pruning-picture renderer of the live logs)
 from trilevel.training.output import (
     EPOCH_TAGS, HISTOGRAM_TAG, PICTURE_TAG, STEP_TAGS, TENSORBOARD_DIR, check_live_logging,
 )

@@ -14,7 +14,7 @@ from timm.models.swin_transformer import window_partition
 import trilevel
 from trilevel.bench.speed import format_speed_table
 from trilevel.flops import forward_flops, tokens_per_block
-from trilevel.models.speed import speed_for_family
+from trilevel.bench.speed import speed_for_model
 from trilevel.models.swin import (
     get_swin_info, get_swin_keep_ratios, merge_scores, patch_swin, set_swin_keep_ratios, swin_forward_flops,
     unpatch_swin,
@@ -265,11 +265,10 @@ def test_wrong_family_type_errors():
                                     num_classes=10), 5),
 ])
 def test_speed_rows_for_both_families_one_step(name, kwargs, rows):
-    results = speed_for_family(name, kwargs, batch_size=2, rounds=1, steps_per_round=1, warmup_steps=0,
-                               device="cpu", keep_ratio=0.5)
+    results = speed_for_model(name, kwargs, batch_size=2, rounds=1, steps_per_round=1, warmup_steps=0,
+                              device="cpu", keep_ratio=0.5)
     assert len(results) == rows and results[0].name == "dense timm" and results[0].relative_flops == 1.0
     assert all(r.median_s > 0 for r in results) and min(r.relative_flops for r in results) < 1.0
     assert "dense timm" in format_speed_table(results)
-    with pytest.raises(ValueError, match="VisionTransformer"):
-        speed_for_family("vit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, num_classes=10),
-                         rounds=1, device="cpu")
+    with pytest.raises(ValueError, match="not a supported model"):
+        speed_for_model("resnet18", dict(num_classes=10), rounds=1, device="cpu")

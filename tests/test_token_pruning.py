@@ -34,10 +34,10 @@ def test_two_prefix_tokens_always_kept():
     assert torch.equal(out, torch.cat([x[:, :2], x[:, 3:4]], dim=1))
 
 
-def test_fuse_inattentive_weighted_mean():
+def test_fuse_weighted_mean():
     x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])
     scores = torch.tensor([[0.5, 0.1, 0.3]])  # keep token 0; fuse tokens 1 (w .1) and 2 (w .3)
-    out, idx = select_topk_tokens(x, scores, 0.3, num_prefix_tokens=1, fuse_inattentive=True)
+    out, idx = select_topk_tokens(x, scores, 0.3, num_prefix_tokens=1, fuse=True)
     assert idx.tolist() == [[0]]  # ceil(0.9) = 1
     assert out.shape == (1, 1 + 1 + 1, 2)
     dropped = [1, 2]
@@ -48,7 +48,7 @@ def test_fuse_inattentive_weighted_mean():
 
 def test_no_fused_token_when_nothing_dropped():
     x = torch.randn(2, 5, 3)
-    out, idx = select_topk_tokens(x, torch.rand(2, 4), 1.0, fuse_inattentive=True)
+    out, idx = select_topk_tokens(x, torch.rand(2, 4), 1.0, fuse=True)
     assert out.shape == x.shape and idx.shape == (2, 4)
 
 

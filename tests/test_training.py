@@ -122,11 +122,25 @@ def test_from_dict_accepts_hyphens_and_rejects_unknown_keys():
         TrainConfig.from_dict({"batch-size": 64, "batch_size": 32})
 
 
-def test_the_old_fuse_inattentive_key_still_reads():
-    assert TrainConfig.from_dict({"fuse-inattentive": True}).token_fate == "fuse"
-    assert TrainConfig.from_dict({"fuse_inattentive": False}).token_fate == "drop"
-    with pytest.raises(ValueError, match="contradicts"):
-        TrainConfig.from_dict({"fuse-inattentive": True, "token-fate": "bypass"})
+def test_a_config_built_with_a_preset_takes_its_values_except_those_given():
+    from trilevel import TriLevelConfig
+    from trilevel.presets import PRESETS
+    from trilevel.settings import merge_settings
+
+    for cls in (TriLevelConfig, TrainConfig):
+        paper = cls(preset="paper")
+        assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
+        mixed = cls(preset="paper", keep_ratio=0.5)  # 0.5 is also the fast default: still given explicitly
+        assert mixed.keep_ratio == 0.5 and mixed.attn_keep_ratio == 0.3 and mixed.token_fate == "drop"
+    assert TrainConfig.from_dict({"preset": "paper"}).token_fate == "drop"
+    full = TrainConfig().to_dict()  # a complete dict gives every field; merge_settings lets a preset apply
+    merged = TrainConfig.from_dict(merge_settings(full, {"preset": "paper", "attn_keep_ratio": 1.0}))
+    assert merged.token_fate == "drop" and merged.keep_ratio == 0.7 and merged.attn_keep_ratio == 1.0
+
+
+def test_the_old_fuse_inattentive_key_is_read_from_old_checkpoints_only():
+    with pytest.raises(ValueError, match="fuse-inattentive"):
+        TrainConfig.from_dict({"fuse-inattentive": True})
 
 
 def test_a_checkpoint_from_before_an_option_existed_reads_with_the_papers_value():
@@ -596,7 +610,7 @@ def test_run_checkpoints_keep_last_prune_and_fallback_without_hard_links(tmp_pat
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_eva02_trains_tri_level_and_swin_is_named(tmp_path):
+def test_eva02_trains_tri_level(tmp_path):
     eva = dict(model="eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=32, depth=4, num_heads=2,
                keep_ratio=0.5, attn_keep_ratio=1.0, prune_layers=[1, 2], ratio_warmup=0.0, ratio_decay_end=0.5)
     summary = train(tiny(tmp_path, "eva", epochs=1, warmup_epochs=0.0, val_subset=100, **eva))
@@ -604,6 +618,24 @@ def test_eva02_trains_tri_level_and_swin_is_named(tmp_path):
     dense = train(tiny(tmp_path, "eva-dense", epochs=1, warmup_epochs=0.0, val_subset=100, dense=True, **eva))
     assert dense["relative_train_flops"] == pytest.approx(1.0)
     assert dense["dense_gflops_per_image"] == pytest.approx(summary["dense_gflops_per_image"])
-    with pytest.raises(ValueError, match="patch_swin"):
-        build_model(TrainConfig(model="swin_tiny_patch4_window7_224", img_size=28, patch_size=2, embed_dim=32,
-                                num_heads=None), num_classes=10, in_chans=1, img_size=28)
+    with pytest.raises(ValueError, match="tri-level training needs"):
+        build_model(TrainConfig(model="resnet18"), num_classes=10, in_chans=1, img_size=28)
+
+
+def test_swin_trains_through_the_same_path_and_evaluates_and_draws(tmp_path):
+    # 28x28 input, 2x2 patches, 7x7 windows: 4 windows in stage 0, pruned to 2 at keep 0.5
+    swin = dict(model="swin_tiny_patch4_window7_224", img_size=28, patch_size=2, embed_dim=16, window_size=7,
+                depth=None, num_heads=None, keep_ratio=0.5, ratio_warmup=0.0, ratio_decay_end=0.5)
+    summary = train(tiny(tmp_path, "swin", epochs=1, warmup_epochs=0.0, val_subset=100, preset="fast", **swin))
+    assert summary["family"] == "swin" and summary["relative_train_flops"] < 1.0
+    assert math.isfinite(summary["val_top1"]) and summary["model_description"].startswith("swin:")
+    from trilevel.training import evaluate_checkpoint
+    from trilevel.viz import visualize_checkpoint
+
+    result = evaluate_checkpoint(summary["checkpoint"], device="cpu", val_subset=100)
+    assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)
+    png = visualize_checkpoint(summary["checkpoint"], 2, tmp_path / "swin.png")
+    assert png.stat().st_size > 1000
+    with pytest.raises(ValueError, match="not implemented for swin"):
+        train(tiny(tmp_path, "swin-paper", epochs=1, preset="paper", **{k: v for k, v in swin.items()
+                                                                    if k not in ("keep_ratio",)}))

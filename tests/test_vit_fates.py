@@ -124,7 +124,6 @@ def test_random_selection_is_random_and_keeps_the_count():
     (dict(token_fate="bypass", prune_layers=[3, 9], rejoin_layer=9), ["rejoin_layer", "after"]),
     (dict(token_fate="bypass", rejoin_layer=12), ["rejoin_layer"]),
     (dict(rejoin_layer=11), ["bypass"]),
-    (dict(fuse_inattentive=True, token_fate="bypass"), ["fuse"]),
 ])
 def test_bad_fate_arguments(kwargs, words):
     with pytest.raises(ValueError) as info:

@@ -9,28 +9,17 @@ Training", AAAI 2023 (arXiv 2211.10801).
 __version__ = "0.1.0"
 
 from .attention_sparsity import connection_mask, masked_attention, topk_connection_mask
-from .flops import forward_flops, tokens_per_block
+from .presets import PRESETS
 from .schedules import KeepRatioSchedule, run_progress
-from .token_pruning import cls_attention_scores, num_kept_tokens, select_topk_tokens
-from .vit import (
-    TriLevelInfo,
-    default_prune_layers,
-    unwrap_model,
-    get_keep_ratios,
-    get_trilevel_info,
-    is_patched,
-    patch_vit,
-    set_keep_ratios,
-    unpatch_vit,
+from .token_pruning import (
+    TokenFate, TokenScore, cls_attention_scores, num_kept_tokens, register_token_fate, register_token_score,
+    select_topk_tokens,
 )
 from .models import (
-    SwinTriLevelInfo,
-    get_swin_info,
-    patch_eva,
-    patch_swin,
-    set_swin_keep_ratios,
-    unpatch_eva,
-    unpatch_swin,
+    ModelFamily, PatchSettings, SwinTriLevelInfo, TriLevelInfo, default_prune_layers, family_of, forward_flops,
+    get_keep_ratios, get_swin_info, get_trilevel_info, is_patched, patch, patch_eva, patch_swin, patch_vit,
+    register_family, set_keep_ratios, set_swin_keep_ratios, tokens_per_block, unpatch, unpatch_eva, unpatch_swin,
+    unpatch_vit, unwrap_model,
 )
 from .example_selection import (
     ActiveSubsetSampler,
@@ -40,16 +29,18 @@ from .example_selection import (
     LossSelector,
     RandomSelector,
 )
-from .algorithm import TriLevel, TriLevelConfig
+from .settings import ResolvedTriLevel, TriLevelConfig, resolve_config
+from .algorithm import TriLevel
 
 __all__ = [
-    "connection_mask", "masked_attention", "topk_connection_mask", "forward_flops", "tokens_per_block",
-    "KeepRatioSchedule", "run_progress", "cls_attention_scores", "num_kept_tokens", "select_topk_tokens",
-    "TriLevelInfo", "default_prune_layers", "unwrap_model", "get_keep_ratios", "get_trilevel_info", "is_patched",
-    "patch_vit", "set_keep_ratios", "unpatch_vit", "patch_eva", "unpatch_eva", "patch_swin", "unpatch_swin",
-    "set_swin_keep_ratios", "get_swin_info", "SwinTriLevelInfo", "ActiveSubsetSampler", "ExampleSelector",
-    "ForgettingSelector",
-    "IndexedDataset", "LossSelector", "RandomSelector", "TriLevel", "TriLevelConfig",
+    "connection_mask", "masked_attention", "topk_connection_mask", "PRESETS", "KeepRatioSchedule", "run_progress",
+    "TokenFate", "TokenScore", "cls_attention_scores", "num_kept_tokens", "register_token_fate",
+    "register_token_score", "select_topk_tokens", "ModelFamily", "PatchSettings", "SwinTriLevelInfo", "TriLevelInfo",
+    "default_prune_layers", "family_of", "forward_flops", "get_keep_ratios", "get_swin_info", "get_trilevel_info",
+    "is_patched", "patch", "patch_eva", "patch_swin", "patch_vit", "register_family", "set_keep_ratios",
+    "set_swin_keep_ratios", "tokens_per_block", "unpatch", "unpatch_eva", "unpatch_swin", "unpatch_vit",
+    "unwrap_model", "ActiveSubsetSampler", "ExampleSelector", "ForgettingSelector", "IndexedDataset", "LossSelector",
+    "RandomSelector", "ResolvedTriLevel", "TriLevelConfig", "resolve_config", "TriLevel",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run",
 ]
 
@@ -59,7 +50,7 @@ _TRAINING_NAMES = ("TrainConfig", "train", "evaluate", "evaluate_checkpoint", "l
 
 def __getattr__(name: str):
     if name in _TRAINING_NAMES:
-        from . import training
+        from . import training, viz  # noqa: F401  (viz installs the live logs' pruning picture)
 
         return getattr(training, name)
     raise AttributeError(f"module 'trilevel' has no attribute {name!r}")

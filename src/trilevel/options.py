@@ -1,13 +1,12 @@
 """Option types and checks shared by the configuration dataclasses and the command line.
 
 The configuration dataclasses (:class:`trilevel.algorithm.TriLevelConfig`,
-:class:`trilevel.training.TrainConfig`) are the one source of every option: the command line is
-generated from their fields by `tyro <https://brentyi.github.io/tyro/>`_ (flag names, types,
-choices, defaults and help text from the ``Attributes:`` section of their docstrings). The
-``Annotated`` types below tell tyro how to read the few values that are not plain numbers
-(``none``, comma-separated block indices, fractions such as ``1/30``); the ``check_*`` functions
-validate a value where it enters and raise ``ValueError`` naming the option (as its flag), the
-value and what is allowed.
+:class:`trilevel.training.TrainConfig`) are the one source of every option: the command line
+(:mod:`trilevel.cli`, the only place that imports tyro) is generated from their fields. The type
+aliases below name the few value kinds that are not plain numbers (``none``, comma-separated
+block indices, fractions such as ``1/30``); the parsers read them from text (the command line and
+YAML strings); the ``check_*`` functions validate a value where it enters and raise
+``ValueError`` naming the option (as its flag), the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from __future__ import annotations
 import math
 import os
 from typing import Any, Callable, List, Optional, Sequence, Union
-
-from typing_extensions import Annotated
-from tyro.constructors import PrimitiveConstructorSpec
 
 __all__ = [
     "flag",
@@ -140,41 +136,21 @@ def parse_int_list(text: str) -> List[int]:
     return _parse_list(text, conv, "non-negative integers (e.g. 0,1,2)")
 
 
-def _spec(metavar: str, parse: Callable[[str], Any], is_instance: Callable[[Any], bool]) -> PrimitiveConstructorSpec:
-    def fmt(value: Any) -> List[str]:
-        if value is None:
-            return ["none"]
-        if isinstance(value, (list, tuple)):
-            return [",".join(str(v) for v in value)]
-        return [f"{value:g}" if isinstance(value, float) else str(value)]
-
-    return PrimitiveConstructorSpec(
-        nargs=1, metavar=metavar, instance_from_str=lambda args: parse(args[0]), is_instance=is_instance,
-        str_from_instance=fmt,
-    )
-
-
-def _or_none(conv: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda text: None if parse_none(text) else conv(text)
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-OptionalInt = Annotated[Optional[int], _spec("INT|none", _or_none(int), lambda v: v is None or isinstance(v, int))]
+OptionalInt = Optional[int]
 """An integer or ``none``."""
-OptionalFloat = Annotated[Optional[float], _spec("FLOAT|none", _or_none(float), lambda v: v is None or _number(v))]
-"""A number or ``none``."""
-Fraction = Annotated[float, _spec("FLOAT", parse_fraction, _number)]
+OptionalFloat = Optional[float]
+"""A number (also a fraction such as ``1/30``) or ``none``."""
+Fraction = float
 """A number, also written as a fraction such as ``1/30``."""
-OptionalFraction = Annotated[Optional[float], _spec("FLOAT|none", _or_none(parse_fraction),
-                                                     lambda v: v is None or _number(v))]
+OptionalFraction = Optional[float]
 """A number (or fraction such as ``1/30``) or ``none``."""
-BlockList = Annotated[Optional[List[int]], _spec("LIST|none", parse_block_list,
-                                                  lambda v: v is None or isinstance(v, (list, tuple)))]
+BlockList = Optional[List[int]]
 """Comma-separated 0-based block indices (``3,6,9``), or ``none`` for the default blocks."""
-UpdateEvery = Annotated[Union[int, float], _spec("E", parse_update_every, _number)]
+UpdateEvery = Union[int, float]
 """A whole number of epochs or a fraction of the run in (0, 1)."""
 
 

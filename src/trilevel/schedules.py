@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SCHEDULE_SHAPES", "SCHEDULE_CURVES", "KeepRatioSchedule", "run_progress"]
+__all__ = ["SCHEDULE_SHAPES", "SCHEDULE_CURVES", "KeepRatioSchedule", "ResolutionSchedule", "run_progress"]
 
 
 def _check_ratio(name: str, value: float) -> float:
@@ -44,7 +44,10 @@ class KeepRatioSchedule:
     at full tokens. ``curve`` is the move's form: ``cosine``, ``linear``, or ``step`` (``stages``
     equal jumps, the last one at ``decay_end``). With ``dense_tail > 0`` the last ``dense_tail``
     of the run is at ratio 1 whatever the shape (FLIP's and CLIPA's unmasked tail, Li et al., CVPR
-    2023; EfficientTrain's full-resolution end).
+    2023; EfficientTrain's full-resolution end). With ``buckets = B >= 2`` every value is rounded
+    to the nearest of ``B`` evenly spaced levels between the two ends, so a run uses at most ``B``
+    keep ratios (hence at most ``B`` token counts: the FLOP model, budget planning and
+    ``torch.compile`` key on them); ``0`` keeps the continuous curve (the paper's, bit for bit).
 
     Args:
         target: The pruned end of the schedule, in (0, 1]. 1 keeps everything for the whole run.
@@ -54,6 +57,7 @@ class KeepRatioSchedule:
         curve: ``cosine``, ``linear`` or ``step``.
         stages: Jumps of a ``step`` curve (>= 1).
         dense_tail: Final fraction of the run at ratio 1, in [0, 1).
+        buckets: Levels the ratio is rounded to (0: continuous; else >= 2).
 
     Raises:
         ValueError: If ``target`` is outside (0, 1], a fraction is outside its range or out of
@@ -70,6 +74,7 @@ class KeepRatioSchedule:
     curve: str = "cosine"
     stages: int = 3
     dense_tail: float = 0.0
+    buckets: int = 0
 
     def __post_init__(self) -> None:
         _check_ratio("target", self.target)
@@ -92,6 +97,9 @@ class KeepRatioSchedule:
         t = self.dense_tail
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t < 1.0:
             raise ValueError(f"dense_tail must be a fraction of the run in [0, 1), got {t!r}")
+        b = self.buckets
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0 or b == 1:
+            raise ValueError(f"buckets must be 0 (continuous) or an integer >= 2, got {b!r}")
 
     def __call__(self, progress: float) -> float:
         """Keep ratio at ``progress`` (fraction of training iterations done, in [0, 1]).
@@ -102,6 +110,13 @@ class KeepRatioSchedule:
         """
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
             raise ValueError(f"progress must be a finite fraction of the run, got {progress!r}")
+        value = self._continuous(progress)
+        if self.buckets and self.target != 1.0:
+            low, span = self.target, 1.0 - self.target
+            value = low + span * round((value - low) / span * (self.buckets - 1)) / (self.buckets - 1)
+        return value
+
+    def _continuous(self, progress: float) -> float:
         if self.target == 1.0 or (self.dense_tail > 0.0 and progress >= 1.0 - self.dense_tail):
             return 1.0
         start, end = (1.0, self.target) if self.shape == "decay" else (self.target, 1.0)
@@ -127,7 +142,7 @@ class KeepRatioSchedule:
     def state_dict(self) -> dict:
         """The schedule's settings (it has no running state)."""
         return {"target": self.target, "warmup": self.warmup, "decay_end": self.decay_end, "shape": self.shape,
-                "curve": self.curve, "stages": self.stages, "dense_tail": self.dense_tail}
+                "curve": self.curve, "stages": self.stages, "dense_tail": self.dense_tail, "buckets": self.buckets}
 
 
 def run_progress(epoch: int, step_in_epoch: int, steps_per_epoch: int, epochs: int) -> float:
@@ -150,3 +165,51 @@ def run_progress(epoch: int, step_in_epoch: int, steps_per_epoch: int, epochs: i
     if epochs <= 0:
         raise ValueError(f"epochs must be > 0, got {epochs!r}")
     return (epoch + step_in_epoch / steps_per_epoch) / epochs
+
+
+@dataclass(frozen=True)
+class ResolutionSchedule:
+    """The input side of each training step: low resolution early, full resolution for the end.
+
+    The side grows linearly from ``start * full`` at the run's start to ``full`` at ``ramp_end``
+    and stays full after it, rounded down to a multiple of the patch size (so a run uses few
+    sides: at most ``full / patch`` of them). Fewer tokens early by resizing the images instead
+    of dropping tokens (EfficientTrain++, Wang et al., TPAMI 2024: lower resolution / lower
+    frequencies early, full resolution at the end; FixRes-style train/test agreement at the end).
+
+    Args:
+        full: The model's input side in pixels.
+        patch: Patch side in pixels (sides are multiples of it).
+        start: Side at the start as a fraction of ``full``, in (0, 1]; 1 turns the curriculum off.
+        ramp_end: Fraction of the run where the side reaches ``full``, in (0, 1].
+
+    Raises:
+        ValueError: For a bad argument (named).
+    """
+
+    full: int
+    patch: int
+    start: float = 1.0
+    ramp_end: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("full", "patch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.full % self.patch:
+            raise ValueError(f"full side {self.full} is not a multiple of the patch size {self.patch}")
+        for name in ("start", "ramp_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+
+    def __call__(self, progress: float) -> int:
+        """Input side in pixels at ``progress`` (fraction of the run done)."""
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
+            raise ValueError(f"progress must be a finite fraction of the run, got {progress!r}")
+        if self.start >= 1.0 or progress >= self.ramp_end:
+            return self.full
+        t = max(0.0, progress) / self.ramp_end
+        side = self.full * (self.start + (1.0 - self.start) * t)
+        return max(self.patch, int(side // self.patch) * self.patch)

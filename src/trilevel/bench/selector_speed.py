@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from .forgetting import ForgettingSelector
-from .validation import check_int
+from ..example_selection.forgetting import ForgettingSelector
+from ..example_selection.validation import check_int
 
 __all__ = ["benchmark_record"]
 

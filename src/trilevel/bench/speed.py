@@ -20,12 +20,11 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..flops import forward_flops
-from ..vit import patch_vit
+from ..models import PatchSettings, family_of, forward_flops, patch, patch_vit
 
 __all__ = [
     "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "Variant", "benchmark_speed", "compare_speed",
-    "format_speed_table", "speed_for_model",
+    "family_variants", "format_speed_table", "speed_for_model",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -225,6 +224,35 @@ def format_speed_table(results: Sequence[SpeedResult], as_json: bool = False) ->
     return "\n".join(lines)
 
 
+def family_variants(model: nn.Module, keep_ratio: float = 0.7, attn_keep_ratio: float = 0.3,
+                    prune_layers: Optional[Sequence[int]] = None) -> List[Variant]:
+    """The variants worth timing for a model of any registered family.
+
+    Stock timm, the patch at ratios 1/1, the token level alone; with an attention level, the
+    attention level alone and both; each further mode of the family (Swin: ``mask``) at
+    ``keep_ratio``. Pruned tokens are dropped (the paper's fate) where the family allows it.
+
+    Raises:
+        TypeError: For a model of no registered family.
+    """
+    family = family_of(model)
+    fate = "drop" if family.token_fates is None or "drop" in family.token_fates else family.token_fates[0]
+    layers = None if prune_layers is None else tuple(prune_layers)
+
+    def patched(name: str, keep: float, attn: float, mode: Optional[str] = None) -> Variant:
+        settings = PatchSettings(prune_layers=layers, keep_ratio=keep, attn_keep_ratio=attn, token_fate=fate,
+                                 mode=mode)
+        return name, keep, attn, lambda m: patch(m, settings)
+
+    rows = [("dense timm", None, 1.0, None), patched("patched, ratios 1.0/1.0", 1.0, 1.0),
+            patched(f"token {keep_ratio} / attn 1.0", keep_ratio, 1.0)]
+    if family.supports_attention_level:
+        rows += [patched(f"token 1.0 / attn {attn_keep_ratio}", 1.0, attn_keep_ratio),
+                 patched(f"token {keep_ratio} / attn {attn_keep_ratio}", keep_ratio, attn_keep_ratio)]
+    rows += [patched(f"{mode} {keep_ratio}", keep_ratio, 1.0, mode) for mode in family.modes[1:]]
+    return rows
+
+
 def speed_for_model(
     model: str,
     model_kwargs: Mapping[str, Any],
@@ -238,16 +266,16 @@ def speed_for_model(
     device: str = "auto",
     amp: str = "none",
 ) -> List[SpeedResult]:
-    """:func:`benchmark_speed` of a timm ViT by name, with :data:`DEFAULT_SPEED_CONFIGS`.
+    """:func:`compare_speed` of a timm model by name (any registered family) with :func:`family_variants`.
 
     Args:
-        model: timm model name (a ``VisionTransformer``).
+        model: timm model name (ViT/DeiT, EVA-02, Swin).
         model_kwargs: Keyword arguments of ``timm.create_model`` (``num_classes``, ``img_size``,
             ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``).
         batch_size: Images per step.
         keep_ratio: Token keep ratio of the pruned rows.
-        attn_keep_ratio: Attention keep ratio of the pruned rows.
-        prune_layers: Pruning blocks; None: the paper's default.
+        attn_keep_ratio: Attention keep ratio of the pruned rows (families with an attention level).
+        prune_layers: Pruning blocks; None: the family's default.
         rounds: Rounds of the alternation.
         steps_per_round: Timed steps per configuration per round.
         warmup_steps: Untimed steps per configuration first.
@@ -255,17 +283,18 @@ def speed_for_model(
         amp: ``none``, ``bf16`` or ``fp16``.
 
     Returns:
-        One :class:`SpeedResult` per configuration.
+        One :class:`SpeedResult` per variant.
 
     Raises:
-        ValueError: For an unknown or unsupported model (not a timm VisionTransformer), an
-            unavailable device, or a bad setting (named).
+        ValueError: For an unknown model name, a model of no registered family, an unavailable
+            device, or a bad setting (named).
     """
     import timm
-    from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(model):
         raise ValueError(f"--model {model!r} is not a timm model name (e.g. vit_tiny_patch16_224)")
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be one of none, bf16, fp16; got {amp!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -279,16 +308,12 @@ def speed_for_model(
         probe = make()
     except (TypeError, AssertionError, RuntimeError) as e:  # timm checks sizes with assert
         raise ValueError(f"timm could not build --model {model!r} with {dict(model_kwargs)}: {e or type(e).__name__}") from e
-    if not isinstance(probe, VisionTransformer):
-        raise ValueError(
-            f"--model {model!r} is a {type(probe).__name__}; bench speed compares a timm VisionTransformer "
-            f"(vit_*, deit_*) with its tri-level patch"
-        )
-    in_chans = probe.patch_embed.proj.in_channels
-    img = probe.patch_embed.img_size
+    try:
+        variants = family_variants(probe, keep_ratio, attn_keep_ratio, prune_layers)
+    except TypeError as e:
+        raise ValueError(f"--model {model!r}: {e}") from None
+    shape = (probe.patch_embed.proj.in_channels, *probe.patch_embed.img_size)
     del probe
-    return benchmark_speed(
-        make, DEFAULT_SPEED_CONFIGS(keep_ratio, attn_keep_ratio), batch_size, (in_chans, img[0], img[1]),
-        int(model_kwargs.get("num_classes", 10)), device=device, rounds=rounds, steps_per_round=steps_per_round,
-        warmup_steps=warmup_steps, amp_dtype=amp_dtype, prune_layers=prune_layers,
-    )
+    return compare_speed(make, variants, batch_size, shape, int(model_kwargs.get("num_classes", 10)), device=device,
+                         rounds=rounds, steps_per_round=steps_per_round, warmup_steps=warmup_steps,
+                         amp_dtype=amp_dtype)

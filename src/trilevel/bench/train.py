@@ -15,7 +15,8 @@ import os
 import statistics
 from typing import Dict, List, Mapping, Sequence
 
-from ..algorithm import PRESETS
+from ..presets import PRESETS
+from ..settings import merge_settings
 
 __all__ = [
     "TRAIN_PRESETS", "run_train_bench", "format_train_table",
@@ -87,7 +88,7 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
     rows: List[dict] = []
 
     def run(name: str, overrides: dict) -> dict:
-        cfg = {**base, **overrides, "output_dir": os.path.join(output_dir, name), "resume": None}
+        cfg = {**merge_settings(base, overrides), "output_dir": os.path.join(output_dir, name), "resume": None}
         _LOG.info("bench train: %s (%s)", name, overrides or "base settings")
         s = training.train(cfg)
         row = {"name": name, "val_top1": s["val_top1"], "train_seconds": s["train_seconds"],

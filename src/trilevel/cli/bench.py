@@ -109,18 +109,7 @@ def _speed(argv: Sequence[str]) -> int:
         _check_positive(name, getattr(opts, name))
     if opts.warmup_steps < 0:
         raise ValueError(f"--warmup-steps must be an integer >= 0, got {opts.warmup_steps}")
-    import timm
-
-    from ..models import is_eva, is_swin
-
     run = speed_for_model
-    if timm.is_model(opts.model):
-        try:
-            probe = timm.create_model(opts.model, pretrained=False, **kw)
-        except (TypeError, AssertionError, RuntimeError) as e:  # timm checks sizes with assert
-            raise ValueError(f"timm could not build --model {opts.model!r} with {kw}: {e or type(e).__name__}") from e
-        if is_eva(probe) or is_swin(probe):
-            from ..models.speed import speed_for_family as run  # EVA-02 and Swin: their own patches
     results = run(
         opts.model, kw, batch_size=opts.batch_size, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         prune_layers=opts.prune_layers, rounds=opts.rounds, steps_per_round=opts.steps_per_round,

@@ -107,6 +107,52 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def _text_rules():
+    """tyro rules for the option kinds of :mod:`trilevel.options`: ``none``, fractions, block lists.
+
+    The configuration dataclasses use plain type aliases (the library core does not import tyro);
+    these rules tell tyro how to read those types from text, with readable metavars.
+    """
+    from typing import List, Union
+
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
+
+    from ..options import parse_block_list, parse_fraction, parse_none, parse_update_every
+
+    def fmt(value: Any) -> List[str]:
+        if value is None:
+            return ["none"]
+        if isinstance(value, (list, tuple)):
+            return [",".join(str(v) for v in value)]
+        return [f"{value:g}" if isinstance(value, float) else str(value)]
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def or_none(conv):
+        return lambda text: None if parse_none(text) else conv(text)
+
+    specs = {
+        Optional[int]: ("INT|none", or_none(int), lambda v: v is None or isinstance(v, int)),
+        Optional[float]: ("FLOAT|none", or_none(parse_fraction), lambda v: v is None or number(v)),
+        float: ("FLOAT", parse_fraction, number),
+        Union[int, float]: ("E", parse_update_every, number),
+        Optional[List[int]]: ("LIST|none", parse_block_list, lambda v: v is None or isinstance(v, (list, tuple))),
+    }
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def rule(type_info):
+        spec = specs.get(type_info.type)
+        if spec is None:
+            return None
+        metavar, parse, is_instance = spec
+        return PrimitiveConstructorSpec(nargs=1, metavar=metavar, instance_from_str=lambda args: parse(args[0]),
+                                        is_instance=is_instance, str_from_instance=fmt)
+
+    return registry
+
+
 def parse_options(cls: Type[T], argv: Sequence[str], prog: str, description: str, default: Any = None) -> T:
     """Parse ``argv`` into ``cls`` with tyro (exits 2 with a message on bad flags).
 
@@ -120,7 +166,7 @@ def parse_options(cls: Type[T], argv: Sequence[str], prog: str, description: str
     import tyro
 
     kwargs = {} if default is None else {"default": default}
-    return tyro.cli(cls, args=list(argv), prog=prog, description=description, **kwargs)
+    return tyro.cli(cls, args=list(argv), prog=prog, description=description, registry=_text_rules(), **kwargs)
 
 
 def one_line(message: str) -> str:

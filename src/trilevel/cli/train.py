@@ -53,11 +53,9 @@ def base_train_options(config_file: Optional[str], resume: Optional[str], preset
     """
     from ..training.config import config_from_checkpoint, load_config_file
 
-    from ..algorithm import preset_settings
-
     from_file = load_config_file(config_file) if config_file else {}
     resume = resume or from_file.get("resume")
-    merged: Dict[str, Any] = preset_settings(preset or from_file.get("preset"))
+    merged: Dict[str, Any] = {}  # a config built with a preset takes its values for what is not given
     if preset:
         merged["preset"] = preset
     if resume:
@@ -95,6 +93,7 @@ def main(argv: Sequence[str]) -> int:
     checkpoint that cannot be written, any other error), with a one-line message (the traceback
     with ``-v``); 143 after SIGTERM (checkpoint saved).
     """
+    from .. import viz  # noqa: F401  (installs the live logs' pruning picture)
     from ..training import TrainingInterrupted, train
     from ..training.output import run_outputs
 

@@ -30,24 +30,28 @@ active set) and fed through :class:`IndexedDataset` (so that a batch carries its
             logits = model(images)
             selector.record(indices, logits, targets)
 
-Statistics live on the CPU as tensors of size ``num_examples`` and are updated with vectorised
-indexing (no per-example Python loop, no per-example host-device sync). Under
-``torch.distributed``, :meth:`record` all-gathers the observations of every rank so that all ranks hold
-identical, global statistics and therefore make identical decisions (the authors' released code seeds
-each rank differently and never combines the ranks' statistics).
+Statistics are tensors of size ``num_examples`` on the selector's device (``device=`` or
+:meth:`~ExampleSelector.to`; the CPU by default), updated with fixed-shape vectorised scatters: no
+per-example Python loop and no host-device synchronisation in :meth:`~ExampleSelector.record` (put the
+selector on the model's device: ``ForgettingSelector(n, device="cuda")``). Random draws happen on a
+seeded CPU generator at epoch boundaries, so the device changes no decision. Under
+``torch.distributed``, :meth:`~ExampleSelector.record` all-gathers the observations of every rank (one
+fixed-shape collective; every rank passes the same batch size) so that all ranks hold identical,
+global statistics and therefore make identical decisions (the authors' released code seeds each rank
+differently and never combines the ranks' statistics).
 
 Modules: :mod:`~trilevel.example_selection.base` (:class:`ExampleSelector`, the interface every
 selector implements), :mod:`~trilevel.example_selection.forgetting`,
 :mod:`~trilevel.example_selection.infobatch`, :mod:`~trilevel.example_selection.sampler`,
-:mod:`~trilevel.example_selection.benchmark`, and the helpers
-:mod:`~trilevel.example_selection.collective` (cross-rank gathering) and
-:mod:`~trilevel.example_selection.validation` (argument checks).
+and the helpers (the speed benchmark of :meth:`ExampleSelector.record` is :mod:`trilevel.bench.selector_speed`)
+:mod:`~trilevel.example_selection.collective` (cross-rank gathering),
+:mod:`~trilevel.example_selection.syncfree` (sync-free device helpers: duplicate handling with a dummy
+slot, non-blocking copies) and :mod:`~trilevel.example_selection.validation` (argument checks).
 """
 
 from __future__ import annotations
 
 from .base import ExampleSelector
-from .benchmark import benchmark_record
 from .forgetting import ForgettingSelector, RandomSelector, initial_active_count
 from .mixing import dominant_indices
 from .infobatch import LossSelector
@@ -60,7 +64,6 @@ __all__ = [
     "LossSelector",
     "ActiveSubsetSampler",
     "IndexedDataset",
-    "benchmark_record",
     "initial_active_count",
     "dominant_indices",
 ]

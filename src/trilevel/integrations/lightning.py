@@ -31,7 +31,7 @@ except ImportError as err:  # pragma: no cover - exercised by hiding the package
 
 from ..algorithm import TriLevel
 from ..schedules import run_progress
-from ..vit import get_keep_ratios, set_keep_ratios, unwrap_model
+from ..models import get_keep_ratios, set_keep_ratios, unwrap_model
 
 __all__ = ["OUTPUT_KEYS", "TriLevelCallback"]
 

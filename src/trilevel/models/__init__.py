@@ -1,19 +1,32 @@
-"""Tri-level patches of timm families beyond ``VisionTransformer``: EVA-02 (``Eva``) and Swin.
+"""The model families the tri-level method patches, behind one registry (:mod:`trilevel.models.registry`).
 
-:func:`patch_eva` brings the token and attention levels of :mod:`trilevel.vit` to timm ``Eva``
-models, with rotary embeddings that follow the kept tokens; :func:`patch_swin` prunes whole
-windows of timm ``SwinTransformer`` blocks (or masks low-scoring keys). Speed comparisons of
-stock against patched models: :mod:`trilevel.models.speed` (imported on demand).
+* ViT / DeiT (timm ``VisionTransformer``): :mod:`trilevel.models.vit`, the paper's family.
+* EVA-02 (timm ``Eva``): :mod:`trilevel.models.eva`, rotary embeddings that follow the kept tokens.
+* Swin (timm ``SwinTransformer``): :mod:`trilevel.models.swin`, whole windows skip a block.
+
+Use :func:`patch`, :func:`set_keep_ratios`, :func:`forward_flops`, ... for any of them; the
+family-specific names (``patch_vit``, ``patch_eva``, ``patch_swin``, ...) are thin aliases. A new
+family is one module with a :class:`ModelFamily` subclass and one :func:`register_family` call.
 """
 
-from .eva import gather_rope, is_eva, patch_eva, unpatch_eva
+from .registry import (
+    ModelFamily, PatchSettings, describe_model, families, family_of, find_family, forward_flops, get_keep_ratios,
+    get_trilevel_info, is_patched, patch, register_family, set_keep_ratios, tokens_per_block, unpatch, unwrap_model,
+)
+from .vit import (
+    TriLevelInfo, ViTFamily, default_prune_layers, patch_vit, rejoin_tokens, resolve_bypass, unpatch_vit,
+)
+from .eva import EvaFamily, gather_rope, is_eva, patch_eva, unpatch_eva
 from .swin import (
-    SWIN_MODES, SwinTriLevelInfo, get_swin_info, get_swin_keep_ratios, is_swin, is_swin_patched, patch_swin,
+    SWIN_MODES, SwinFamily, SwinTriLevelInfo, get_swin_info, get_swin_keep_ratios, is_swin, is_swin_patched, patch_swin,
     set_swin_keep_ratios, swin_forward_flops, unpatch_swin,
 )
 
 __all__ = [
-    "gather_rope", "is_eva", "patch_eva", "unpatch_eva", "SWIN_MODES", "SwinTriLevelInfo", "get_swin_info",
-    "get_swin_keep_ratios", "is_swin", "is_swin_patched", "patch_swin", "set_swin_keep_ratios",
-    "swin_forward_flops", "unpatch_swin",
+    "ModelFamily", "PatchSettings", "describe_model", "families", "family_of", "find_family", "forward_flops",
+    "get_keep_ratios", "get_trilevel_info", "is_patched", "patch", "register_family", "set_keep_ratios",
+    "tokens_per_block", "unpatch", "unwrap_model", "TriLevelInfo", "ViTFamily", "default_prune_layers", "patch_vit",
+    "rejoin_tokens", "resolve_bypass", "unpatch_vit", "EvaFamily", "gather_rope", "is_eva", "patch_eva", "unpatch_eva",
+    "SWIN_MODES", "SwinFamily", "SwinTriLevelInfo", "get_swin_info", "get_swin_keep_ratios", "is_swin",
+    "is_swin_patched", "patch_swin", "set_swin_keep_ratios", "swin_forward_flops", "unpatch_swin",
 ]

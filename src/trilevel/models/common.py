@@ -15,7 +15,7 @@ import torch.nn as nn
 
 __all__ = [
     "check_ratio", "check_block_indices", "stage_ratios", "patched_class", "swap_class", "restore_class",
-    "linear_macs", "conv_flops",
+    "linear_macs", "conv_flops", "survival_from_positions",
 ]
 
 
@@ -111,3 +111,28 @@ def conv_flops(conv: Optional[nn.Module], out_positions: int) -> float:
         return 0.0
     per_output = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
     return 2.0 * out_positions * conv.out_channels * per_output
+
+
+def survival_from_positions(kept_positions, grid_size, prune_layers):
+    """Per pruning stage, ``("block i", (B, gh, gw) bool)``: the patches still present after it.
+
+    Args:
+        kept_positions: Per stage, ``(B, k_s)`` original patch indices (row-major; -1 marks a
+            fused token, ignored).
+        grid_size: Patch grid ``(gh, gw)``.
+        prune_layers: The pruning blocks, one per stage (for the labels).
+
+    Returns:
+        A list of ``(label, mask)`` on the CPU; empty when the input was shuffled (no positions).
+    """
+    import torch
+
+    gh, gw = grid_size
+    n = gh * gw
+    out = []
+    for layer, pos in zip(prune_layers, kept_positions):
+        pos = pos.detach().to("cpu", torch.long)
+        mask = torch.zeros(pos.shape[0], n + 1, dtype=torch.bool)
+        mask.scatter_(1, torch.where(pos < 0, torch.full_like(pos, n), pos), True)  # -1 -> spare column
+        out.append((f"block {layer}", mask[:, :n].reshape(-1, gh, gw)))
+    return out

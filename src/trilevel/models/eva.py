@@ -36,13 +36,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..vit import (
-    TOKEN_FATES, TOKEN_SCORES, TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, default_prune_layers, resolve_bypass,
-    rejoin_tokens, unpatch_vit, unwrap_model,
-)
-from .common import check_block_indices, check_ratio, swap_class
+from ..presets import patch_defaults
+from .registry import PatchSettings, register_family, unwrap_model
+from .vit import TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, ViTFamily, rejoin_tokens
 
-__all__ = ["patch_eva", "unpatch_eva", "is_eva", "gather_rope"]
+__all__ = ["EvaFamily", "patch_eva", "unpatch_eva", "is_eva", "gather_rope"]
 
 
 def _eva_classes():
@@ -172,33 +170,66 @@ class TriLevelEvaMixin(TriLevelViTMixin):
             info.tokens_per_block.append(x.shape[1])
             step = (blk.forward_trilevel_rope, x, rope, mask, positions, stash)
             out = checkpoint(*step, use_reentrant=False) if use_ckpt else step[0](*step[1:])
-            x, mask, kept, stash, density, scores = out
+            x, mask, kept, stash, scores = out
             if kept is not positions:  # a pruning block selected tokens: they take their rope rows along
                 positions, rope = kept, gather_rope(full_rope, kept)
             if blk.trilevel_prune:
                 if not shuffled:
                     info.kept_positions.append(positions)
-                info.connection_density.append(torch.ones((), device=x.device) if density is None else density)
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
         self.trilevel_info = info
         return self.norm(x)
 
 
+class EvaFamily(ViTFamily):
+    """timm ``Eva`` (EVA-02 and the RoPE ViTs built on it): the ViT family's levels, rotary rows following tokens."""
+
+    name = "eva"
+    alias = "patch_eva"
+    model_mixin = TriLevelEvaMixin
+    block_mixin = TriLevelEvaBlockMixin
+
+    def classes(self):
+        return _eva_classes()
+
+    def check(self, model: nn.Module) -> None:
+        _, EvaBlock, EvaAttention = self.classes()
+        for i, blk in enumerate(model.blocks):
+            if not isinstance(blk, EvaBlock) or not isinstance(blk.attn, EvaAttention):
+                raise TypeError(f"block {i} is a {type(blk).__name__} with {type(blk.attn).__name__}; patch_eva "
+                                "supports pre-norm EvaBlock with EvaAttention only (no use_post_norm, no "
+                                "attn_type='rope')")
+        if getattr(model, "rope_mixed", False):
+            raise TypeError("patch_eva does not support rope_type='mixed' (per-block rotary embeddings)")
+
+    def unpatch(self, model: nn.Module) -> None:
+        for blk in model.blocks:
+            blk.__dict__.pop("trilevel_rope", None)
+        super().unpatch(model)
+
+    def describe(self, model: nn.Module) -> str:
+        return super().describe(model) + (", RoPE" if getattr(model, "rope", None) is not None else "")
+
+
+EVA = register_family(EvaFamily())
+
+
 def patch_eva(
     model: nn.Module,
     prune_layers: Optional[Sequence[int]] = None,
-    keep_ratio: float = 0.7,
-    attn_keep_ratio: float = 0.3,
-    token_fate: str = "drop",
-    token_score: str = "cls-attention",
+    keep_ratio: float = patch_defaults("paper")["keep_ratio"],
+    attn_keep_ratio: float = patch_defaults("paper")["attn_keep_ratio"],
+    token_fate: str = patch_defaults("paper")["token_fate"],
+    token_score: str = patch_defaults("paper")["token_score"],
     rejoin_layer: Optional[int] = None,
 ) -> nn.Module:
-    """Add token- and attention-level sparsity to a timm ``Eva`` (EVA-02), in place.
+    """:func:`trilevel.patch` for a timm ``Eva`` (EVA-02), with the ``paper`` preset's defaults, in place.
 
     The settings mean what they mean for :func:`trilevel.patch_vit`; kept tokens carry their own
     rotary embeddings. No module or parameter is added: ``state_dict`` keys are unchanged.
     Patching again replaces the earlier settings; :func:`unpatch_eva` restores the stock classes.
+    :func:`trilevel.patch` defaults to the ``fast`` preset instead.
 
     Args:
         model: A timm ``Eva`` (e.g. ``eva02_tiny_patch14_224``), possibly DDP/compile-wrapped.
@@ -223,47 +254,18 @@ def patch_eva(
     Sources: Kong et al., "Peeling the Onion", AAAI 2023 (token and attention levels); Fang et al.,
     "EVA-02", 2023 (the architecture, RoPE on patch tokens).
     """
-    Eva, EvaBlock, EvaAttention = _eva_classes()
+    from .registry import patch, wrong_family
+
     base = unwrap_model(model)
-    if not isinstance(base, Eva):
-        raise TypeError(f"patch_eva supports timm Eva models (eva02_*, vit_*_rope_*); got {type(base).__name__}; "
-                        "use trilevel.patch_vit for VisionTransformer and trilevel.patch_swin for SwinTransformer")
-    for i, blk in enumerate(base.blocks):
-        if not isinstance(blk, EvaBlock) or not isinstance(blk.attn, EvaAttention):
-            raise TypeError(f"block {i} is a {type(blk).__name__} with {type(blk.attn).__name__}; patch_eva supports "
-                            "pre-norm EvaBlock with EvaAttention only (no use_post_norm, no attn_type='rope')")
-    if getattr(base, "rope_mixed", False):
-        raise TypeError("patch_eva does not support rope_type='mixed' (per-block rotary embeddings)")
-    if base.cls_token is None and token_score == "cls-attention":
-        raise TypeError(f"token_score='cls-attention' needs a [CLS] token, but this {type(base).__name__} has none "
-                        "(class_token=False); use token_score='random'")
-    keep_ratio = check_ratio("keep_ratio", keep_ratio)
-    attn_keep_ratio = check_ratio("attn_keep_ratio", attn_keep_ratio)
-    depth = len(base.blocks)
-    layers = check_block_indices(prune_layers, depth, default_prune_layers(depth))
-    if token_fate not in TOKEN_FATES:
-        raise ValueError(f"token_fate must be one of {', '.join(TOKEN_FATES)}; got {token_fate!r}")
-    if token_score not in TOKEN_SCORES:
-        raise ValueError(f"token_score must be one of {', '.join(TOKEN_SCORES)}; got {token_score!r}")
-    if token_fate != "bypass" and rejoin_layer is not None:
-        raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={token_fate!r})")
-    rejoin = None
-    if token_fate == "bypass":
-        layers, rejoin = resolve_bypass(tuple(layers), rejoin_layer, depth, prune_layers is not None)
-    swap_class(base, TriLevelEvaMixin, trilevel_prune_layers=layers, trilevel_rejoin_layer=rejoin,
-               trilevel_info=None)
-    for i, blk in enumerate(base.blocks):
-        swap_class(blk, TriLevelEvaBlockMixin, trilevel_prune=i in layers, keep_ratio=keep_ratio,
-                   attn_keep_ratio=attn_keep_ratio, token_fate=token_fate, token_score=token_score,
-                   num_prefix_tokens=base.num_prefix_tokens)
-    return model
+    if not EVA.matches(base):
+        raise wrong_family("patch_eva supports timm Eva models (eva02_*, vit_*_rope_*)", base)
+    layers = tuple(prune_layers) if isinstance(prune_layers, (list, tuple)) else prune_layers
+    return patch(model, PatchSettings(prune_layers=layers, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio,
+                                      token_fate=token_fate, token_score=token_score, rejoin_layer=rejoin_layer))
 
 
 def unpatch_eva(model: nn.Module) -> nn.Module:
     """Restore the stock timm classes of a model patched by :func:`patch_eva`, in place (weights untouched)."""
-    base = unwrap_model(model)
-    if isinstance(base, TriLevelEvaMixin):
-        for blk in base.blocks:
-            blk.__dict__.pop("trilevel_rope", None)
-        unpatch_vit(base)
-    return model
+    from .registry import unpatch
+
+    return unpatch(model)

@@ -37,20 +37,20 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..token_pruning import num_kept_tokens
-from ..vit import unwrap_model
 from .common import check_ratio, conv_flops, linear_macs, restore_class, stage_ratios, swap_class
+from .registry import ModelFamily, PatchSettings, register_family, unwrap_model
 
 __all__ = [
-    "SWIN_MODES", "SwinTriLevelInfo", "patch_swin", "unpatch_swin", "is_swin", "is_swin_patched",
+    "SwinFamily", "SWIN_MODES", "SwinTriLevelInfo", "patch_swin", "unpatch_swin", "is_swin", "is_swin_patched",
     "set_swin_keep_ratios", "get_swin_keep_ratios", "get_swin_info", "window_grid", "merge_scores",
-    "swin_forward_flops",
+    "swin_forward_flops", "swin_survival_masks",
 ]
 
 SWIN_MODES = ("window", "mask")
 """``window``: skip low-scoring windows (saves compute); ``mask``: mask low-scoring keys (no saving)."""
 
 _BLOCK_ATTRS = ("keep_ratio", "trilevel_mode")
-_MODEL_ATTRS = ("trilevel_mode", "trilevel_info")
+_MODEL_ATTRS = ("trilevel_mode", "trilevel_info", "trilevel_settings")
 
 
 def _swin_classes():
@@ -260,13 +260,109 @@ def _stages(base: nn.Module) -> List[List[nn.Module]]:
     return [list(stage.blocks) for stage in base.layers]
 
 
+def _check_swin(base: nn.Module) -> None:
+    _, SwinTransformerBlock, WindowAttention = _swin_classes()
+    for s, blocks in enumerate(_stages(base)):
+        for blk in blocks:
+            if not isinstance(blk, SwinTransformerBlock) or not isinstance(blk.attn, WindowAttention):
+                raise TypeError(f"stage {s} holds a {type(blk).__name__}; patch_swin supports timm "
+                                "SwinTransformerBlock with WindowAttention only")
+
+
+def _swap_swin(base: nn.Module, ratios: Sequence[float], mode: str, settings: Optional[PatchSettings]) -> None:
+    swap_class(base, TriLevelSwinMixin, trilevel_mode=mode, trilevel_info=None, trilevel_settings=settings)
+    for ratio, blocks in zip(ratios, _stages(base)):
+        for blk in blocks:
+            swap_class(blk, TriLevelSwinBlockMixin, keep_ratio=ratio, trilevel_mode=mode)
+
+
+class SwinFamily(ModelFamily):
+    """timm ``SwinTransformer``: whole windows skip a block (``window``) or low-scoring keys are masked (``mask``).
+
+    Windows are scored by the attention their tokens received in the previous block (Swin has no
+    [CLS] token: the analogue of Kong et al.'s [CLS] score), so ``token_score`` is
+    ``cls-attention`` only; skipped windows pass the block unchanged and are back in the next
+    one, so the fate is ``bypass`` only. No attention level. Every block but the model's first
+    prunes (``prune_layers`` must be None).
+    """
+
+    name = "swin"
+    alias = "patch_swin"
+    supports_attention_level = False
+    token_fates = ("bypass",)
+    token_scores = ("cls-attention",)
+    modes = SWIN_MODES
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, _swin_classes()[0])
+
+    def check(self, model: nn.Module) -> None:
+        _check_swin(model)
+
+    def resolve(self, model: nn.Module, settings: PatchSettings) -> PatchSettings:
+        if settings.prune_layers is not None:
+            raise ValueError(f"prune_layers={settings.prune_layers!r}: a Swin prunes in every block but the first "
+                             "(its keep ratio is per stage); leave prune_layers None")
+        if settings.rejoin_layer is not None:
+            raise ValueError("rejoin_layer does not apply to Swin (skipped windows are back in the next block)")
+        return super().resolve(model, settings)
+
+    def patch(self, model: nn.Module, settings: PatchSettings) -> None:
+        _swap_swin(model, (settings.keep_ratio,) * len(model.layers), settings.mode, settings)
+
+    def unpatch(self, model: nn.Module) -> None:
+        for blocks in _stages(model):
+            for blk in blocks:
+                restore_class(blk, _BLOCK_ATTRS)
+        restore_class(model, _MODEL_ATTRS)
+
+    def is_patched(self, model: nn.Module) -> bool:
+        return isinstance(model, TriLevelSwinMixin)
+
+    def set_keep_ratios(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float]) -> None:
+        if attn_keep_ratio is not None and check_ratio("attn_keep_ratio", attn_keep_ratio) != 1.0:
+            raise ValueError(f"attn_keep_ratio={attn_keep_ratio!r}: the attention level is not implemented for "
+                             "Swin; use attn_keep_ratio=1.0")
+        if keep_ratio is not None:
+            set_swin_keep_ratios(model, keep_ratio)
+
+    def get_keep_ratios(self, model: nn.Module) -> Tuple[float, float]:
+        return get_swin_keep_ratios(model)[0], 1.0
+
+    def forward_flops(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float],
+                      training: bool, settings: Optional[PatchSettings], img_size: Optional[int] = None) -> float:
+        if img_size is not None and tuple(model.patch_embed.img_size) != (img_size, img_size):
+            raise ValueError("the Swin FLOP model counts the model's own input size only")
+        if settings is None and not self.is_patched(model):
+            return swin_forward_flops(model, 1.0)
+        mode = settings.mode if settings is not None else model.trilevel_mode
+        if keep_ratio is None and settings is not None and not self.is_patched(model):
+            keep_ratio = settings.keep_ratio
+        return swin_forward_flops(model, keep_ratio, mode=mode)
+
+    def info(self, model: nn.Module) -> Optional[SwinTriLevelInfo]:
+        return model.trilevel_info
+
+    def survival_masks(self, model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+        return swin_survival_masks(model)
+
+    def describe(self, model: nn.Module) -> str:
+        gh, gw = model.patch_embed.grid_size
+        depths = [len(b) for b in _stages(model)]
+        return (f"swin: stages {depths}, width {model.embed_dim}, window {model.layers[0].blocks[0].window_size}, "
+                f"{gh}x{gw} patch grid")
+
+
+SWIN = register_family(SwinFamily())
+
+
 def patch_swin(
     model: nn.Module,
     keep_ratio: Union[float, Sequence[float]] = 0.7,
     attn_keep_ratio: float = 1.0,
     mode: str = "window",
 ) -> nn.Module:
-    """Add window pruning (or key masking) to a timm ``SwinTransformer``, in place.
+    """Add window pruning (or key masking) to a timm ``SwinTransformer``, in place (:func:`trilevel.patch` for Swin).
 
     Args:
         model: A timm ``SwinTransformer`` (e.g. ``swin_tiny_patch4_window7_224``), possibly wrapped.
@@ -288,38 +384,61 @@ def patch_swin(
     Sources: Chen et al., "SparseViT", CVPR 2023 (window-level activation pruning); Kong et al.,
     "Peeling the Onion", AAAI 2023 (scores from the attention a token receives).
     """
-    SwinTransformer, SwinTransformerBlock, WindowAttention = _swin_classes()
+    from .registry import patch, wrong_family
+
     base = unwrap_model(model)
-    if not isinstance(base, SwinTransformer):
-        raise TypeError(f"patch_swin supports timm SwinTransformer models; got {type(base).__name__}; "
-                        "use trilevel.patch_vit for VisionTransformer and trilevel.patch_eva for Eva")
-    for s, blocks in enumerate(_stages(base)):
-        for blk in blocks:
-            if not isinstance(blk, SwinTransformerBlock) or not isinstance(blk.attn, WindowAttention):
-                raise TypeError(f"stage {s} holds a {type(blk).__name__}; patch_swin supports timm "
-                                "SwinTransformerBlock with WindowAttention only")
+    if not SWIN.matches(base):
+        raise wrong_family("patch_swin supports timm SwinTransformer models", base)
+    if not isinstance(keep_ratio, (list, tuple)):
+        return patch(model, PatchSettings(keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio, mode=mode))
+    _check_swin(base)
     ratios = stage_ratios("keep_ratio", keep_ratio, len(base.layers))
-    if check_ratio("attn_keep_ratio", attn_keep_ratio) != 1.0:
-        raise ValueError(f"attn_keep_ratio={attn_keep_ratio!r}: the attention level is not implemented for "
-                         "Swin; use attn_keep_ratio=1.0")
-    if mode not in SWIN_MODES:
-        raise ValueError(f"mode must be one of {', '.join(SWIN_MODES)}; got {mode!r}")
-    swap_class(base, TriLevelSwinMixin, trilevel_mode=mode, trilevel_info=None)
-    for ratio, blocks in zip(ratios, _stages(base)):
-        for blk in blocks:
-            swap_class(blk, TriLevelSwinBlockMixin, keep_ratio=ratio, trilevel_mode=mode)
+    resolved = SWIN.resolve(base, PatchSettings(keep_ratio=1.0, attn_keep_ratio=attn_keep_ratio, mode=mode))
+    _swap_swin(base, ratios, resolved.mode, resolved)
     return model
 
 
 def unpatch_swin(model: nn.Module) -> nn.Module:
     """Restore the stock timm classes of a model patched by :func:`patch_swin`, in place (weights untouched)."""
+    from .registry import unpatch
+
+    return unpatch(model)
+
+
+def swin_survival_masks(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """After a forward of a patched Swin: per stage, the tokens of the windows its blocks ran.
+
+    For each stage, a ``(B, H_s, W_s)`` bool map on that stage's token grid: True where the
+    token's window ran in every pruning block of the stage (shifted windows mapped back to the
+    grid). Blocks that ran every window (and ``mask`` mode) mark everything.
+
+    Returns:
+        ``[("stage s", mask), ...]`` on the CPU.
+    """
     base = unwrap_model(model)
-    if isinstance(base, TriLevelSwinMixin):
-        for blocks in _stages(base):
-            for blk in blocks:
-                restore_class(blk, _BLOCK_ATTRS)
-        restore_class(base, _MODEL_ATTRS)
-    return model
+    info = base.trilevel_info
+    out = []
+    i = 0
+    H, W = base.patch_embed.grid_size
+    for s, stage in enumerate(base.layers):
+        if not isinstance(stage.downsample, nn.Identity):
+            H, W = (H + 1) // 2, (W + 1) // 2
+        alive = None
+        for blk in stage.blocks:
+            kept = info.kept_windows[i]
+            i += 1
+            if kept is None:
+                continue
+            B = kept.shape[0]
+            _, _, nW = window_grid(blk, H, W)
+            flags = torch.zeros(B, nW, dtype=torch.float32).scatter_(1, kept.detach().cpu(), 1.0)
+            tokens = flags.view(B, nW, 1, 1).expand(B, nW, blk.window_area, 1)
+            grid = blk.from_windows(tokens, H, W).squeeze(-1) > 0
+            alive = grid if alive is None else alive & grid
+        if alive is None:
+            alive = torch.ones(1, H, W, dtype=torch.bool)
+        out.append((f"stage {s}", alive))
+    return out
 
 
 def _require_patched(model: nn.Module) -> nn.Module:
@@ -357,7 +476,8 @@ def get_swin_info(model: nn.Module) -> Optional[SwinTriLevelInfo]:
     return _require_patched(model).trilevel_info
 
 
-def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None) -> float:
+def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None,
+                       mode: Optional[str] = None) -> float:
     """FLOPs (multiply-add = 2) of one forward pass of one image through a (patched) Swin.
 
     Counted as :mod:`trilevel.flops` counts a ViT: the patch embedding, every ``nn.Linear``
@@ -370,17 +490,19 @@ def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence
     Args:
         model: A timm ``SwinTransformer``, patched or not (wrappers looked through).
         keep_ratio: Keep ratio(s) to assume (a float or one per stage); None: the model's own.
+        mode: Count as if patched in this mode (``window`` or ``mask``), e.g. before patching;
+            None: the model's own (a stock model counts dense).
 
     Returns:
         FLOPs of one image.
     """
     base = unwrap_model(model)
     stages = _stages(base)
-    patched = isinstance(base, TriLevelSwinMixin)
+    patched = isinstance(base, TriLevelSwinMixin) or mode is not None
     ratios = get_swin_keep_ratios(base) if keep_ratio is None else stage_ratios("keep_ratio", keep_ratio, len(stages))
     ratios = ratios if patched else (1.0,) * len(stages)
     per_block = [r for r, blocks in zip(ratios, stages) for _ in blocks]
-    window_mode = not patched or base.trilevel_mode == "window"
+    window_mode = not patched or (mode or base.trilevel_mode) == "window"
     H, W = base.patch_embed.grid_size
     flops = conv_flops(getattr(base.patch_embed, "proj", None), H * W)
     i = 0

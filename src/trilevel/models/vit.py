@@ -28,7 +28,7 @@ module (``TIMM_FUSED_ATTN=0`` selects the unfused reference path).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,12 +36,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .attention_sparsity import connection_mask, masked_attention
-from .token_pruning import cls_attention_scores, select_topk_tokens
+from ..attention_sparsity import connection_mask, masked_attention
+from ..presets import patch_defaults
+from ..token_pruning import (
+    TOKEN_FATES, TOKEN_SCORES, ScoreInputs, cls_attention_scores, get_token_fate, get_token_score, num_kept_tokens,
+    select_topk_tokens,
+)
+from .common import restore_class, swap_class
+from .registry import ModelFamily, PatchSettings, check_indices, register_family, unwrap_model
 
 __all__ = [
     "TOKEN_FATES",
     "TOKEN_SCORES",
+    "ViTFamily",
     "TriLevelInfo",
     "rejoin_tokens",
     "patch_vit",
@@ -56,11 +63,6 @@ __all__ = [
 ]
 
 
-TOKEN_FATES = ("drop", "fuse", "bypass")
-"""What happens to pruned tokens: dropped (the paper), fused into one (EViT), or bypassed and rejoined."""
-TOKEN_SCORES = ("cls-attention", "random")
-"""How the kept tokens are chosen: by the [CLS] attention they receive (the paper), or at random."""
-
 
 @dataclass
 class TriLevelInfo:
@@ -72,9 +74,6 @@ class TriLevelInfo:
         kept_positions: Per pruning stage, ``(B, k_s)`` LongTensor of the kept tokens' original
             patch indices (row-major in the patch grid; -1 marks a fused token). Empty when the
             input was shuffled by PatchDropout.
-        connection_density: Per pruning stage, a 0-d float tensor: the fraction of kept
-            patch-to-patch connections in the new mask (1.0 when attention sparsity is off).
-            A tensor, so reading it is the caller's choice of host-device sync.
         cls_scores: Per pruning stage, ``(B, N_in - P)`` head-mean [CLS] attention of the
             tokens entering the block (the selection scores), or None when the block needed
             none (both ratios 1.0).
@@ -84,7 +83,6 @@ class TriLevelInfo:
 
     tokens_per_block: List[int] = field(default_factory=list)
     kept_positions: List[torch.Tensor] = field(default_factory=list)
-    connection_density: List[torch.Tensor] = field(default_factory=list)
     cls_scores: List[Optional[torch.Tensor]] = field(default_factory=list)
     connection_masks: List[Optional[torch.Tensor]] = field(default_factory=list)
 
@@ -140,24 +138,6 @@ def _check_ratio(name: str, value) -> float:
     if not 0.0 < value <= 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return value
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers.
-
-    Args:
-        model: A model, wrapped or not.
-
-    Returns:
-        The innermost wrapped module (``model`` itself when it is not wrapped).
-    """
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class TriLevelBlockMixin:
@@ -244,40 +224,40 @@ class TriLevelBlockMixin:
                 bypass pruning.
 
         Returns:
-            ``(x, mask, positions, stash, density, scores)`` for the tokens leaving the block;
-            ``density`` is a 0-d tensor (pruning blocks with attention sparsity) or None;
-            ``scores`` the ``(B, N - P)`` scores a pruning block selected by, or None.
+            ``(x, mask, positions, stash, scores)`` for the tokens leaving the block; ``scores`` the
+            ``(B, N - P)`` scores a pruning block selected by, or None.
         """
         if not self.trilevel_prune:
             if mask is None:
-                return self.forward(x), None, positions, stash, None, None  # the stock block, bit for bit
+                return self.forward(x), None, positions, stash, None  # the stock block, bit for bit
             x = x + self.drop_path1(self.ls1(self.attention_output(self.norm1(x), mask)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-            return x, mask, positions, stash, None, None
+            return x, mask, positions, stash, None
 
         P = self.num_prefix_tokens
         keep, attn_keep = self.keep_ratio, self.attn_keep_ratio
-        cls_scored = keep < 1.0 and self.token_score == "cls-attention"
+        score = get_token_score(self.token_score)
+        fate = get_token_fate(self.token_fate)
+        cls_scored = keep < 1.0 and score.uses_cls_attention
         h = self.norm1(x)
-        probs_mean = scores = None
+        probs_mean = cls_attention = None
         if attn_keep < 1.0:
             a, probs = self._attention_with_probs(h, mask)
             probs_mean = probs.mean(dim=1)  # (B, N, N)
-            scores = cls_attention_scores(probs, P) if cls_scored else None
+            cls_attention = cls_attention_scores(probs, P) if cls_scored else None
         elif cls_scored:
-            a, scores = self._cls_scores(h, mask)
+            a, cls_attention = self._cls_scores(h, mask)
         else:
             a = self.attention_output(h, mask)
         x = x + self.drop_path1(self.ls1(a))
 
-        kept_idx, fused = None, 0
+        kept_idx, fused, scores = None, 0, None
         if keep < 1.0:
             B, N, C = x.shape
-            if scores is None:  # random selection (random-LTD, Yao et al. 2022)
-                scores = torch.rand(B, N - P, device=x.device)
-            if self.token_fate == "bypass":  # the tokens about to be dropped wait in the stash
+            scores = score.score(ScoreInputs(x, cls_attention, P))
+            if fate.rejoins:  # the tokens about to be dropped wait in the stash
                 stash = x if stash is None else stash.scatter(1, _token_index(positions, P, C), x[:, P:])
-            x, kept_idx = select_topk_tokens(x, scores, keep, P, self.token_fate == "fuse")
+            x, kept_idx = select_topk_tokens(x, scores, keep, P, fate.fuses)
             fused = x.shape[1] - P - kept_idx.shape[1]
             positions = positions.gather(1, kept_idx)
             if fused:
@@ -285,15 +265,9 @@ class TriLevelBlockMixin:
             if kept_idx.shape[1] == N - P:
                 kept_idx = None  # nothing dropped
 
-        density = None
-        if probs_mean is not None:
-            mask = connection_mask(probs_mean, kept_idx, attn_keep, P, fused)
-            n = mask.shape[1] - P - fused
-            density = mask[:, P:P + n, P:P + n].float().mean()
-        else:
-            mask = None
+        mask = None if probs_mean is None else connection_mask(probs_mean, kept_idx, attn_keep, P, fused)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, mask, positions, stash, density, scores
+        return x, mask, positions, stash, scores
 
 
 def _token_index(positions: torch.Tensor, num_prefix_tokens: int, dim: int) -> torch.Tensor:
@@ -359,71 +333,168 @@ class TriLevelViTMixin:
                 mask = stash = None
             info.tokens_per_block.append(x.shape[1])
             if use_ckpt:
-                x, mask, positions, stash, density, scores = checkpoint(
+                x, mask, positions, stash, scores = checkpoint(
                     blk.forward_trilevel, x, mask, positions, stash, use_reentrant=False
                 )
             else:
-                x, mask, positions, stash, density, scores = blk.forward_trilevel(x, mask, positions, stash)
+                x, mask, positions, stash, scores = blk.forward_trilevel(x, mask, positions, stash)
             if blk.trilevel_prune:
                 if not shuffled:
                     info.kept_positions.append(positions)
-                info.connection_density.append(
-                    density if density is not None else torch.ones((), device=x.device)
-                )
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
         self.trilevel_info = info
         return self.norm(x)
 
 
-_CLASS_CACHE: dict = {}
+_BLOCK_ATTRS = ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score", "num_prefix_tokens")
+_MODEL_ATTRS = ("trilevel_prune_layers", "trilevel_rejoin_layer", "trilevel_info", "trilevel_settings")
 
 
-def _trilevel_class(mixin: type, cls: type) -> type:
-    if issubclass(cls, mixin):
-        return cls
-    key = (mixin, cls)
-    if key not in _CLASS_CACHE:
-        _CLASS_CACHE[key] = type(f"TriLevel{cls.__name__}", (mixin, cls), {"_trilevel_base": cls})
-    return _CLASS_CACHE[key]
+class ViTFamily(ModelFamily):
+    """timm ``VisionTransformer`` (ViT, DeiT, DeiT distilled, registers, LayerScale, QK-norm): the paper's family.
+
+    Token level: [CLS]-attention top-k in the pruning blocks; attention level: per-query top-k
+    connection masks (Kong et al., AAAI 2023). Subclassed by :class:`trilevel.models.eva.EvaFamily`.
+    """
+
+    name = "vit"
+    alias = "patch_vit"
+    model_mixin: type = None  # set below (the mixins are defined in this module)
+    block_mixin: type = None
+
+    def classes(self):
+        """``(model class, block class, attention class)`` this family patches."""
+        return _vit_classes()
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, self.classes()[0])
+
+    def check(self, model: nn.Module) -> None:
+        _, Block, Attention = self.classes()
+        for i, blk in enumerate(model.blocks):
+            if not isinstance(blk, Block):
+                raise TypeError(f"block {i} is a {type(blk).__name__}; patch_vit supports timm Block only")
+            if not isinstance(blk.attn, Attention):
+                raise TypeError(f"block {i} attention is a {type(blk.attn).__name__}; patch_vit supports timm "
+                                "Attention only")
+
+    def default_prune_layers(self, model: nn.Module) -> Tuple[int, ...]:
+        return default_prune_layers(len(model.blocks))
+
+    def resolve(self, model: nn.Module, settings: PatchSettings) -> PatchSettings:
+        settings = super().resolve(model, settings)
+        depth = len(model.blocks)
+        layers = check_indices(settings.prune_layers, depth)
+        given = layers is not None
+        layers = self.default_prune_layers(model) if layers is None else layers
+        if get_token_score(settings.token_score).uses_cls_attention and getattr(model, "cls_token", None) is None:
+            raise TypeError(f"token_score={settings.token_score!r} scores tokens by their [CLS] attention, but this "
+                            f"{type(model).__name__} has no [CLS] token (class_token=False); use token_score='random'")
+        rejoin = None
+        if get_token_fate(settings.token_fate).rejoins:
+            layers, rejoin = resolve_bypass(layers, settings.rejoin_layer, depth, given)
+        elif settings.rejoin_layer is not None:
+            raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={settings.token_fate!r})")
+        return replace(settings, prune_layers=tuple(layers), rejoin_layer=rejoin)
+
+    def patch(self, model: nn.Module, settings: PatchSettings) -> None:
+        swap_class(model, self.model_mixin, trilevel_prune_layers=settings.prune_layers,
+                   trilevel_rejoin_layer=settings.rejoin_layer, trilevel_info=None, trilevel_settings=settings)
+        for i, blk in enumerate(model.blocks):
+            swap_class(blk, self.block_mixin, trilevel_prune=i in settings.prune_layers,
+                       keep_ratio=settings.keep_ratio, attn_keep_ratio=settings.attn_keep_ratio,
+                       token_fate=settings.token_fate, token_score=settings.token_score,
+                       num_prefix_tokens=model.num_prefix_tokens)
+
+    def unpatch(self, model: nn.Module) -> None:
+        for blk in model.blocks:
+            restore_class(blk, _BLOCK_ATTRS)
+        restore_class(model, _MODEL_ATTRS)
+
+    def is_patched(self, model: nn.Module) -> bool:
+        return isinstance(model, TriLevelViTMixin)
+
+    def set_keep_ratios(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float]) -> None:
+        if keep_ratio is not None:
+            keep_ratio = _check_ratio("keep_ratio", keep_ratio)
+        if attn_keep_ratio is not None:
+            attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
+        for blk in model.blocks:
+            if keep_ratio is not None:
+                blk.keep_ratio = keep_ratio
+            if attn_keep_ratio is not None:
+                blk.attn_keep_ratio = attn_keep_ratio
+
+    def get_keep_ratios(self, model: nn.Module) -> Tuple[float, float]:
+        if not self.is_patched(model):
+            return 1.0, 1.0
+        blk = model.blocks[model.trilevel_prune_layers[0]]
+        return blk.keep_ratio, blk.attn_keep_ratio
+
+    def info(self, model: nn.Module) -> Optional[TriLevelInfo]:
+        return model.trilevel_info
+
+    def tokens_per_block(self, model: nn.Module, keep_ratio: float, training: bool,
+                         settings: Optional[PatchSettings] = None,
+                         img_size: Optional[int] = None) -> List[Tuple[int, int]]:
+        from ..flops import vit_tokens_per_block
+
+        return vit_tokens_per_block(model, self._settings_or_own(model, settings), keep_ratio, training, img_size)
+
+    def forward_flops(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float],
+                      training: bool, settings: Optional[PatchSettings], img_size: Optional[int] = None) -> float:
+        from ..flops import vit_forward_flops
+
+        own_keep, own_attn = self.get_keep_ratios(model)
+        return vit_forward_flops(model, self._settings_or_own(model, settings),
+                                 own_keep if keep_ratio is None else keep_ratio,
+                                 own_attn if attn_keep_ratio is None else attn_keep_ratio, training, img_size)
+
+    def _settings_or_own(self, model: nn.Module, settings: Optional[PatchSettings]) -> Optional[PatchSettings]:
+        if settings is not None:
+            return settings if settings.prune_layers is not None else self.resolve(model, settings)
+        return self.settings(model)
+
+    def survival_masks(self, model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+        from .common import survival_from_positions
+
+        info = self.info(model)
+        grid = model.patch_embed.grid_size
+        return survival_from_positions(info.kept_positions, grid, model.trilevel_prune_layers)
+
+    def describe(self, model: nn.Module) -> str:
+        pe = model.patch_embed
+        gh, gw = pe.grid_size
+        ph, pw = pe.patch_size
+        return (f"{self.name}: {len(model.blocks)} blocks, width {model.embed_dim}, "
+                f"{model.blocks[0].attn.num_heads} heads, {ph}x{pw} patches on {gh * ph}x{gw * pw} input "
+                f"({gh * gw} patch tokens + {model.num_prefix_tokens} prefix)")
 
 
-def _resolve_prune_layers(prune_layers: Optional[Iterable[int]], depth: int) -> Tuple[int, ...]:
-    if prune_layers is None:
-        return default_prune_layers(depth)
-    if isinstance(prune_layers, (str, bytes)) or not isinstance(prune_layers, Iterable):
-        raise ValueError(f"prune_layers must be a sequence of block indices, got {prune_layers!r}")
-    layers = list(prune_layers)
-    if not layers:
-        raise ValueError("prune_layers must name at least one block (got an empty sequence); "
-                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
-    for i in layers:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"prune_layers entries must be ints, got {i!r}")
-        if not 0 <= i < depth:
-            raise ValueError(f"prune layer index {i} is outside the model's blocks [0, {depth - 1}]")
-    if len(set(layers)) != len(layers):
-        dup = sorted({i for i in layers if layers.count(i) > 1})
-        raise ValueError(f"prune_layers has duplicate indices {dup}")
-    return tuple(sorted(layers))
+ViTFamily.model_mixin = TriLevelViTMixin
+ViTFamily.block_mixin = TriLevelBlockMixin
+VIT = register_family(ViTFamily())
 
 
 def patch_vit(
     model: nn.Module,
     prune_layers: Optional[Sequence[int]] = None,
-    keep_ratio: float = 0.7,
-    attn_keep_ratio: float = 0.3,
-    fuse_inattentive: bool = False,
-    token_fate: str = "drop",
-    token_score: str = "cls-attention",
+    keep_ratio: float = patch_defaults("paper")["keep_ratio"],
+    attn_keep_ratio: float = patch_defaults("paper")["attn_keep_ratio"],
+    token_fate: str = patch_defaults("paper")["token_fate"],
+    token_score: str = patch_defaults("paper")["token_score"],
     rejoin_layer: Optional[int] = None,
 ) -> nn.Module:
-    """Add token- and attention-level sparsity to a timm Vision Transformer, in place.
+    """:func:`trilevel.patch` for a timm Vision Transformer, with the ``paper`` preset's defaults.
 
-    Works on timm's ``VisionTransformer`` family whose blocks are timm ``Block`` with timm
-    ``Attention``: ViT, DeiT, DeiT distilled (two prefix tokens), register tokens, LayerScale
-    (DeiT-III), QK-norm. The number of prefix tokens is read from ``model.num_prefix_tokens``.
-    Patching again replaces the earlier settings.
+    The paper's token- and attention-level patch (Kong et al., AAAI 2023): keep ratio 0.7 and
+    attention keep ratio 0.3 in blocks ``(depth//4, depth//2, 3*depth//4)``, pruned tokens
+    dropped. :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig` default to the ``fast``
+    preset instead (:data:`trilevel.presets.PRESETS`). Works on timm's ``VisionTransformer``
+    family whose blocks are timm ``Block`` with timm ``Attention``: ViT, DeiT, DeiT distilled (two
+    prefix tokens), register tokens, LayerScale (DeiT-III), QK-norm. Patching again replaces the
+    earlier settings.
 
     Args:
         model: A timm ``VisionTransformer`` (or a subclass such as ``VisionTransformerDistilled``).
@@ -434,14 +505,10 @@ def patch_vit(
             across stages (paper: 0.7).
         attn_keep_ratio: Kept fraction of attention connections per query row, in (0, 1]
             (authors' default 0.3); 1.0 turns the attention level off.
-        fuse_inattentive: The same as ``token_fate="fuse"`` (kept for existing code).
-        token_fate: What happens to the pruned tokens. ``drop`` (the paper): they are gone for
-            the rest of the forward. ``fuse`` (EViT, Liang et al., ICLR 2022): merged into one extra
-            token weighted by their scores. ``bypass`` (random-LTD, Yao et al. 2022; Token Dropping,
-            Hou et al., ACL 2022): they skip the blocks up to ``rejoin_layer`` and are put back in
-            their places there, so that block, the later ones and the output see every token.
-        token_score: How the kept tokens are chosen: ``cls-attention`` (the paper: the head-mean
-            [CLS] attention they receive) or ``random`` (random-LTD, PatchDropout).
+        token_fate: A registered fate (:data:`trilevel.token_pruning.TOKEN_FATES`): ``drop`` (the
+            paper), ``fuse`` (EViT) or ``bypass`` (random-LTD; they come back at ``rejoin_layer``).
+        token_score: A registered score (:data:`trilevel.token_pruning.TOKEN_SCORES`):
+            ``cls-attention`` (the paper) or ``random`` (random-LTD, PatchDropout).
         rejoin_layer: ``bypass`` only: the block where the bypassed tokens come back; None: the
             last block. Must come after every pruning block.
 
@@ -450,7 +517,7 @@ def patch_vit(
 
     Raises:
         TypeError: If the model or one of its blocks/attention modules is not a supported timm
-            class (the message names the class).
+            class (the message names the class), or it has no [CLS] token to score by.
         ValueError: If a ratio is outside (0, 1], ``prune_layers`` has an index outside the
             model's depth, a duplicate, a non-integer, or is empty, ``token_fate`` or ``token_score``
             is unknown, or ``rejoin_layer`` is not after every pruning block.
@@ -458,127 +525,53 @@ def patch_vit(
     Source: Kong et al., "Peeling the Onion", AAAI 2023, Secs. on token- and attention-level
     data reduction.
     """
-    VisionTransformer, Block, Attention = _vit_classes()
-    base = unwrap_model(model)
-    if not isinstance(base, VisionTransformer):
-        raise TypeError(
-            f"patch_vit supports timm VisionTransformer models (ViT, DeiT, DeiT-III, ...); "
-            f"got {type(base).__module__}.{type(base).__name__}. Supported families: VisionTransformer "
-            f"(trilevel.patch_vit), Eva / EVA-02 (trilevel.patch_eva), SwinTransformer (trilevel.patch_swin)"
-        )
-    if getattr(base, "cls_token", None) is None:
-        raise TypeError(
-            f"patch_vit scores tokens by their [CLS] attention, but this {type(base).__name__} has no "
-            f"[CLS] token (class_token=False)"
-        )
-    blocks = list(base.blocks)
-    for i, blk in enumerate(blocks):
-        if not isinstance(blk, Block):
-            raise TypeError(f"block {i} is a {type(blk).__name__}; patch_vit supports timm Block only")
-        if not isinstance(blk.attn, Attention):
-            raise TypeError(
-                f"block {i} attention is a {type(blk.attn).__name__}; patch_vit supports timm Attention only"
-            )
-    keep_ratio = _check_ratio("keep_ratio", keep_ratio)
-    attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
-    layers = _resolve_prune_layers(prune_layers, len(blocks))
-    if fuse_inattentive:
-        if token_fate not in ("drop", "fuse"):
-            raise ValueError(f"fuse_inattentive=True asks for token_fate='fuse', but token_fate={token_fate!r}")
-        token_fate = "fuse"
-    if token_fate not in TOKEN_FATES:
-        raise ValueError(f"token_fate must be one of {', '.join(TOKEN_FATES)}; got {token_fate!r}")
-    if token_score not in TOKEN_SCORES:
-        raise ValueError(f"token_score must be one of {', '.join(TOKEN_SCORES)}; got {token_score!r}")
-    rejoin = None
-    if token_fate == "bypass":
-        layers, rejoin = resolve_bypass(layers, rejoin_layer, len(blocks), prune_layers is not None)
-    elif rejoin_layer is not None:
-        raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={token_fate!r})")
+    from .registry import patch, wrong_family
 
-    base.__class__ = _trilevel_class(TriLevelViTMixin, type(base))
-    base.trilevel_prune_layers = layers
-    base.trilevel_rejoin_layer = rejoin
-    base.trilevel_info = None
-    for i, blk in enumerate(blocks):
-        blk.__class__ = _trilevel_class(TriLevelBlockMixin, type(blk))
-        blk.trilevel_prune = i in layers
-        blk.keep_ratio = keep_ratio
-        blk.attn_keep_ratio = attn_keep_ratio
-        blk.token_fate = token_fate
-        blk.token_score = token_score
-        blk.num_prefix_tokens = base.num_prefix_tokens
-    return model
+    base = unwrap_model(model)
+    if not VIT.matches(base):
+        raise wrong_family("patch_vit supports timm VisionTransformer models (ViT, DeiT, DeiT-III, ...)", base)
+    layers = prune_layers
+    if layers is not None and not isinstance(layers, (str, bytes)) and isinstance(layers, Iterable):
+        layers = tuple(layers)
+    return patch(model, PatchSettings(prune_layers=layers, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio,
+                                      token_fate=token_fate, token_score=token_score, rejoin_layer=rejoin_layer))
 
 
 def unpatch_vit(model: nn.Module) -> nn.Module:
-    """Restore the stock timm classes of a patched model, in place (weights untouched)."""
-    base = unwrap_model(model)
-    if not is_patched(base):
-        return model
-    for blk in base.blocks:
-        blk.__class__ = blk._trilevel_base
-        for name in ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score",
-                     "num_prefix_tokens"):
-            blk.__dict__.pop(name, None)
-    base.__class__ = base._trilevel_base
-    for name in ("trilevel_prune_layers", "trilevel_rejoin_layer", "trilevel_info"):
-        base.__dict__.pop(name, None)
-    return model
+    """Restore the stock timm classes of a patched ViT (or EVA-02), in place (weights untouched)."""
+    from .registry import unpatch
+
+    return unpatch(model)
 
 
 def is_patched(model: nn.Module) -> bool:
-    """True if :func:`patch_vit` was applied to ``model`` (wrappers such as DDP are looked through)."""
-    return isinstance(unwrap_model(model), TriLevelViTMixin)
+    """True if the token/attention patch was applied to ``model`` (any family; wrappers looked through)."""
+    from .registry import is_patched as patched
+
+    return patched(model)
 
 
-def _require_patched(model: nn.Module) -> nn.Module:
-    base = unwrap_model(model)
-    if not isinstance(base, TriLevelViTMixin):
-        raise ValueError(f"model ({type(base).__name__}) is not patched; call trilevel.patch_vit(model) first")
-    return base
+def set_keep_ratios(model: nn.Module, keep_ratio: Optional[float] = None,
+                    attn_keep_ratio: Optional[float] = None) -> None:
+    """Alias of :func:`trilevel.set_keep_ratios` (any family)."""
+    from .registry import set_keep_ratios as setter
 
-
-def set_keep_ratios(
-    model: nn.Module,
-    keep_ratio: Optional[float] = None,
-    attn_keep_ratio: Optional[float] = None,
-) -> None:
-    """Set the token and/or attention keep ratio of every pruning block (e.g. from a schedule).
-
-    Args:
-        model: A model patched by :func:`patch_vit` (DDP-wrapped is fine).
-        keep_ratio: New kept fraction of patch tokens, in (0, 1]; None leaves it.
-        attn_keep_ratio: New kept fraction of connections per query, in (0, 1]; None leaves it.
-
-    Raises:
-        ValueError: If the model is not patched or a ratio is outside (0, 1].
-    """
-    base = _require_patched(model)
-    if keep_ratio is not None:
-        keep_ratio = _check_ratio("keep_ratio", keep_ratio)
-    if attn_keep_ratio is not None:
-        attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
-    for blk in base.blocks:
-        if keep_ratio is not None:
-            blk.keep_ratio = keep_ratio
-        if attn_keep_ratio is not None:
-            blk.attn_keep_ratio = attn_keep_ratio
+    setter(model, keep_ratio, attn_keep_ratio)
 
 
 def get_keep_ratios(model: nn.Module) -> Tuple[float, float]:
-    """``(keep_ratio, attn_keep_ratio)`` of a patched model; ``(1.0, 1.0)`` for a stock model."""
-    base = unwrap_model(model)
-    if not isinstance(base, TriLevelViTMixin):
-        return 1.0, 1.0
-    blk = base.blocks[base.trilevel_prune_layers[0]]
-    return blk.keep_ratio, blk.attn_keep_ratio
+    """Alias of :func:`trilevel.get_keep_ratios`."""
+    from .registry import get_keep_ratios as getter
+
+    return getter(model)
 
 
 def get_trilevel_info(model: nn.Module) -> Optional[TriLevelInfo]:
-    """The :class:`TriLevelInfo` of the model's last forward pass (None before the first one).
+    """Alias of :func:`trilevel.get_trilevel_info`: the last forward's :class:`TriLevelInfo`.
 
     Raises:
         ValueError: If the model is not patched.
     """
-    return _require_patched(model).trilevel_info
+    from .registry import get_trilevel_info as getter
+
+    return getter(model)

@@ -214,71 +214,81 @@ class StepFlags:
 class FlopMeter:
     """Forward FLOPs per image and tokens per block of a run's model, at any keep ratio (cached).
 
-    Timm Vision Transformers are counted analytically (:func:`trilevel.forward_flops`, which also
-    counts timm's PatchDropout in training forwards); other models (a dense run of a CNN) once with
-    ``torch.utils.flop_counter``.
+    Models of a registered family (:mod:`trilevel.models`) are counted analytically
+    (:func:`trilevel.forward_flops`, which also counts timm's PatchDropout in training forwards);
+    other models (a dense run of a CNN) once with ``torch.utils.flop_counter``.
 
     Args:
-        model: The run's model (patched or not), unwrapped.
-        patched: Whether the tri-level patch is applied (FLOPs then depend on the keep ratio).
-        in_chans: Input channels (for counting a non-ViT model).
+        model: The run's model, unwrapped (stock: it is patched later, or never for a dense run).
+        settings: The resolved patch settings of a tri-level run (FLOPs then depend on the keep
+            ratio), None for a dense run.
+        in_chans: Input channels (for counting a model of no family).
         img_size: Input side in pixels (likewise).
         device: The model's device.
 
     Attributes:
         dense_flops (float): Forward FLOPs per image of the dense model at evaluation.
         dense_tokens (float or None): Mean tokens per block of a dense training forward; None for
-            models without tokens.
+            models without a token count per block.
     """
 
-    def __init__(self, model: nn.Module, patched: bool, in_chans: int, img_size: int, device: torch.device) -> None:
-        from timm.models.vision_transformer import VisionTransformer
-
-        from ..flops import forward_flops, tokens_per_block
+    def __init__(self, model: nn.Module, settings: Optional[Any], in_chans: int, img_size: int,
+                 device: torch.device) -> None:
+        from ..models import find_family, forward_flops
         from .factory import measured_flops
 
         self.model = model
-        self.patched = patched
+        self.settings = settings
+        self.family = find_family(model)
         self._forward_flops = forward_flops
-        self._cache: Dict[Tuple[float, float, bool], float] = {}
-        from ..models import is_eva
-
-        if isinstance(model, VisionTransformer) or is_eva(model):
-            self.dense_flops = float(forward_flops(model, 1.0))
+        self._cache: Dict[Tuple[float, float, bool, Optional[int]], float] = {}
+        self._tokens: Dict[Tuple[float, Optional[int]], Optional[float]] = {}
+        if self.family is not None:
+            self.dense_flops = float(forward_flops(model, 1.0, attn_keep_ratio=1.0))
             # a training forward of a stock model with timm's PatchDropout sees fewer patches
-            self._train_dense = float(forward_flops(model, 1.0, training=True))
-            counts = tokens_per_block(model, 1.0, training=True)
-            self.dense_tokens: Optional[float] = sum(m for _, m in counts) / len(counts)
+            self._train_dense = float(forward_flops(model, 1.0, training=True, attn_keep_ratio=1.0))
+            counts = self.family.tokens_per_block(model, 1.0, True)
+            self.dense_tokens: Optional[float] = None if counts is None else sum(n for n, _ in counts) / len(counts)
         else:
             self.dense_flops = measured_flops(model, in_chans, img_size, device)
             self._train_dense = self.dense_flops
             self.dense_tokens = None
 
-    def per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0) -> float:
-        """Forward FLOPs per image at the given ratios (the dense count for an unpatched model).
+    def per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0,
+                  img_size: Optional[int] = None) -> float:
+        """Forward FLOPs per image at the given ratios (the dense count for a dense run).
 
         Args:
             keep_ratio: Token keep ratio.
             training: Count a training forward (timm's PatchDropout active, when configured).
             attn_keep_ratio: Attention keep ratio (below 1 the pruning blocks score all query rows).
+            img_size: Input side of the step (resolution curriculum); None: the model's.
         """
-        if not self.patched:
+        if self.settings is None and img_size is None:
             return self._train_dense if training else self.dense_flops
-        key = (keep_ratio, attn_keep_ratio, training)
+        key = (keep_ratio, attn_keep_ratio, training, img_size)
         f = self._cache.get(key)
         if f is None:
-            f = float(self._forward_flops(self.model, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio))
+            if self.family is None:
+                raise ValueError("a resolution curriculum needs a model of a registered family (its FLOP model)")
+            f = float(self._forward_flops(self.model, keep_ratio if self.settings is not None else 1.0,
+                                          training=training, attn_keep_ratio=attn_keep_ratio,
+                                          settings=self.settings, img_size=img_size))
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[key] = f
         return f
 
-    def mean_tokens(self) -> Optional[float]:
-        """Mean tokens per block of the model's last forward (prefix tokens included); None: no tokens."""
-        if not self.patched:
+    def mean_tokens(self, keep_ratio: float = 1.0, img_size: Optional[int] = None) -> Optional[float]:
+        """Mean tokens entering a block in a training forward at ``keep_ratio`` (prefix tokens included;
+        from the FLOP model's token counts, not read from the forward); None: no token count."""
+        if (self.settings is None and img_size is None) or self.dense_tokens is None:
             return self.dense_tokens
-        from ..vit import get_trilevel_info
-
-        info = get_trilevel_info(self.model)
-        tpb = info.tokens_per_block if info is not None else None
-        return sum(tpb) / len(tpb) if tpb else self.dense_tokens
+        key = (keep_ratio, img_size)
+        if key not in self._tokens:
+            counts = self.family.tokens_per_block(self.model, keep_ratio if self.settings is not None else 1.0, True,
+                                                  self.settings, img_size)
+            self._tokens[key] = None if counts is None else sum(n for n, _ in counts) / len(counts)
+            if len(self._tokens) > 100_000:
+                self._tokens.clear()
+        return self._tokens[key]

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
-__all__ = ["BudgetPlan", "epoch_batch_sizes", "plan_budget", "plan_run"]
+__all__ = ["BudgetPlan", "epoch_batch_sizes", "plan_budget", "plan_run", "resolution_schedule"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,15 @@ def plan_budget(
                       steps_per_epoch=k, epochs=steps / k)
 
 
+def resolution_schedule(config: Any, full_side: int, patch: int):
+    """The run's :class:`~trilevel.schedules.ResolutionSchedule`, or None when the curriculum is off."""
+    from ..schedules import ResolutionSchedule
+
+    if config.resolution_start >= 1.0:
+        return None
+    return ResolutionSchedule(full_side, patch, config.resolution_start, config.resolution_ramp_end)
+
+
 def plan_run(
     config: Any,
     num_train: int,
@@ -143,6 +152,8 @@ def plan_run(
     drop_last: bool,
     dense_flops: float,
     flops_per_image: Callable[..., float],
+    full_side: Optional[int] = None,
+    patch: int = 1,
 ) -> BudgetPlan:
     """:func:`plan_budget` for a training run of ``config`` (a :class:`~trilevel.training.TrainConfig`).
 
@@ -156,7 +167,11 @@ def plan_run(
         world_size: Ranks.
         drop_last: Whether each epoch's incomplete last batch is dropped (mixup).
         dense_flops: Forward FLOPs per image of the dense model.
-        flops_per_image: ``flops_per_image(keep_ratio, training=True, attn_keep_ratio=r)``.
+        flops_per_image: ``flops_per_image(keep_ratio, training=True, attn_keep_ratio=r, img_size=side)``.
+
+        full_side: The model's input side (with ``patch``, for the resolution curriculum); None:
+            no curriculum.
+        patch: Patch side in pixels.
 
     Raises:
         ValueError: As :func:`plan_budget`.
@@ -167,12 +182,13 @@ def plan_run(
     if config.effective_selector in ("forgetting", "random"):
         n_active = initial_active_count(num_train, config.example_remove)
     sizes = epoch_batch_sizes(math.ceil(n_active / world_size), config.batch_size, world_size, drop_last)
+    side = resolution_schedule(config, full_side, patch) if full_side is not None else None
     if config.tri_level:
         token, attn = config.schedule(config.keep_ratio), config.schedule(config.attn_keep_ratio)
 
         def step_flops(p: float) -> float:
-            return flops_per_image(token(p), training=True, attn_keep_ratio=attn(p))
+            return flops_per_image(token(p), training=True, attn_keep_ratio=attn(p), img_size=side(p) if side else None)
     else:
         def step_flops(p: float) -> float:
-            return flops_per_image(1.0, training=True)
+            return flops_per_image(1.0, training=True, img_size=side(p) if side else None)
     return plan_budget(config.budget, num_train, dense_flops, sizes, step_flops)

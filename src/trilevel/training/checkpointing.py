@@ -27,11 +27,12 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .state import RunState
 from .distributed import DistContext, all_gather_objects, broadcast_object
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "RunCheckpoints", "TrainingFailedError",
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "NonFiniteLossError", "TrainingInterrupted", "RunCheckpoints", "TrainingFailedError",
            "checkpoint_state", "restore_state", "stateful_parts"]
 
 logger = logging.getLogger("trilevel.training")
@@ -62,10 +63,30 @@ class TrainingFailedError(RuntimeError):
     """The run failed while training (not a bad option, data file or checkpoint); the cause is chained."""
 
 
-def stateful_parts(trainer: Any) -> Dict[str, Any]:
-    """The parts of a :class:`~trilevel.training.Trainer` that contribute their own ``state_dict``, by key."""
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (``nonfinite="stop"``).
+
+    The message names the epoch and step; the last good state (before the bad step's update) has
+    been saved to the run's checkpoint.
+    """
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint; resume with ``resume=<checkpoint>``.
+
+    Attributes:
+        checkpoint: Path of the checkpoint written before stopping.
+    """
+
+    def __init__(self, message: str, checkpoint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def stateful_parts(trainer: RunState) -> Dict[str, Any]:
+    """The parts of a run (:class:`~trilevel.training.state.RunState`) that contribute their own ``state_dict``, by key."""
     parts: Dict[str, Any] = {
-        "model": trainer.model_base, "optimizer": trainer.optimizer, "lr_scheduler": trainer.lr_scheduler,
+        "model": trainer.model, "optimizer": trainer.optimizer, "lr_scheduler": trainer.lr_scheduler,
         "scaler": trainer.scaler, "progress": trainer.progress,
     }
     if trainer.ema is not None:
@@ -75,11 +96,11 @@ def stateful_parts(trainer: Any) -> Dict[str, Any]:
     return parts
 
 
-def checkpoint_state(trainer: Any, acc: Any = None) -> Dict[str, Any]:
-    """The checkpoint content of a trainer; a collective under DDP (every rank must call it).
+def checkpoint_state(trainer: RunState, acc: Any = None) -> Dict[str, Any]:
+    """The checkpoint content of a run; a collective under DDP (every rank must call it).
 
     Args:
-        trainer: The :class:`~trilevel.training.Trainer`.
+        trainer: The run's :class:`~trilevel.training.state.RunState`.
         acc: The running :class:`~trilevel.training.accounting.EpochAccumulator` of a partial
             epoch, or None at an epoch boundary.
     """
@@ -99,7 +120,7 @@ def checkpoint_state(trainer: Any, acc: Any = None) -> Dict[str, Any]:
     return state
 
 
-def _check_world_size(trainer: Any, ckpt: Mapping[str, Any]) -> bool:
+def _check_world_size(trainer: RunState, ckpt: Mapping[str, Any]) -> bool:
     """Whether the checkpoint was saved on this world size; raises unless a change is allowed and possible."""
     cfg, world = trainer.cfg, trainer.ctx.world_size
     saved = int(ckpt.get("world_size", 1))
@@ -133,8 +154,11 @@ def _check_world_size(trainer: Any, ckpt: Mapping[str, Any]) -> bool:
     return False
 
 
-def restore_state(trainer: Any, ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
-    """Load a checkpoint into a built trainer; returns the partial epoch's sums (None at an epoch boundary).
+def restore_state(trainer: RunState, ckpt: Mapping[str, Any]) -> Tuple[Optional[Mapping[str, Any]], List[Dict[str, Any]]]:
+    """Load a checkpoint into a built run's parts.
+
+    Returns:
+        ``(the partial epoch's sums or None at an epoch boundary, the metrics history)``.
 
     Raises:
         ValueError: A missing part, a world size other than the checkpoint's (unless
@@ -159,8 +183,7 @@ def restore_state(trainer: Any, ckpt: Mapping[str, Any]) -> Optional[Mapping[str
     if history is None:  # a checkpoint from before the history was kept: only its last line is known
         last = trainer.progress.last_metrics
         history = [last] if last else []
-    trainer.metrics_history = [dict(m) for m in history]
-    return ckpt.get("epoch_acc")
+    return ckpt.get("epoch_acc"), [dict(m) for m in history]
 
 
 class RunCheckpoints:

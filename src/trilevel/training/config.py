@@ -17,10 +17,11 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, get_args
 
 import yaml
 
-from ..algorithm import TriLevelConfig, preset_settings
+from ..presets import preset_settings
+from ..settings import TriLevelConfig, track_given
 from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
 from ..options import (
-    OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
+    Fraction, OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
     parse_fraction,
 )
 
@@ -38,7 +39,7 @@ __all__ = [
     "check_resume",
 ]
 
-DatasetName = Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
+DatasetName = Literal["fashion-mnist", "cluttered-fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
 AugName = Literal["light", "none", "deit"]
 AmpName = Literal["none", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -65,13 +66,14 @@ class ModelConfig:
     """Which timm model to build, with architecture overrides (validated on construction).
 
     Attributes:
-        model: timm model name; tri-level training needs a timm VisionTransformer (vit_*, deit_*) or Eva (eva02_*).
+        model: timm model name; tri-level training needs a model of a registered family: timm VisionTransformer (vit_*, deit_*), Eva (eva02_*) or SwinTransformer (swin_*).
         img_size: Input side in pixels; none: the dataset's native size.
         patch_size: Patch side in pixels; none: the model's.
         in_chans: Input channels; none: the dataset's (3 repeats a grayscale channel).
         embed_dim: Embedding width; none: the model's.
         depth: Number of blocks; none: the model's.
         num_heads: Attention heads; none: the model's.
+        window_size: Swin: attention window side in tokens; none: the model's.
     """
 
     model: str = "vit_tiny_patch16_224"
@@ -81,6 +83,7 @@ class ModelConfig:
     embed_dim: OptionalInt = None
     depth: OptionalInt = None
     num_heads: OptionalInt = None
+    window_size: OptionalInt = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,15 +103,16 @@ class ModelConfig:
                 f"model {self.model!r} is not a timm model name; see timm.list_models('vit_*') "
                 f"(e.g. vit_tiny_patch16_224, deit_small_patch16_224)"
             )
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "window_size"):
             check_int(name, getattr(self, name), 1, optional=True)
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The architecture overrides that are set, as ``timm.create_model`` keyword arguments."""
-        names = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+        names = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "window_size")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
+@track_given
 @dataclass
 class TrainConfig(TriLevelConfig, ModelConfig):
     """Every setting of one training run (the flags of ``trilevel train``, hyphens for underscores).
@@ -121,7 +125,11 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     Attributes:
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
         patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023), in [0, 1); 0: off.
-        dataset: Dataset.
+        resolution_start: Resolution curriculum: the training input side at the start of the run as a fraction of the full side (images resized on the device, position embeddings resampled; EfficientTrain++, Wang et al., TPAMI 2024), in (0, 1]; 1: off.
+        resolution_ramp_end: Resolution curriculum: fraction of the run where the side reaches full resolution (it stays full after).
+        dataset: Dataset (cluttered-fashion-mnist: each Fashion-MNIST image at a random place on a larger canvas among fragments of others, Jaderberg et al. 2015; built once, cached).
+        canvas_size: cluttered-fashion-mnist: side of the canvas in pixels (56: 196 tokens with 4x4 patches).
+        clutter_fragments: cluttered-fashion-mnist: 8x8 fragments of other images scattered on each canvas.
         data_dir: Data folder; none: the dataset's default (Fashion-MNIST only).
         train_subset: Train on the first N training examples only; none: all.
         val_subset: Evaluate on the first N validation examples only; none: all.
@@ -162,8 +170,12 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     # model (with ModelConfig's fields)
     drop_path: float = 0.1
     patch_drop: float = 0.0
+    resolution_start: float = 1.0
+    resolution_ramp_end: Fraction = 0.8
     # data
     dataset: DatasetName = "fashion-mnist"
+    canvas_size: int = 56
+    clutter_fragments: int = 4
     data_dir: Optional[str] = None
     train_subset: OptionalInt = None
     val_subset: OptionalInt = None
@@ -213,7 +225,12 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         ModelConfig.validate(self)
         self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True)
+        self.resolution_start = check_float("resolution_start", self.resolution_start, 0.0, 1.0, low_open=True)
+        self.resolution_ramp_end = check_float("resolution_ramp_end", self.resolution_ramp_end, 0.0, 1.0,
+                                               low_open=True)
         check_choice("dataset", self.dataset, ALLOWED_DATASETS)
+        check_int("canvas_size", self.canvas_size, 28)
+        check_int("clutter_fragments", self.clutter_fragments, 0)
         if self.data_dir is not None:
             if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
                 raise ValueError(f"data-dir must be a folder path, got {self.data_dir!r}")
@@ -328,20 +345,9 @@ def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[s
         if norm in out:
             raise ValueError(f"{source}: option {flag(norm)!r} is given twice")
         out[norm] = value
-    if "fuse-inattentive" in unknown or "fuse_inattentive" in unknown:  # the option before token-fate existed
-        legacy = mapping.get("fuse-inattentive", mapping.get("fuse_inattentive"))
-        unknown = [k for k in unknown if k.replace("-", "_") != "fuse_inattentive"]
-        if legacy is True:
-            if out.get("token_fate", "fuse") != "fuse":
-                raise ValueError(f"{source}: fuse-inattentive: true contradicts token-fate {out['token_fate']!r}")
-            out["token_fate"] = "fuse"
-        elif legacy is False:  # then meant the paper's fate
-            out.setdefault("token_fate", "drop")
     if unknown:
         allowed = ", ".join(sorted(flag(n) for n in names))
         raise ValueError(f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys: {allowed}")
-    if out.get("preset") is not None:  # the preset's settings, under what the mapping gives
-        out = {**preset_settings(out["preset"]), **out}
     return out
 
 
@@ -411,8 +417,8 @@ def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
     if not isinstance(config, Mapping):
         raise ValueError(f"{path} is not a trilevel training checkpoint (no 'config' entry)")
     out = dict(config)
+    fused = bool(out.pop("fuse_inattentive", None) or out.pop("fuse-inattentive", None))  # before token-fate
     given = {str(k).replace("-", "_") for k in out}
-    fused = bool(out.get("fuse_inattentive", out.get("fuse-inattentive")))
     for key, value in preset_settings("paper").items():
         if key not in given:
             out[key] = "fuse" if key == "token_fate" and fused else value

@@ -58,7 +58,7 @@ def evaluate(
         ValueError: If ``amp`` is unknown, or ratios are given for an unpatched model or are
             outside (0, 1].
     """
-    from ..vit import get_keep_ratios, is_patched, set_keep_ratios, unwrap_model
+    from ..models import get_keep_ratios, is_patched, set_keep_ratios, unwrap_model
 
     if amp not in ALLOWED_AMP:
         raise ValueError(f"amp must be one of {', '.join(ALLOWED_AMP)}; got {amp!r}")

@@ -41,6 +41,7 @@ def build_data(config: TrainConfig) -> Tuple[Dataset, Dataset, Any]:
     train, val, info = build_datasets(
         config.dataset, config.data_dir, train_subset=config.train_subset, img_size=config.img_size,
         aug=config.aug, in_chans=config.in_chans, bad_images=config.bad_images,
+        canvas_size=config.canvas_size, clutter_fragments=config.clutter_fragments,
     )
     return train, first_examples(val, config.val_subset), info
 
@@ -56,8 +57,7 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         img_size: Input side in pixels.
 
     Returns:
-        The model on the CPU; patched (:func:`trilevel.patch_vit`) with the *final* keep ratios
-        (training sets the scheduled ratios every iteration).
+        The stock model on the CPU (a tri-level run patches it once, in :class:`trilevel.TriLevel`).
 
     Raises:
         ValueError: If ``img_size`` is not a multiple of the patch size, or tri-level training
@@ -73,6 +73,8 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
     kwargs.update({k: v for k, v in config.model_kwargs().items() if k not in ("img_size", "in_chans")})
     if config.patch_drop > 0:
         kwargs["patch_drop_rate"] = config.patch_drop
+    if config.resolution_start < 1.0:  # the resolution curriculum: position embeddings resampled per size
+        kwargs["dynamic_img_size"] = True
     if config.embed_dim is not None and config.num_heads is not None and config.embed_dim % config.num_heads:
         # timm would fail later with an opaque reshape error
         raise ValueError(f"embed-dim ({config.embed_dim}) must be divisible by num-heads ({config.num_heads})")
@@ -87,7 +89,8 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
             model = timm.create_model(config.model, **kwargs)
     except (TypeError, AssertionError) as e:  # timm checks sizes with assert (e.g. dim % num_heads)
         hint = "" if config.dense or isinstance(e, AssertionError) else (
-            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*) or Eva (eva02_*), use --dense for other models"
+            "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), Eva (eva02_*) or SwinTransformer "
+            "(swin_*), use --dense for other models"
         )
         raise ValueError(f"timm could not build {config.model!r} with {kwargs}: {e or type(e).__name__}{hint}") from e
     pe = getattr(model, "patch_embed", None)
@@ -100,15 +103,15 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
                 f"img-size {img_size} is not a multiple of the patch size {ph}x{pw} of {config.model}; "
                 f"pass --patch-size one of {divisors} or --img-size a multiple of {ph}"
             )
-    if config.tri_level:
-        from ..algorithm import patch_model
+    if config.tri_level:  # checked here; patched once, by trilevel.TriLevel
+        from ..models import family_of
 
         try:
-            patch_model(model, config)
+            family_of(model).check(model)
         except TypeError as e:
             raise ValueError(
                 f"model {config.model!r} cannot be trained tri-level ({e}); use a timm VisionTransformer "
-                f"(vit_*, deit_*) or Eva (eva02_*), or --dense"
+                f"(vit_*, deit_*), Eva (eva02_*) or SwinTransformer (swin_*), or --dense"
             ) from e
     return model
 

@@ -22,13 +22,14 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import yaml
 
 from ..options import check_bool, check_int
 from .config import TrainConfig
 from .distributed import DistContext, broadcast_object
+from .state import RunState
 
 __all__ = ["EPOCH_TAGS", "HISTOGRAM_TAG", "PICTURE_IMAGES", "PICTURE_TAG", "RUN_FILES", "STEP_TAGS",
            "TENSORBOARD_DIR", "RunOutput", "check_live_logging", "run_outputs"]
@@ -66,6 +67,18 @@ HISTOGRAM_TAG = "examples/forgetting_counts"
 #: The pruning picture (the drawing of ``trilevel visualize``) of :data:`PICTURE_IMAGES` fixed images.
 PICTURE_TAG = "pruning/picture"
 PICTURE_IMAGES = 4
+
+
+PICTURE_RENDERER: Optional[Callable[..., Any]] = None
+"""``(model, val_set, data_info, seed, num_images) -> (H, W, 3) uint8``: draws the pruning picture of
+the live logs. Set by :mod:`trilevel.viz` when it is imported (the training layer does not import
+the layers above it); :func:`set_picture_renderer` replaces it."""
+
+
+def set_picture_renderer(renderer: Optional[Callable[..., Any]]) -> None:
+    """Install the function that draws the live logs' pruning picture (None: none)."""
+    global PICTURE_RENDERER
+    PICTURE_RENDERER = renderer
 
 
 def run_outputs(folder: Any) -> List[str]:
@@ -143,7 +156,7 @@ class RunOutput:
         self._first_step = 1 + (int(progress.get("global_step", 0)) if isinstance(progress, Mapping) else 0)
         self._tensorboard: Any = None
         self._wandb: Any = None
-        self._picture_set: Any = None
+        self._warned_renderer = False
         out = config.output_dir
         if out is None and config.resume is not None:
             out = str(Path(config.resume).resolve().parent)
@@ -253,7 +266,7 @@ class RunOutput:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
-    def log_step(self, trainer: Any, acc: Any, bar: Any, epoch: int, done: int, iters: int, fraction: float, *,
+    def log_step(self, trainer: "RunState", acc: Any, bar: Any, epoch: int, done: int, iters: int, fraction: float, *,
                  lr: float, ratios: Tuple[float, float], tokens: Optional[float], elapsed: float) -> None:
         """Show the progress of the epoch so far (rank 0, every ``log_interval`` steps).
 
@@ -292,7 +305,7 @@ class RunOutput:
             "flops/dense_epochs_so_far": dense_epochs,
         }, trainer.progress.global_step)
 
-    def end_epoch(self, trainer: Any, metrics: Mapping[str, Any], last: bool) -> None:
+    def end_epoch(self, trainer: "RunState", metrics: Mapping[str, Any], last: bool) -> None:
         """Record a finished epoch: its ``metrics.jsonl`` line and, when live logging, the rest.
 
         Live (rank 0): the :data:`EPOCH_TAGS` scalars; :data:`HISTOGRAM_TAG`, the forgetting counts
@@ -315,7 +328,7 @@ class RunOutput:
         selector = getattr(trainer.algorithm, "selector", None)
         counts = getattr(selector, "forgetting_counts", None)
         if counts is not None:
-            values = counts[selector.active_mask].numpy()
+            values = counts.cpu()[selector.active_mask.cpu()].numpy()
             if self.config.log_tensorboard:
                 self._writer().add_histogram(HISTOGRAM_TAG, values, step)
             if self._wandb is not None:
@@ -325,30 +338,32 @@ class RunOutput:
         every = self.config.tensorboard_images_every
         if trainer.algorithm is not None and (last or int(metrics["epoch"]) % every == 0):
             picture = self._pruning_picture(trainer)
-            if self.config.log_tensorboard:
+            if picture is None:
+                pass
+            elif self.config.log_tensorboard:
                 self._writer().add_image(PICTURE_TAG, picture, step, dataformats="HWC")
-            if self._wandb is not None:
+            if picture is not None and self._wandb is not None:
                 import wandb
 
                 self._wandb.log({PICTURE_TAG: wandb.Image(picture, caption=f"epoch {metrics['epoch']}")}, step=step)
         if self._tensorboard is not None:
             self._tensorboard.flush()
 
-    def _pruning_picture(self, trainer: Any) -> Any:
-        """The pruning picture as an RGB ``uint8`` array ``(H, W, 3)``; the global RNG is left as it was."""
+    def _pruning_picture(self, trainer: "RunState") -> Any:
+        """The pruning picture as an RGB ``uint8`` array ``(H, W, 3)`` (None without a renderer); the global
+        RNG is left as it was."""
         import torch
 
-        from ..viz.figures import figure_to_rgb
-        from ..viz.pruning import pruning_figure, sample_images
-
-        if self._picture_set is None:  # the same images every time (chosen by the run's seed)
-            val = trainer.val_ds
-            self._picture_set = sample_images(val, min(PICTURE_IMAGES, len(val)), trainer.cfg.seed)
-        images, labels = self._picture_set
+        if PICTURE_RENDERER is None:
+            if not self._warned_renderer:
+                logging.getLogger("trilevel.training").warning(
+                    "no pruning-picture renderer: import trilevel.viz to log pruning pictures")
+                self._warned_renderer = True
+            return None
         device = trainer.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            fig = pruning_figure(trainer.model_base, images, trainer.info.mean, trainer.info.std, row_labels=labels)
-        return figure_to_rgb(fig)
+            return PICTURE_RENDERER(trainer.model, trainer.val_set, trainer.info, trainer.cfg.seed,
+                                    PICTURE_IMAGES)
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Append one epoch's line to ``metrics.jsonl`` (rank 0)."""

@@ -76,7 +76,8 @@ def load_run(
     """
     from ..checkpoint import load_checkpoint
     from ..data import build_datasets
-    from ..vit import is_patched, set_keep_ratios
+    from ..models import patch, set_keep_ratios
+    from ..settings import resolve_config
     from .distributed import resolve_device
     from .factory import build_model
 
@@ -105,13 +106,16 @@ def load_run(
             raise ValueError(f"{checkpoint} holds no model weights")
     _, val_set, info = build_datasets(
         config.dataset, config.data_dir, train_subset=None, img_size=config.img_size, aug="none",
-        in_chans=config.in_chans,
+        in_chans=config.in_chans, canvas_size=config.canvas_size, clutter_fragments=config.clutter_fragments,
     )
     model = build_model(config, info.num_classes, info.in_chans, info.img_size)
     model.load_state_dict(weights)
     model.to(torch_device).eval()
-    ratios = config.eval_ratios()
-    if is_patched(model):
+    ratios = (1.0, 1.0)
+    if config.tri_level:  # resolved as the run resolved it (family defaults, --speedup, eval ratios)
+        resolved = resolve_config(config, model)
+        config, ratios = resolved.config, resolved.eval_ratios
+        patch(model, resolved.patch)
         set_keep_ratios(model, *ratios)
     return LoadedRun(
         path=Path(checkpoint), state=ckpt, config=config, model=model, eval_ratios=ratios, val_set=val_set,

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict
 
+from ..models import describe_model
 from .distributed import all_gather_objects
+from .state import RunState
 
 __all__ = ["run_summary"]
 
 
-def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
-    """The summary of a :class:`~trilevel.training.Trainer` after its last epoch (a collective under DDP).
+def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
+    """The summary of a run after its last epoch (a collective under DDP).
 
     Args:
-        trainer: The trainer (its configuration, progress, algorithm and data sizes are read).
+        trainer: The run's :class:`~trilevel.training.state.RunState`.
         finished: Whether the run reached its last epoch (False after ``stop_after_epoch``).
 
     Returns:
@@ -60,14 +62,16 @@ def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
         "skipped_steps": p.skipped_steps,
         "global_steps": p.global_step,
         "model": cfg.model,
-        "params": sum(q.numel() for q in trainer.model_base.parameters()),
+        "params": sum(q.numel() for q in trainer.model.parameters()),
         "dataset": cfg.dataset,
         "num_train": trainer.num_train,
-        "num_val": len(trainer.val_ds),  # type: ignore[arg-type]
+        "num_val": len(trainer.val_set),  # type: ignore[arg-type]
         "dense": cfg.dense,
         "keep_ratio": 1.0 if cfg.dense else cfg.keep_ratio,
         "attn_keep_ratio": 1.0 if cfg.dense else cfg.attn_keep_ratio,
-        "prune_layers": None if cfg.dense else list(trainer.model_base.trilevel_prune_layers),
+        "prune_layers": None if trainer.resolved is None else list(trainer.resolved.patch.prune_layers or ()),
+        "family": None if trainer.resolved is None else trainer.resolved.family,
+        "model_description": describe_model(trainer.model),
         "ratio_warmup": cfg.ratio_warmup,
         "ratio_decay_end": cfg.ratio_decay_end,
         "ratio_schedule": cfg.ratio_schedule,
@@ -90,6 +94,6 @@ def run_summary(trainer: Any, finished: bool) -> Dict[str, Any]:
         "global_batch_size": cfg.batch_size * ctx.world_size,
         "device": str(trainer.device),
         "amp": cfg.amp,
-        "output_dir": str(trainer.out),
-        "checkpoint": str(trainer.ckpt_path),
+        "output_dir": str(trainer.folder),
+        "checkpoint": str(trainer.checkpoint),
     }

@@ -39,38 +39,20 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..example_selection import dominant_indices
 from .accounting import EpochAccumulator, FlopMeter, RunProgress, StepFlags
 from .checkpointing import (
-    CHECKPOINT_FORMAT, CheckpointWriteError, RunCheckpoints, TrainingFailedError, checkpoint_state, restore_state,
+    CHECKPOINT_FORMAT, CheckpointWriteError, NonFiniteLossError, RunCheckpoints, TrainingFailedError,
+    TrainingInterrupted, checkpoint_state, restore_state,
 )
 from .config import TrainConfig, check_resume
 from .distributed import DistContext, agree, setup_distributed, shard
 from .evaluation import autocast, evaluate
 from .loaders import make_loader, seed_rank_streams
 from .output import RunOutput
+from .state import RunState
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "NonFiniteLossError", "Trainer", "TrainingFailedError",
            "TrainingInterrupted", "train"]
 
 logger = logging.getLogger("trilevel.training")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (``nonfinite="stop"``).
-
-    The message names the epoch and step; the last good state (before the bad step's update) has
-    been saved to the run's checkpoint.
-    """
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM after saving a checkpoint; resume with ``resume=<checkpoint>``.
-
-    Attributes:
-        checkpoint: Path of the checkpoint written before stopping.
-    """
-
-    def __init__(self, message: str, checkpoint: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
 
 
 class Trainer:
@@ -98,6 +80,7 @@ class Trainer:
 
         from ..algorithm import TriLevel
         from ..example_selection import IndexedDataset
+        from ..settings import resolve_config
         from .factory import build_criterion, build_data, build_model
 
         cfg, ctx = self.cfg, self.ctx
@@ -113,11 +96,33 @@ class Trainer:
         model = build_model(cfg, self.info.num_classes, self.info.in_chans, self.info.img_size)
         model.to(self.device)
         self.model_base = model
+        # The settings resolved once for this model (family defaults, --speedup, schedules, eval ratios).
+        self.resolved = resolve_config(cfg, model) if cfg.tri_level else None
+        if self.resolved is not None:
+            self.cfg = cfg = self.resolved.config
+            if cfg.speedup is not None:
+                logger.info("speedup %g: keep ratio %g", cfg.speedup, cfg.keep_ratio)
 
-        self.meter = FlopMeter(model, patched=cfg.tri_level, in_chans=self.info.in_chans,
-                               img_size=self.info.img_size, device=self.device)
+        self.meter = FlopMeter(model, settings=None if self.resolved is None else self.resolved.patch,
+                               in_chans=self.info.in_chans, img_size=self.info.img_size, device=self.device)
         self.dense_flops = self.meter.dense_flops
 
+        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+
+        self.drop_last = cfg.mixup > 0 or cfg.cutmix > 0  # Mixup needs even batches
+        from .budget import resolution_schedule
+
+        self.resolution = resolution_schedule(cfg, self.info.img_size, self._patch_side())
+        self.plan = self._plan_budget() if cfg.budget is not None else None
+        self.run_epochs = self.plan.whole_epochs if self.plan is not None else cfg.epochs
+        self.algorithm: Optional[TriLevel] = None
+        if self.resolved is not None:
+            self.algorithm = TriLevel(model, self.num_train, epochs=self.run_epochs, config=self.resolved,
+                                      seed=cfg.seed, num_replicas=ctx.world_size, rank=ctx.rank)
+            if self.algorithm.selector is not None:  # statistics next to the logits: no per-step host copy
+                self.algorithm.selector.to(self.device)
+        # after the (one) patch: the EMA copy and DDP see the patched model
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         if ctx.distributed:
             self.model = nn.parallel.DistributedDataParallel(
@@ -125,22 +130,6 @@ class Trainer:
             )
         else:
             self.model = model
-
-        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-
-        self.drop_last = cfg.mixup > 0 or cfg.cutmix > 0  # Mixup needs even batches
-        if cfg.tri_level and cfg.speedup is not None:  # --speedup names the saving; the keep ratio follows
-            from ..algorithm import resolve_speedup
-
-            self.cfg = cfg = resolve_speedup(model, cfg)
-            logger.info("speedup %g: keep ratio %g", cfg.speedup, cfg.keep_ratio)
-        self.plan = self._plan_budget() if cfg.budget is not None else None
-        self.run_epochs = self.plan.whole_epochs if self.plan is not None else cfg.epochs
-        self.algorithm: Optional[TriLevel] = None
-        if cfg.tri_level:
-            self.algorithm = TriLevel(model, self.num_train, epochs=self.run_epochs, config=cfg, seed=cfg.seed,
-                                      num_replicas=ctx.world_size, rank=ctx.rank)
         self.train_indexed = IndexedDataset(self.train_ds)
         if self.algorithm is not None and self.algorithm.sampler is not None:
             self.sampler = self.algorithm.sampler
@@ -168,7 +157,7 @@ class Trainer:
             warmup_t=int(round(cfg.warmup_fraction() * self.total_updates)), warmup_lr_init=cfg.warmup_lr,
             t_in_epochs=False,
         )
-        self.eval_ratios = cfg.eval_ratios()
+        self.eval_ratios = (1.0, 1.0) if self.resolved is None else self.resolved.eval_ratios
         self.val_loader = make_loader(shard(self.val_ds, ctx), 2 * cfg.batch_size, cfg.workers, self.device,
                                       cfg.seed, 0, ctx.rank)
 
@@ -177,7 +166,7 @@ class Trainer:
         from .budget import plan_run
 
         plan = plan_run(self.cfg, self.num_train, self.ctx.world_size, self.drop_last, self.dense_flops,
-                        self.flops_per_image)
+                        self.flops_per_image, self.info.img_size, self._patch_side())
         logger.info("budget %g dense epochs: %d steps, %.2f passes over the active set",
                     plan.budget, plan.total_steps, plan.epochs)
         return plan
@@ -198,17 +187,37 @@ class Trainer:
         b = self.cfg.batch_size
         return n // b if self.drop_last else math.ceil(n / b)
 
-    def flops_per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0) -> float:
+    def flops_per_image(self, keep_ratio: float, training: bool = False, attn_keep_ratio: float = 1.0,
+                        img_size: Optional[int] = None) -> float:
         """Forward FLOPs per image at the given ratios (cached; the dense count for a dense model).
 
         Args:
             keep_ratio: Token keep ratio.
             training: Count a training forward (timm's PatchDropout active, when configured).
             attn_keep_ratio: Attention keep ratio.
+            img_size: Input side (resolution curriculum); None: the model's.
         """
-        return self.meter.per_image(keep_ratio, training, attn_keep_ratio)
+        if img_size == self.info.img_size:
+            img_size = None
+        return self.meter.per_image(keep_ratio, training, attn_keep_ratio, img_size)
+
+    def _patch_side(self) -> int:
+        patch = getattr(getattr(self.model_base, "patch_embed", None), "patch_size", (1, 1))
+        return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
     # ------------------------------------------------------------------------------ state
+    def run_state(self) -> RunState:
+        """What checkpointing, the summary and the outputs read (the live parts, by reference)."""
+        return RunState(
+            cfg=self.cfg, given_cfg=self.given_cfg, ctx=self.ctx, device=self.device, info=self.info,
+            resolved=self.resolved, model=self.model_base, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
+            scaler=self.scaler, ema=self.ema, algorithm=self.algorithm, progress=self.progress,
+            metrics_history=self.metrics_history, plan=self.plan, run_epochs=self.run_epochs,
+            total_updates=self.total_updates, num_train=self.num_train, val_set=self.val_ds,
+            dense_flops=self.dense_flops, eval_ratios=self.eval_ratios, flops_per_image=self.flops_per_image,
+            folder=getattr(self, "out", None), checkpoint=getattr(self, "ckpt_path", None),
+        )
+
     def _save(self, next_epoch: int, next_step: int, acc: Optional[EpochAccumulator] = None) -> float:
         """Save the checkpoint (a collective under DDP); returns the seconds it took.
 
@@ -218,7 +227,7 @@ class Trainer:
         t_save = time.perf_counter()
         self.progress.epoch, self.progress.step_in_epoch = int(next_epoch), int(next_step)
         where = f"epoch {next_epoch + 1}, step {next_step}" if next_step else f"the end of epoch {next_epoch}"
-        self.checkpoints.write(checkpoint_state(self, acc), self.progress.global_step, where)
+        self.checkpoints.write(checkpoint_state(self.run_state(), acc), self.progress.global_step, where)
         spent = time.perf_counter() - t_save
         self.progress.checkpoint_seconds += spent
         return spent
@@ -280,19 +289,20 @@ class Trainer:
         self._build()
         acc_state = None
         if ckpt is not None:
-            acc_state = restore_state(self, ckpt)
+            acc_state, self.metrics_history = restore_state(self.run_state(), ckpt)
             self.checkpoints.kept = f"{cfg.resume} (the resumed one)"
             self.checkpoints.rewrite_metrics(self.metrics_history)
             logger.info("resumed from %s at epoch %d, step %d", cfg.resume, self.progress.epoch + 1,
                         self.progress.step_in_epoch)
         start_epoch, start_step = self.progress.epoch, self.progress.step_in_epoch
-        n_params = sum(p.numel() for p in self.model_base.parameters())
+        from ..models import describe_model
+
         logger.info(
-            "model %s: %.2fM parameters, %.3f GFLOPs/image dense; %s; selector %s; %d train / %d val images; "
+            "model %s (%s), %.3f GFLOPs/image dense; %s; selector %s; %d train / %d val images; "
             "global batch %d; %d iterations in the first epoch",
-            cfg.model, n_params / 1e6, self.dense_flops / 1e9,
+            cfg.model, describe_model(self.model_base), self.dense_flops / 1e9,
             "dense" if cfg.dense else f"tri-level keep {cfg.keep_ratio:g} attn-keep {cfg.attn_keep_ratio:g} "
-            f"blocks {list(self.model_base.trilevel_prune_layers)}",
+            f"blocks {list(self.resolved.patch.prune_layers or ())}",
             cfg.effective_selector, self.num_train, len(self.val_ds),  # type: ignore[arg-type]
             cfg.batch_size * ctx.world_size, self.nominal_iters,
         )
@@ -308,7 +318,7 @@ class Trainer:
             self.progress.last_metrics = metrics
             self.metrics_history.append(metrics)
             self._save(epoch + 1, 0)
-            self.output.end_epoch(self, metrics, last=self._run_ends_after(epoch))  # metrics.jsonl, live logs
+            self.output.end_epoch(self.run_state(), metrics, last=self._run_ends_after(epoch))  # metrics.jsonl, live logs
             stop = agree(self._stop_requested, ctx)
             if stop and not self._run_ends_after(epoch):
                 msg = (f"stopped by SIGTERM after epoch {epoch + 1}/{self.run_epochs}; checkpoint saved to "
@@ -364,7 +374,8 @@ class Trainer:
                     self.lr_scheduler.step_update(num_updates=progress * self.total_updates)
                     lr = self.optimizer.param_groups[0]["lr"]
                     batch = int(images.shape[0])
-                    bad, stop = self._step(images, targets, indices, flags, acc)
+                    side = self.resolution(progress) if self.resolution is not None else None
+                    bad, stop = self._step(images, targets, indices, flags, acc, side)
                     if bad:
                         if cfg.nonfinite == "stop":
                             self._stop_nonfinite(epoch, i, acc)
@@ -374,12 +385,13 @@ class Trainer:
                                        epoch + 1, i + 1)
                     self.progress.global_step += 1
                     acc.images += batch
-                    acc.flops += batch * self.flops_per_image(kr, training=True, attn_keep_ratio=akr)
-                    tokens = self.meter.mean_tokens()
+                    acc.flops += batch * self.flops_per_image(kr, training=True, attn_keep_ratio=akr,
+                                                              **({} if side is None else {"img_size": side}))
+                    tokens = self.meter.mean_tokens(kr, None if side == self.info.img_size else side)
                     acc.tokens_sum += tokens if tokens is not None else float("nan")
                     done = i + 1
                     if ctx.is_main and (done % cfg.log_interval == 0 or done == iters):  # bar, live logs: 1 host read
-                        self.output.log_step(self, acc, bar, epoch, done, iters, self._progress(epoch, done, iters), lr=lr,
+                        self.output.log_step(self.run_state(), acc, bar, epoch, done, iters, self._progress(epoch, done, iters), lr=lr,
                                              ratios=(kr, akr), tokens=tokens, elapsed=seconds_before + time.perf_counter() - t0)
                     bar.update(1)
                     stopping = stop or (not ctx.distributed and self._stop_requested)
@@ -458,6 +470,7 @@ class Trainer:
         indices: torch.Tensor,
         flags: StepFlags,
         acc: EpochAccumulator,
+        side: Optional[int] = None,
     ) -> tuple:
         """Forward, loss, backward and update on one batch.
 
@@ -468,6 +481,8 @@ class Trainer:
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        if side is not None and side != images.shape[-1]:  # resolution curriculum: fewer tokens by resizing
+            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         loss_targets = targets
         if self.mixup is not None:
             images, loss_targets = self.mixup(images, targets)  # soft (B, K) targets
@@ -543,7 +558,7 @@ class Trainer:
     def _write_summary(self, finished: bool) -> Dict[str, Any]:
         from .summary import run_summary
 
-        summary = run_summary(self, finished)
+        summary = run_summary(self.run_state(), finished)
         self.output.write_summary(summary)
         return summary
 

@@ -26,15 +26,20 @@ Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [
 pruning; attention level: per-query top-k connection masks; example level: forgetting events).
 """
 
-from .curves import plot_tta_curves
+from .curves import plot_flops_curves, plot_tta_curves
 from .figures import figure_to_rgb
 from .plots import plot_accuracy_vs_time
 from .html_report import write_report_html
-from .pruning import pruning_figure, sample_images, visualize_checkpoint, visualize_pruning
+from .pruning import pruning_figure, render_pruning_picture, sample_images, visualize_checkpoint, visualize_pruning
 from .report import REPORT_FILES, read_metrics, report_run
 from .trace import PruningTrace, stage_survival_masks, trace_pruning
 
+from ..training.output import set_picture_renderer as _install
+
+_install(render_pruning_picture)  # the live logs' pruning picture (training does not import viz)
+
 __all__ = [
+    "render_pruning_picture",
     "PruningTrace",
     "stage_survival_masks",
     "trace_pruning",
@@ -49,4 +54,5 @@ __all__ = [
     "REPORT_FILES",
     "plot_accuracy_vs_time",
     "plot_tta_curves",
+    "plot_flops_curves",
 ]

@@ -140,12 +140,17 @@ def pruning_figure(
         ValueError: If the model is not patched; ``images``, ``mean``, ``std``, ``query_patch``
             or ``row_labels`` do not fit (the bad value is named).
     """
-    trace = trace_pruning(model, images, query_patch)
-    K = images.shape[0]
+    from ..models import family_of, unwrap_model
+
+    K = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() == 4 else None
     if row_labels is not None:
         row_labels = [str(v) for v in row_labels]
-        if len(row_labels) != K:
+        if K is not None and len(row_labels) != K:
             raise ValueError(f"row_labels has {len(row_labels)} entries for {K} images")
+    if not hasattr(family_of(model), "model_mixin"):  # no token positions (Swin): draw what each stage ran
+        return _stage_figure(unwrap_model(model), images, mean, std, row_labels)
+    trace = trace_pruning(model, images, query_patch)
+    K = images.shape[0]
     pix = _to_display(images, mean, std)
     H, W = pix.shape[1:3]
     grid = trace.grid_size
@@ -191,6 +196,44 @@ def pruning_figure(
         ax.set_yticks([])
     fig.suptitle("tokens kept per pruning stage (dropped: tinted); query (red) and its kept connections (gold)",
                  fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def _stage_figure(model: nn.Module, images: torch.Tensor, mean: Any, std: Any, row_labels: Optional[Sequence[str]]):
+    """One row per image: the input, then per stage the tokens whose windows ran (others tinted)."""
+    from ..models import family_of, is_patched
+
+    if not is_patched(model):
+        raise ValueError(f"model ({type(model).__name__}) is not patched; call trilevel.patch(model) first")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor (K, C, H, W), got {getattr(images, 'shape', type(images))}")
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(images.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    stages = family_of(model).survival_masks(model)
+    pix = _to_display(images, mean, std)
+    K, (H, W) = images.shape[0], pix.shape[1:3]
+    fig = new_figure(2.0 * (1 + len(stages)), 2.0 * K + 0.6)
+    axes = fig.subplots(K, 1 + len(stages), squeeze=False)
+    for b in range(K):
+        axes[b, 0].imshow(pix[b], interpolation="nearest")
+        pred = f"pred {int(logits[b].argmax())}"
+        axes[b, 0].set_ylabel(pred if row_labels is None else f"{row_labels[b]}\n{pred}", fontsize=8)
+        for s, (label, mask) in enumerate(stages):
+            m = mask[b if mask.shape[0] > 1 else 0].numpy()
+            axes[b, 1 + s].imshow(_dim(pix[b], _upsample(m, (H, W)), _DIM_ALPHA), interpolation="nearest")
+            if b == 0:
+                axes[b, 1 + s].set_title(f"{label}: {100.0 * m.mean():.0f}% ran", fontsize=9)
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("tokens whose windows ran in every block of the stage (skipped: tinted)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -265,6 +308,22 @@ def sample_images(dataset: Any, num_images: int, seed: int) -> tuple[torch.Tenso
     return images, [f"val #{i}, class {int(item[1])}" for i, item in zip(indices, items)]
 
 
+_PICTURE_SETS: dict = {}
+
+
+def render_pruning_picture(model: nn.Module, val_set: Any, data_info: Any, seed: int, num_images: int) -> np.ndarray:
+    """The live logs' pruning picture (:func:`pruning_figure` of ``num_images`` validation images chosen
+    by ``seed``, the same ones every time) as an RGB ``uint8`` array ``(H, W, 3)``."""
+    from .figures import figure_to_rgb
+
+    key = (id(val_set), seed, num_images)
+    if key not in _PICTURE_SETS:
+        _PICTURE_SETS.clear()
+        _PICTURE_SETS[key] = sample_images(val_set, min(num_images, len(val_set)), seed)
+    images, labels = _PICTURE_SETS[key]
+    return figure_to_rgb(pruning_figure(model, images, data_info.mean, data_info.std, row_labels=labels))
+
+
 def visualize_checkpoint(
     checkpoint_path: PathLike,
     num_images: int,
@@ -304,7 +363,7 @@ def visualize_checkpoint(
             another bad argument (named).
     """
     from ..training.run import load_run
-    from ..vit import set_keep_ratios
+    from ..models import set_keep_ratios
 
     _check_sample_args(num_images, seed)  # before the (slow) rebuild
     check_png_path(output_path)

@@ -124,7 +124,7 @@ class PruningTrace:
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    from ..vit import unwrap_model, is_patched
+    from ..models import unwrap_model, is_patched
 
     base = unwrap_model(model)
     if not is_patched(base):
@@ -203,7 +203,7 @@ def trace_pruning(
             logits = model(images.to(device))
     finally:
         base.train(was_training)
-    from ..vit import get_trilevel_info
+    from ..models import get_trilevel_info
 
     info = get_trilevel_info(base)
     if info is None or len(info.kept_positions) != len(prune_layers):
