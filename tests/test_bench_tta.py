@@ -271,3 +271,30 @@ def test_bench_command_with_budgets(tmp_path, monkeypatch, capsys):
     assert "TTA speedup" in out and "token-only" in out
     assert bench_main(["train", "--configs", "dense", "--budgets", "1,x", "--output-dir", str(tmp_path)]) == 2
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_a_sigterm_during_a_run_stops_the_bench_before_the_next_run(tmp_path, monkeypatch):
+    # the request arrives while a run finishes (its trainer's handler sets the flag); the next run never starts
+    import signal
+
+    from trilevel.bench import budgets as budget_bench
+    from trilevel.training.signals import STOP_REQUEST
+    from trilevel.training.trainer import TrainingInterrupted
+
+    started = []
+
+    def fake_train(cfg):
+        started.append(cfg["output_dir"])
+        STOP_REQUEST.set()  # what Trainer._on_sigterm does
+        return {"finished": True, "val_top1": 50.0, "train_seconds": 1.0, "train_cpu_seconds": 1.0}
+
+    from trilevel import training
+
+    monkeypatch.setattr(training, "train", fake_train)
+    try:
+        with pytest.raises(TrainingInterrupted, match="before bench run 2/"):
+            budget_bench.run_budget_bench({"dense": True, "seed": 0}, ["dense", "fast"], [1.0], [0], str(tmp_path))
+        assert len(started) == 1
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the bench's handler is gone afterwards
+    finally:
+        STOP_REQUEST.clear()

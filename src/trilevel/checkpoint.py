@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "atomic_write_text",
+    "atomic_write_json",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
@@ -172,12 +174,20 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             str(folder),
         )
     payload = {FORMAT_KEY: CHECKPOINT_FORMAT, VERSION_KEY: CHECKPOINT_VERSION, **state}
+    _atomic_write(path, lambda f: torch.save(payload, f))
+    logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file next to ``path``, fsync, ``os.replace`` onto ``path``, fsync the folder."""
+    folder = path.parent
     tmp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     # O_EXCL: never clobber anything; mode 0o666 is reduced by the process umask.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -188,8 +198,28 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             pass
         raise
     _fsync_folder(folder)
-    logger.debug("saved checkpoint %s", path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`save_checkpoint` writes a checkpoint.
+
+    A reader sees the old file or the new one, never a truncated one (``summary.json``,
+    ``config.yaml`` and the bench's run list are written this way).
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+        OSError: If writing fails (the previous file stays as it was).
+    """
+    path = Path(path)
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
+    """:func:`atomic_write_text` of ``json.dumps(value, indent=2)``."""
+    import json
+
+    return atomic_write_text(path, json.dumps(value, indent=2))
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
+from ..checkpoint import atomic_write_json
+from ..settings import merge_settings
 from .train import TRAIN_PRESETS
 from .tta import TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
 
@@ -120,19 +122,28 @@ def run_budget_bench(
     os.makedirs(output_dir, exist_ok=True)
     rows: List[dict] = []
     order = interleaved_order(list(configs), budgets, list(seeds))
-    for n, (seed, budget, name) in enumerate(order, start=1):
-        folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
-        cfg = {**base, **table[name], "budget": budget, "seed": seed, "output_dir": folder, "resume": None}
-        summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict())
-        if summary is None:
-            _LOG.info("bench run %d/%d: %s at budget %g, seed %d", n, len(order), name, budget, seed)
-            summary = training.train(cfg)
-        else:
-            _LOG.info("bench run %d/%d: %s at budget %g, seed %d: done before, reused", n, len(order), name, budget,
-                      seed)
-        rows.append({"name": name, "budget": budget, "seed": seed, **{k: summary.get(k) for k in BUDGET_RUN_KEYS}})
-        with open(os.path.join(output_dir, "bench_runs.json"), "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
+    from ..training.signals import STOP_REQUEST, stop_on_sigterm
+    from ..training.trainer import TrainingInterrupted
+
+    STOP_REQUEST.clear()  # a request left from an earlier run in this process is not this bench's
+    with stop_on_sigterm():
+        for n, (seed, budget, name) in enumerate(order, start=1):
+            if STOP_REQUEST.is_set():  # a SIGTERM during the previous run (or between runs)
+                raise TrainingInterrupted(f"stopped by SIGTERM before bench run {n}/{len(order)}; run the same "
+                                          f"command again to continue (finished runs are reused)")
+            folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
+            cfg = {**merge_settings(base, table[name]), "budget": budget, "seed": seed, "output_dir": folder,
+                   "resume": None}
+            summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict())
+            if summary is None:
+                _LOG.info("bench run %d/%d: %s at budget %g, seed %d", n, len(order), name, budget, seed)
+                summary = training.train(cfg)
+            else:
+                _LOG.info("bench run %d/%d: %s at budget %g, seed %d: done before, reused", n, len(order), name,
+                          budget, seed)
+            rows.append({"name": name, "budget": budget, "seed": seed,
+                         **{k: summary.get(k) for k in BUDGET_RUN_KEYS}})
+            atomic_write_json(os.path.join(output_dir, "bench_runs.json"), rows)
     curves = build_curves(rows)
     dense_best = curves["dense"].points[-1].top1_mean
     target = dense_best - target_drop if target is None else float(target)

@@ -89,6 +89,11 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
 
     def run(name: str, overrides: dict) -> dict:
         cfg = {**merge_settings(base, overrides), "output_dir": os.path.join(output_dir, name), "resume": None}
+        from ..training.signals import STOP_REQUEST
+        from ..training.trainer import TrainingInterrupted
+
+        if STOP_REQUEST.is_set():  # SIGTERM during the previous run: start no other
+            raise TrainingInterrupted(f"stopped by SIGTERM before bench row {name!r}")
         _LOG.info("bench train: %s (%s)", name, overrides or "base settings")
         s = training.train(cfg)
         row = {"name": name, "val_top1": s["val_top1"], "train_seconds": s["train_seconds"],
@@ -99,14 +104,18 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
         rows.append(row)
         return row
 
-    for name in ordered:
-        run(name, TRAIN_PRESETS[name])
-    if "dense-same-time" in configs:
-        dense = next(r for r in rows if r["name"] == "dense")
-        fastest = min((r for r in rows if r["name"] != "dense"), key=lambda r: r["train_seconds"])
-        epochs = max(1, round(dense["epochs"] * fastest["train_seconds"] / dense["train_seconds"]))
-        run("dense-same-time", {**TRAIN_PRESETS["dense-same-time"], "epochs": epochs,
-                                "warmup_epochs": min(base.get("warmup_epochs", 1.0), epochs / 5)})
+    from ..training.signals import STOP_REQUEST, stop_on_sigterm
+
+    STOP_REQUEST.clear()  # a request left from an earlier run in this process is not this bench's
+    with stop_on_sigterm():
+        for name in ordered:
+            run(name, TRAIN_PRESETS[name])
+        if "dense-same-time" in configs:
+            dense = next(r for r in rows if r["name"] == "dense")
+            fastest = min((r for r in rows if r["name"] != "dense"), key=lambda r: r["train_seconds"])
+            epochs = max(1, round(dense["epochs"] * fastest["train_seconds"] / dense["train_seconds"]))
+            run("dense-same-time", {**TRAIN_PRESETS["dense-same-time"], "epochs": epochs,
+                                    "warmup_epochs": min(base.get("warmup_epochs", 1.0), epochs / 5)})
     dense_row = next(r for r in rows if r["name"] == "dense")
     for r in rows:
         r["speedup"] = dense_row["train_seconds"] / r["train_seconds"]

@@ -26,6 +26,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ..checkpoint import atomic_write_json, atomic_write_text
 from ..options import check_bool, check_int
 from .config import TrainConfig
 from .distributed import DistContext, broadcast_object
@@ -183,8 +184,7 @@ class RunOutput:
         self._file_handler = logging.FileHandler(self.folder / "train.log", encoding="utf-8")
         self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         pkg_logger.addHandler(self._file_handler)
-        with open(self.folder / "config.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+        atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         if self.config.log_wandb:
             try:
                 self._wandb = self._start_wandb()
@@ -375,8 +375,7 @@ class RunOutput:
         """Write ``summary.json`` and log its headline (rank 0)."""
         if not self.is_main:
             return
-        with open(self.folder / "summary.json", "w", encoding="utf-8") as f:
-            json.dump(dict(summary), f, indent=2)
+        atomic_write_json(self.folder / "summary.json", dict(summary))
         top1 = summary["val_top1"]
         logging.getLogger("trilevel.training").info(
             "%s: val top-1 %.2f%% after %d/%d epochs, %.1f s of training, %d training images, "
