@@ -40,7 +40,7 @@ def topk_connection_mask(patch_probs: torch.Tensor, attn_keep_ratio: float) -> t
         raise ValueError(f"patch_probs must be (B, n, n), got shape {tuple(patch_probs.shape)}")
     n = patch_probs.shape[-1]
     k = max(1, min(n, math.ceil(n * attn_keep_ratio)))
-    threshold = patch_probs.topk(k, dim=-1, sorted=True).values[..., -1:]
+    threshold = patch_probs.kthvalue(n - k + 1, dim=-1, keepdim=True).values  # the row's k-th largest
     return patch_probs >= threshold
 
 

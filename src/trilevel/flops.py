@@ -5,8 +5,9 @@ A multiply-add counts as 2 FLOPs, the convention of ``torch.utils.flop_counter.F
 every block (qkv, projection, gate, MLP) at the number of tokens it sees, the two attention
 matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is active: a masked
 dense kernel does the same arithmetic), the forward-only [CLS] row of ``Q K^T`` that scores the
-tokens when only the token level is on (with the attention level on, the block's own attention
-probabilities serve the scores and the new mask), and the classifier head. With a fate that
+tokens when only the token level is on, the forward-only ``Q K^T`` of a pruning block whose
+attention level builds a new mask (its probabilities also serve the scores), and the classifier
+head. With a fate that
 rejoins (``bypass``), the blocks from the rejoin block on see every token again. Not counted:
 norms, softmax, GELU, rotary embeddings, token selection, mask construction, gathers and
 scatters (well under 1% here).
@@ -118,10 +119,11 @@ def vit_forward_flops(model: nn.Module, settings: Optional[Any], keep_ratio: flo
         flops += 2.0 * n_in * _linear_macs(attn)
         flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
         flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
-        if i in layers and scored and attn_keep_ratio == 1.0 and keep_ratio < 1.0:
-            # forward-only [CLS] row of Q K^T for the scores (with the attention level, the
-            # probabilities of the block's own attention pass serve the scores and the mask)
-            flops += 2.0 * n_in * attn_dim
+        if i in layers and attn_keep_ratio < 1.0:
+            # forward-only Q K^T for the probabilities of the attention level's mask (and the scores)
+            flops += 2.0 * n_in * n_in * attn_dim
+        elif i in layers and scored and keep_ratio < 1.0:
+            flops += 2.0 * n_in * attn_dim  # forward-only [CLS] row of Q K^T for the scores
     for name in ("head", "head_dist"):
         head = getattr(model, name, None)
         if isinstance(head, nn.Linear):

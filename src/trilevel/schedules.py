@@ -114,7 +114,7 @@ class KeepRatioSchedule:
         if self.buckets and self.target != 1.0:
             low, span = self.target, 1.0 - self.target
             value = low + span * round((value - low) / span * (self.buckets - 1)) / (self.buckets - 1)
-        return value
+        return min(value, 1.0)  # the top level is 1 exactly (low + span may round above it)
 
     def _continuous(self, progress: float) -> float:
         if self.target == 1.0 or (self.dense_tail > 0.0 and progress >= 1.0 - self.dense_tail):

@@ -74,10 +74,9 @@ def gather_rope(rope: Optional[torch.Tensor], positions: torch.Tensor) -> Option
         rope = rope.unsqueeze(0).unsqueeze(0).expand(B, 1, -1, -1)
     index = positions.clamp_min(0).view(B, 1, n, 1).expand(B, 1, n, D)
     rows = rope.gather(2, index)
-    fused = positions < 0
-    if bool(fused.any()):
-        identity = torch.cat([rope.new_zeros(D // 2), rope.new_ones(D - D // 2)])
-        rows = torch.where(fused.view(B, 1, n, 1), identity, rows)
+    fused = positions < 0  # no host read: the identity rows are written wherever they apply
+    identity = torch.cat([rope.new_zeros(D // 2), rope.new_ones(D - D // 2)])
+    rows = torch.where(fused.view(B, 1, n, 1), identity, rows)
     return rows
 
 
@@ -165,7 +164,7 @@ class TriLevelEvaMixin(TriLevelViTMixin):
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
             if stash is not None and i == self.trilevel_rejoin_layer:  # bypassed tokens come back
-                x, positions, rope = rejoin_tokens(x, stash, positions, P), everyone, full_rope
+                x, positions, rope = rejoin_tokens(x, stash, positions, P, N - P), everyone, full_rope
                 mask = stash = None
             info.tokens_per_block.append(x.shape[1])
             step = (blk.forward_trilevel_rope, x, rope, mask, positions, stash)
@@ -178,7 +177,8 @@ class TriLevelEvaMixin(TriLevelViTMixin):
                     info.kept_positions.append(positions)
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
-        self.trilevel_info = info
+        if not torch.compiler.is_compiling():  # per-call state off the compiled path
+            self.trilevel_info = info
         return self.norm(x)
 
 

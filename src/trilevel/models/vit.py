@@ -186,16 +186,21 @@ class TriLevelBlockMixin:
         return self._attn_out(h, o)
 
     def _attention_with_probs(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
-        """Attention whose probabilities are also returned: one unfused pass serves the output,
-        the [CLS] scores and the new connection mask (no second, forward-only pass)."""
+        """The attention branch, and the head-mean probabilities ``(B, N, N)`` (forward-only) that the
+        attention level builds its mask from and the token level scores by.
+
+        The output comes from the block's own attention (fused SDPA when ``fused_attn``), so the
+        backward pass keeps no ``(B, H, N, N)`` tensor; the probabilities are a second ``Q K^T``
+        under ``no_grad`` (counted by the FLOP model) and only their head mean is kept.
+        """
         q, k, v = self.qkv_heads(h)
-        logits = (q * self.attn.scale) @ k.transpose(-2, -1)
-        if mask is not None:
-            logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        probs = logits.softmax(dim=-1)
-        p = self._dropout_p()
-        o = (F.dropout(probs, p=p) if p > 0 else probs) @ v
-        return self._attn_out(h, o), probs.detach()
+        o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
+        with torch.no_grad():
+            logits = (q * self.attn.scale) @ k.transpose(-2, -1)
+            if mask is not None:
+                logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+            probs = logits.softmax(dim=-1)
+        return self._attn_out(h, o), probs
 
     def _cls_scores(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
         """Attention output and the head-mean [CLS] row of its probabilities (a forward-only side product)."""
@@ -210,7 +215,7 @@ class TriLevelBlockMixin:
         x: torch.Tensor,
         mask: Optional[torch.Tensor],
         positions: torch.Tensor,
-        stash: Optional[torch.Tensor],
+        stash: Optional[Tuple[Tuple[torch.Tensor, torch.Tensor], ...]],
     ):
         """One block of the tri-level forward.
 
@@ -219,9 +224,9 @@ class TriLevelBlockMixin:
             mask: Boolean connection mask ``(B, N, N)`` from the last pruning block, or None.
             positions: Index of each non-prefix token in the sequence that entered the first
                 block ``(B, N - P)`` (the original patch index unless PatchDropout shuffled it).
-            stash: ``bypass`` fate only: ``(B, P + N0, C)``, the latest value of every token of
-                the full sequence (the bypassed tokens wait there), or None before the first
-                bypass pruning.
+            stash: ``bypass`` fate only: a tuple of ``(positions (B, d), values (B, d, C))`` pairs,
+                the tokens each earlier pruning block set aside (their indices in the sequence that
+                entered the first block, and their values when they left), or None before the first.
 
         Returns:
             ``(x, mask, positions, stash, scores)`` for the tokens leaving the block; ``scores`` the
@@ -255,9 +260,10 @@ class TriLevelBlockMixin:
         if keep < 1.0:
             B, N, C = x.shape
             scores = score.score(ScoreInputs(x, cls_attention, P))
-            if fate.rejoins:  # the tokens about to be dropped wait in the stash
-                stash = x if stash is None else stash.scatter(1, _token_index(positions, P, C), x[:, P:])
-            x, kept_idx = select_topk_tokens(x, scores, keep, P, fate.fuses)
+            kept_x, kept_idx = select_topk_tokens(x, scores, keep, P, fate.fuses)
+            if fate.rejoins:  # the tokens set aside wait in the stash (only they are copied)
+                stash = (stash or ()) + (_set_aside(x, kept_idx, positions, P),)
+            x = kept_x
             fused = x.shape[1] - P - kept_idx.shape[1]
             positions = positions.gather(1, kept_idx)
             if fused:
@@ -270,26 +276,37 @@ class TriLevelBlockMixin:
         return x, mask, positions, stash, scores
 
 
-def _token_index(positions: torch.Tensor, num_prefix_tokens: int, dim: int) -> torch.Tensor:
-    """``(B, n, C)`` gather/scatter index of the patch tokens at ``positions`` in the full sequence."""
-    return (positions + num_prefix_tokens).unsqueeze(-1).expand(-1, -1, dim)
+def _set_aside(x: torch.Tensor, kept_idx: torch.Tensor, positions: torch.Tensor, num_prefix_tokens: int):
+    """``(positions, values)`` of the patch tokens of ``x`` that ``kept_idx`` does not keep (fixed shapes, no sync)."""
+    P = num_prefix_tokens
+    B, N, C = x.shape
+    kept = torch.zeros(B, N - P, dtype=torch.bool, device=x.device).scatter_(1, kept_idx, True)
+    # the dropped indices first: a stable sort of the kept flags (False < True); no data-dependent shape
+    dropped = torch.argsort(kept.to(torch.uint8), dim=1, stable=True)[:, : N - P - kept_idx.shape[1]]
+    values = x[:, P:].gather(1, dropped.unsqueeze(-1).expand(-1, -1, C))
+    return positions.gather(1, dropped), values
 
 
-def rejoin_tokens(x: torch.Tensor, stash: torch.Tensor, positions: torch.Tensor, num_prefix_tokens: int):
-    """Put bypassed tokens back: the current tokens ``x`` return to their places in ``stash``.
+def rejoin_tokens(x: torch.Tensor, stash, positions: torch.Tensor, num_prefix_tokens: int,
+                  num_patches: int) -> torch.Tensor:
+    """Put bypassed tokens back: the full sequence rebuilt once, every token in its original place.
 
     Args:
         x: Current tokens ``(B, P + n, C)``.
-        stash: Latest value of every token ``(B, P + N0, C)``.
+        stash: ``(positions (B, d), values (B, d, C))`` pairs of the tokens set aside.
         positions: Index of each current patch token in the full sequence ``(B, n)``.
         num_prefix_tokens: ``P``.
+        num_patches: ``N0``, patch tokens of the sequence that entered the first block.
 
     Returns:
         ``(B, P + N0, C)``: the full sequence in its original order, prefix tokens from ``x``.
     """
     P = num_prefix_tokens
-    full = stash.scatter(1, _token_index(positions, P, x.shape[-1]), x[:, P:])
-    return torch.cat([x[:, :P], full[:, P:]], dim=1)
+    B, _, C = x.shape
+    pos = torch.cat([positions, *(p for p, _ in stash)], dim=1)
+    val = torch.cat([x[:, P:], *(v for _, v in stash)], dim=1)
+    full = val.new_empty(B, num_patches, C).scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), val)
+    return torch.cat([x[:, :P], full], dim=1)
 
 
 class TriLevelViTMixin:
@@ -328,7 +345,7 @@ class TriLevelViTMixin:
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
             if i == self.trilevel_rejoin_layer and stash is not None:  # bypassed tokens come back
-                x = rejoin_tokens(x, stash, positions, P)
+                x = rejoin_tokens(x, stash, positions, P, N - P)
                 positions = torch.arange(N - P, device=x.device).expand(B, N - P)
                 mask = stash = None
             info.tokens_per_block.append(x.shape[1])
@@ -343,7 +360,8 @@ class TriLevelViTMixin:
                     info.kept_positions.append(positions)
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
-        self.trilevel_info = info
+        if not torch.compiler.is_compiling():  # per-call state off the compiled path
+            self.trilevel_info = info
         return self.norm(x)
 
 
