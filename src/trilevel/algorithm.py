@@ -31,7 +31,33 @@ from .settings import (
 )
 
 __all__ = ["ALLOWED_SELECTORS", "PRESETS", "TriLevelConfig", "ResolvedTriLevel", "TriLevel", "build_selector",
-           "preset_settings", "resolve_config", "resolve_speedup", "schedule_flops"]
+           "compile_model", "preset_settings", "resolve_config", "resolve_speedup", "schedule_flops"]
+
+
+def compile_model(model: nn.Module, buckets: int = 8, **compile_kwargs: Any) -> nn.Module:
+    """``torch.compile`` a patched model so that a whole run recompiles at most once per keep-ratio bucket.
+
+    The keep ratios are plain float attributes of the blocks, set between steps (never inside the
+    forward); ``torch.compile`` guards on them, so each distinct ratio is one graph. With bucketed
+    schedules (``ratio_buckets``, 8 by default) a run uses at most ``buckets`` ratios per mode, so
+    the recompile limit is raised to cover training and evaluation graphs of every bucket. Per-call
+    records (``get_trilevel_info``) are not kept while compiled.
+
+    Args:
+        model: The patched model (or a DDP wrapper of it).
+        buckets: The schedule's buckets (0: continuous, a new graph per ratio; not recommended).
+        **compile_kwargs: Passed to ``torch.compile`` (e.g. ``backend="eager"`` in tests, ``mode``).
+
+    Returns:
+        The compiled module (it shares parameters with ``model``).
+    """
+    import torch._dynamo
+
+    needed = 2 * max(buckets, 1) + 4  # train + eval graphs per bucket, and the dense ones
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), needed))
+    return torch.compile(model, **compile_kwargs)
 
 
 class TriLevel:

@@ -36,6 +36,8 @@ class RunProgress:
         train_cpu_seconds: Process CPU time of the same (all threads; seconds).
         eval_seconds: Wall-clock of the validation passes (seconds).
         checkpoint_seconds: Wall-clock of writing checkpoints (seconds).
+        compile_seconds: Wall-clock of training steps that compiled a graph (``compile``; seconds, not
+            in ``train_seconds``).
         epochs_trained: Passes over the active set, fractional (a budget's last epoch is partial).
         epoch_start_progress: Fraction of the run done when the current epoch started.
         train_images: Training images consumed in completed epochs.
@@ -51,6 +53,7 @@ class RunProgress:
     train_cpu_seconds: float = 0.0
     eval_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
+    compile_seconds: float = 0.0
     epochs_trained: float = 0.0
     epoch_start_progress: float = 0.0
     train_images: int = 0
@@ -69,7 +72,7 @@ class RunProgress:
             ValueError: If a field is missing.
         """
         for f in dataclasses.fields(self):
-            if f.name not in state:
+            if f.name not in state and f.name != "compile_seconds":
                 raise ValueError(f"run progress state lacks {f.name!r}")
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
@@ -77,6 +80,7 @@ class RunProgress:
         for name in ("train_seconds", "train_cpu_seconds", "eval_seconds", "checkpoint_seconds", "epochs_trained",
                      "epoch_start_progress"):
             setattr(self, name, float(state[name]))
+        self.compile_seconds = float(state.get("compile_seconds", 0.0))  # absent before compile existed
         self.train_images = int(state["train_images"])
         self.flops_sum = float(state["flops_sum"])
         self.skipped_steps = int(state["skipped_steps"])

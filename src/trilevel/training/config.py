@@ -57,7 +57,7 @@ if get_args(AugName) != tuple(ALLOWED_AUGS) or get_args(BadImagesName) != tuple(
 RUNTIME_KEYS = frozenset(
     {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
      "bad_images", "eval_every", "checkpoint_every", "keep_last", "allow_world_size_change", "log_tensorboard",
-     "log_wandb", "tensorboard_images_every"}
+     "log_wandb", "tensorboard_images_every", "compile"}
 )
 
 
@@ -150,6 +150,7 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         cutmix: CutMix alpha (0: off; DeiT: 1.0).
         clip_grad: Max gradient norm; none or 0: no clipping.
         amp: Mixed precision: none, bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler).
+        compile: torch.compile the (patched) model: at most one compile per keep-ratio bucket (--ratio-buckets) and mode; the summary reports compile seconds apart from training time.
         ema_decay: EMA decay of the weights, in [0, 1); 0: no EMA.
         dense: Baseline: stock timm model, no keep-ratio schedules, no example selector.
         output_dir: Output folder; none: runs/<timestamp> (on resume: the checkpoint's folder).
@@ -197,6 +198,7 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     cutmix: float = 0.0
     clip_grad: OptionalFloat = None
     amp: AmpName = "none"
+    compile: bool = False
     ema_decay: float = 0.0
     # the baseline switch
     dense: bool = False
@@ -262,6 +264,7 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         if self.clip_grad == 0.0:
             self.clip_grad = None
         check_choice("amp", self.amp, ALLOWED_AMP)
+        check_bool("compile", self.compile)
         self.ema_decay = check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ValueError(f"batch-size must be even with mixup/cutmix (timm Mixup mixes pairs), got {self.batch_size}")

@@ -49,6 +49,7 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         "train_cpu_seconds": p.train_cpu_seconds,
         "eval_seconds": p.eval_seconds,
         "checkpoint_seconds": p.checkpoint_seconds,
+        "compile_seconds": p.compile_seconds,
         "epochs": trainer.run_epochs,
         "epochs_done": epochs_done,
         "epochs_trained": p.epochs_trained,

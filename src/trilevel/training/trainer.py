@@ -47,6 +47,7 @@ from .distributed import DistContext, agree, setup_distributed, shard
 from .evaluation import autocast, evaluate
 from .loaders import make_loader, seed_rank_streams
 from .output import RunOutput
+from .signals import STOP_REQUEST, compiled_graphs
 from .state import RunState
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "NonFiniteLossError", "Trainer", "TrainingFailedError",
@@ -78,7 +79,7 @@ class Trainer:
         from timm.scheduler import CosineLRScheduler
         from timm.utils import ModelEmaV3
 
-        from ..algorithm import TriLevel
+        from ..algorithm import TriLevel, compile_model
         from ..example_selection import IndexedDataset
         from ..settings import resolve_config
         from .factory import build_criterion, build_data, build_model
@@ -124,19 +125,14 @@ class Trainer:
                 self.algorithm.selector.to(self.device)
         # after the (one) patch: the EMA copy and DDP see the patched model
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-        if ctx.distributed:
-            self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        else:
-            self.model = model
+        self.model = model if not ctx.distributed else nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:  # compile time is counted apart (progress.compile_seconds)
+            self.model = compile_model(self.model, cfg.ratio_buckets if cfg.tri_level else 0)
         self.train_indexed = IndexedDataset(self.train_ds)
-        if self.algorithm is not None and self.algorithm.sampler is not None:
-            self.sampler = self.algorithm.sampler
-        else:
-            self.sampler = DistributedSampler(
-                self.train_indexed, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed
-            )
+        own = self.algorithm.sampler if self.algorithm is not None else None  # the active set's, if selecting
+        self.sampler = own if own is not None else DistributedSampler(
+            self.train_indexed, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         self.mixup, self.criterion = build_criterion(cfg, self.info.num_classes)
         if ctx.rank > 0:  # own dropout and mixup streams per rank (rank 0 keeps the seed's)
             seed_rank_streams(cfg.seed, ctx.rank)
@@ -234,6 +230,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ signals
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ANN001
+        STOP_REQUEST.set()  # outlives this run: a bench stops before its next one
         if not self._stop_requested:
             self._stop_requested = True
             logger.warning("SIGTERM received: finishing the current step, then saving a checkpoint and exiting")
@@ -375,7 +372,12 @@ class Trainer:
                     lr = self.optimizer.param_groups[0]["lr"]
                     batch = int(images.shape[0])
                     side = self.resolution(progress) if self.resolution is not None else None
+                    graphs, t_step, c_step = compiled_graphs(), time.perf_counter(), time.process_time()
                     bad, stop = self._step(images, targets, indices, flags, acc, side)
+                    if compiled_graphs() != graphs:  # this step compiled a graph: compile time, not training time
+                        spent = time.perf_counter() - t_step
+                        t0, c0 = t0 + spent, c0 + time.process_time() - c_step
+                        self.progress.compile_seconds += spent
                     if bad:
                         if cfg.nonfinite == "stop":
                             self._stop_nonfinite(epoch, i, acc)
