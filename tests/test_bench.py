@@ -6,13 +6,19 @@ speedup and accuracy columns, and the files written.
 """
 
 import json
+import logging
 
 import pytest
+import torch
+import torch.nn as nn
 
+import trilevel
 from trilevel import training
 from trilevel.cli.bench import main as bench_main
 from trilevel.bench import (SpeedConfig, benchmark_speed, format_seeds_table, format_train_table, parse_seeds,
                             run_train_bench, run_train_bench_seeds, summarize_seeds)
+from trilevel.bench import speed as speed_mod
+from trilevel.bench.speed import compare_speed, format_speed_table, max_batch_in_memory, saved_bytes_for_backward
 
 from _models import tiny_vit
 
@@ -28,6 +34,109 @@ def test_benchmark_speed_rows_and_flop_implied_speedups():
     assert rows[2].flops_speedup > 1.2 and rows[2].relative_flops < 0.85
     for r in rows:
         assert r.min_s <= r.median_s <= r.max_s and r.images_per_s > 0
+
+
+def _drop(keep):
+    settings = trilevel.PatchSettings(keep_ratio=keep, token_fate="drop")
+    return lambda m: trilevel.patch(m, settings)
+
+
+MEMORY_COLUMNS = ["saved for backward MB/image", "memory vs dense", "tokens vs dense", "batch in dense's memory"]
+
+
+def test_memory_of_a_pruned_variant_follows_its_kept_tokens():
+    batch = 3
+    variants = [("dense", None, 1.0, None), ("patched 1.0", 1.0, 1.0, _drop(1.0)), ("drop 0.5", 0.5, 1.0, _drop(0.5))]
+    rows = compare_speed(lambda: tiny_vit(depth=8), variants, batch_size=batch, input_shape=(1, 28, 28),
+                         num_classes=10, rounds=1, steps_per_round=1, warmup_steps=0)
+    dense, same, pruned = rows
+    assert dense.memory_ratio == 1.0 and dense.token_fraction == 1.0 and dense.max_batch_same_memory == batch
+    assert same.saved_bytes == dense.saved_bytes  # ratio 1 keeps every token: nothing more, nothing less
+    assert dense.cuda_peak_bytes_per_image is None and dense.compile_speedup is None  # CPU, no compile
+    # token_fraction counts prefix tokens and the blocks before the first pruning block at full
+    # size, and a pruning block half full (its attention) and half pruned (its MLP). What it leaves
+    # out is dense for every row (patch embedding, head, loss) or small (scores, kept indices): the
+    # saving in memory is at least what the kept tokens imply, up to 10 %.
+    assert 0.4 < pruned.token_fraction < 0.75
+    assert 0 < pruned.memory_ratio < 1 and pruned.memory_ratio <= pruned.token_fraction * 1.1
+    assert pruned.memory_ratio == pytest.approx(pruned.saved_bytes / dense.saved_bytes)
+    for r in rows:
+        assert r.saved_bytes_per_image == round(r.saved_bytes / batch)
+        assert r.max_batch_same_memory == batch * dense.saved_bytes // r.saved_bytes
+    m = pruned.max_batch_same_memory  # the largest batch that fits dense's memory at batch 3
+    assert m > batch and m * pruned.saved_bytes <= batch * dense.saved_bytes < (m + 1) * pruned.saved_bytes
+    table = format_speed_table(rows)
+    assert table.splitlines()[0].endswith(" | ".join(MEMORY_COLUMNS) + " |") and "compile" not in table
+    assert f"| {pruned.memory_ratio:.3f} | {pruned.token_fraction:.3f} | {m} |" in table.splitlines()[-1]
+
+
+def test_max_batch_in_memory_is_exact():
+    assert max_batch_in_memory(8, 1000, 300) == 26  # 26.67 images
+    assert max_batch_in_memory(8, 1000, 1000) == 8
+    assert max_batch_in_memory(3, 7, 7) == 3 and max_batch_in_memory(49, 100, 49 * 100 // 49) == 49
+    assert max_batch_in_memory(10, 7, 0) == 0
+
+
+class _Sliced(nn.Module):
+    """A head twice as wide whose extra outputs are dropped: twice the parameters, the same activations."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.body, self.fc = nn.Linear(16, 16), nn.Linear(16, width)
+
+    def forward(self, x):  # the head's input needs a gradient: the head saves its weight for it
+        return self.fc(self.body(x))[:, :4]
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_saved_bytes_leave_out_parameters(amp_dtype):
+    x, y = torch.randn(5, 16), torch.randint(0, 4, (5,))
+    small, big = _Sliced(4), _Sliced(8)
+    assert sum(p.numel() for p in big.fc.parameters()) == 2 * sum(p.numel() for p in small.fc.parameters())
+    a = saved_bytes_for_backward(small, x, y, amp_dtype)
+    b = saved_bytes_for_backward(big, x, y, amp_dtype)
+    assert a == b  # the weight (and under autocast its bf16 copy) is saved too, but is no activation
+    width = 4 if amp_dtype is None else 2
+    assert a >= 2 * 5 * 16 * width + 5 * 4 * 4  # at least the two inputs and the log-probabilities
+    assert saved_bytes_for_backward(small, torch.randn(10, 16), torch.randint(0, 4, (10,)), amp_dtype) > a
+
+
+def test_compile_path_reports_compile_figures():
+    variants = [("dense", None, 1.0, None), ("drop 0.5", 0.5, 1.0, _drop(0.5))]
+    rows = compare_speed(lambda: tiny_vit(depth=2), variants, batch_size=2, input_shape=(1, 28, 28), num_classes=10,
+                         rounds=2, steps_per_round=1, warmup_steps=1, compile=True, compile_backend="eager")
+    for r in rows:
+        assert r.compile_error is None and r.compile_speedup > 0 and r.compile_seconds > 0
+        assert r.min_s <= r.median_s <= r.max_s
+    head = format_speed_table(rows).splitlines()[0]
+    assert head.endswith("| compile speedup | compile s |") and "memory vs dense" in head
+
+
+def test_a_failed_compile_is_reported_in_its_row(caplog):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    with caplog.at_level(logging.WARNING, logger="trilevel.bench.speed"):
+        (row,) = compare_speed(lambda: tiny_vit(depth=1), [("dense", None, 1.0, None)], batch_size=2,
+                               input_shape=(1, 28, 28), num_classes=10, rounds=1, steps_per_round=1, warmup_steps=0,
+                               compile=True, compile_backend=broken)
+    assert row.compile_speedup is None and row.compile_seconds is None and "no compiler here" in row.compile_error
+    assert row.median_s > 0 and row.saved_bytes > 0  # the eager figures are still there
+    assert "torch.compile" in caplog.text and "failed" in format_speed_table([row]).splitlines()[-1]
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--compile"], True)])
+def test_bench_speed_command_passes_compile(monkeypatch, capsys, flag, expected):
+    seen = {}
+
+    def fake(model, kw, **options):
+        seen.update(options)
+        return compare_speed(lambda: tiny_vit(depth=1), [("dense", None, 1.0, None)], batch_size=1,
+                             input_shape=(1, 28, 28), num_classes=10, rounds=1, steps_per_round=1, warmup_steps=0)
+
+    monkeypatch.setattr(speed_mod, "speed_for_model", fake)
+    assert bench_main(["speed", "--device", "cpu"] + flag) == 0
+    assert seen["compile"] is expected and "batch in dense's memory" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kwargs, words", [

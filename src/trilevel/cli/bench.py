@@ -41,6 +41,7 @@ class SpeedOptions(ModelConfig):
         device: Device.
         amp: Mixed precision.
         json: Print JSON instead of a table.
+        compile: Also time each variant under torch.compile and report the step speedup of compile over eager.
     """
 
     num_classes: int = 10
@@ -54,6 +55,7 @@ class SpeedOptions(ModelConfig):
     device: DeviceName = "auto"
     amp: AmpName = "none"
     json: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -113,7 +115,7 @@ def _speed(argv: Sequence[str]) -> int:
     results = run(
         opts.model, kw, batch_size=opts.batch_size, keep_ratio=opts.keep_ratio, attn_keep_ratio=opts.attn_keep_ratio,
         prune_layers=opts.prune_layers, rounds=opts.rounds, steps_per_round=opts.steps_per_round,
-        warmup_steps=opts.warmup_steps, device=opts.device, amp=opts.amp,
+        warmup_steps=opts.warmup_steps, device=opts.device, amp=opts.amp, compile=opts.compile,
     )
     print(format_speed_table(results, as_json=opts.json))
     log_outputs(None)
