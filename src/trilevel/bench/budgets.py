@@ -72,7 +72,11 @@ def _done_before(folder: str, cfg: Mapping[str, Any]) -> Optional[dict]:
             stored = yaml.safe_load(f)
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    same = all(stored.get(k) == v for k, v in cfg.items() if k not in ("output_dir", "resume"))
+    from ..training.config import RUNTIME_KEYS
+
+    # a runtime switch added after the run was stored (e.g. compile) does not change what it trained
+    same = all(stored.get(k) == v for k, v in cfg.items()
+               if k not in ("output_dir", "resume") and (k in stored or k not in RUNTIME_KEYS))
     return summary if summary.get("finished") and same else None
 
 
