@@ -150,3 +150,36 @@ def test_defaults_are_the_fast_preset():
     paper = TrainConfig.from_dict({"preset": "paper"})
     assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
     assert PRESETS["paper"] != PRESETS["fast"]
+
+
+def test_fast_patchdrop_preset_installs_timms_patch_dropout():
+    from timm.layers import PatchDropout
+
+    from trilevel.presets import PRESETS
+    from trilevel.training import TrainConfig
+
+    assert PRESETS["fast-patchdrop"] == {**PRESETS["fast"], "patch_drop": 0.3}
+    assert TrainConfig(preset="fast-patchdrop").patch_drop == 0.3 and TrainConfig().patch_drop == 0.0
+    stock = tiny_vit(depth=4)
+    keys = list(stock.state_dict())
+    model = tiny_vit(depth=4)
+    trilevel.TriLevel(model, 10, epochs=2, preset="fast-patchdrop")
+    assert isinstance(model.patch_drop, PatchDropout) and model.patch_drop.prob == 0.3
+    assert model.patch_drop.num_prefix_tokens == model.num_prefix_tokens == 1
+    assert list(model.state_dict()) == keys  # no new parameters: checkpoints load into stock timm
+    model.train()
+    x = torch.randn(2, 17, 8)  # (B, 1 + 16 patch tokens, C)
+    assert model.patch_drop(x).shape == (2, 1 + round(16 * 0.7), 8)
+    plain = tiny_vit(depth=4)
+    trilevel.TriLevel(plain, 10, epochs=2)  # the default (fast): no PatchDropout
+    assert isinstance(plain.patch_drop, torch.nn.Identity)
+    with pytest.raises(ValueError, match=r"patch-drop must be in \[0, 1\), got 1.0"):
+        TriLevelConfig(patch_drop=1.0)
+
+
+def test_patch_dropout_on_a_model_without_the_slot_is_refused():
+    from trilevel.algorithm import install_patch_dropout
+
+    with pytest.raises(ValueError, match="patch_drop 0.3: Linear has no PatchDropout slot"):
+        install_patch_dropout(torch.nn.Linear(2, 2), 0.3)
+    install_patch_dropout(torch.nn.Linear(2, 2), 0.0)  # 0: nothing to install

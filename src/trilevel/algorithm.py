@@ -30,7 +30,7 @@ from .settings import (
     resolve_config, resolve_speedup, schedule_flops,
 )
 
-__all__ = ["ALLOWED_SELECTORS", "PRESETS", "TriLevelConfig", "ResolvedTriLevel", "TriLevel", "build_selector",
+__all__ = ["ALLOWED_SELECTORS", "PRESETS", "install_patch_dropout", "TriLevelConfig", "ResolvedTriLevel", "TriLevel", "build_selector",
            "compile_model", "preset_settings", "resolve_config", "resolve_speedup", "schedule_flops"]
 
 
@@ -58,6 +58,36 @@ def compile_model(model: nn.Module, buckets: int = 8, **compile_kwargs: Any) -> 
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), needed))
     return torch.compile(model, **compile_kwargs)
+
+
+def install_patch_dropout(model: nn.Module, prob: float) -> None:
+    """Give ``model`` timm's ``PatchDropout`` with drop fraction ``prob`` (what ``patch_drop_rate`` builds).
+
+    A random ``prob`` fraction of the patch tokens (never the ``num_prefix_tokens`` prefix tokens)
+    is dropped at the input of every training forward (Liu et al., "PatchDropout", WACV 2023); the
+    model keeps its parameters, so its checkpoints still load into stock timm. Nothing changes when
+    ``prob`` is 0 (a model built with its own ``patch_drop_rate`` keeps it) or the model already has
+    one with this ``prob``.
+
+    Args:
+        model: A ViT/DeiT or EVA-02 (anything with a ``patch_drop`` slot and ``num_prefix_tokens``;
+            DDP-wrapped is fine).
+        prob: Fraction of patch tokens dropped, in [0, 1).
+
+    Raises:
+        ValueError: ``prob`` > 0 for a model without a ``patch_drop`` slot (e.g. Swin).
+    """
+    from timm.layers import PatchDropout
+
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    current = getattr(base, "patch_drop", None)
+    have = float(getattr(current, "prob", 0.0) or 0.0)
+    if prob == 0 or have == prob:
+        return
+    if not hasattr(base, "patch_drop") or not hasattr(base, "num_prefix_tokens"):
+        raise ValueError(f"patch_drop {prob:g}: {type(base).__name__} has no PatchDropout slot (ViT/DeiT and "
+                         f"EVA-02 have one); use patch_drop 0 or another preset than fast-patchdrop")
+    base.patch_drop = PatchDropout(prob, num_prefix_tokens=base.num_prefix_tokens)
 
 
 class TriLevel:
@@ -134,6 +164,7 @@ class TriLevel:
         self.resolved = resolved
         self.config = cfg = resolved.config
         self.model = patch(model, resolved.patch)  # the one place a model is patched
+        install_patch_dropout(model, cfg.patch_drop)
         self.token_schedule = resolved.token_schedule
         self.attn_schedule = resolved.attn_schedule
         self.selector = None

@@ -11,6 +11,9 @@ defaults, and ``preset=...``), the command line (``--preset``) and the benchmark
 * ``fast``: what won the time-to-accuracy study against budget-matched dense training
   (docs/benchmarks.md): tokens grow 0.5 -> 1 linearly over 80% of the run, pruned tokens bypass
   the pruning blocks and rejoin before the last (random-LTD), the last 20% dense; forgetting 20%/5%.
+* ``fast-patchdrop``: ``fast`` stacked on timm's PatchDropout 0.3 at the input (Liu et al., "PatchDropout:
+  Economizing Vision Transformers Using Patch Dropout", WACV 2023): the best row of the study in the
+  long-schedule and cluttered (100-token) regimes (docs/benchmarks.md, section "Study in users' regimes").
 """
 
 from __future__ import annotations
@@ -27,16 +30,17 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "dense_tail": 0.0,
         "token_fate": "drop", "token_score": "cls-attention", "rejoin_layer": None, "eval_keep_ratio": None,
         "eval_attn_keep_ratio": None, "selector": "forgetting", "example_remove": 0.2, "example_swap": 0.05,
-        "example_update_every": 0.1, "example_max_updates": 5,
+        "example_update_every": 0.1, "example_max_updates": 5, "patch_drop": 0.0,
     },
     "fast": {
         "keep_ratio": 0.5, "attn_keep_ratio": 1.0, "prune_layers": None, "ratio_schedule": "grow",
         "ratio_warmup": 0.0, "ratio_decay_end": 0.8, "ratio_curve": "linear", "ratio_buckets": 8, "dense_tail": 0.2,
         "token_fate": "bypass", "token_score": "cls-attention", "rejoin_layer": None, "eval_keep_ratio": None,
         "eval_attn_keep_ratio": None, "selector": "forgetting", "example_remove": 0.2, "example_swap": 0.05,
-        "example_update_every": 0.1, "example_max_updates": 5,
+        "example_update_every": 0.1, "example_max_updates": 5, "patch_drop": 0.0,
     },
 }
+PRESETS["fast-patchdrop"] = {**PRESETS["fast"], "patch_drop": 0.3}
 
 DEFAULT_PRESET = "fast"
 """The preset whose values are the defaults of :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig`."""

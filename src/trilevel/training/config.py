@@ -124,7 +124,6 @@ class TrainConfig(TriLevelConfig, ModelConfig):
 
     Attributes:
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
-        patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023), in [0, 1); 0: off.
         resolution_start: Resolution curriculum: the training input side at the start of the run as a fraction of the full side (images resized on the device, position embeddings resampled; EfficientTrain++, Wang et al., TPAMI 2024), in (0, 1]; 1: off.
         resolution_ramp_end: Resolution curriculum: fraction of the run where the side reaches full resolution (it stays full after).
         dataset: Dataset (cluttered-fashion-mnist: each Fashion-MNIST image at a random place on a larger canvas among fragments of others, Jaderberg et al. 2015; built once, cached).
@@ -170,7 +169,6 @@ class TrainConfig(TriLevelConfig, ModelConfig):
 
     # model (with ModelConfig's fields)
     drop_path: float = 0.1
-    patch_drop: float = 0.0
     resolution_start: float = 1.0
     resolution_ramp_end: Fraction = 0.8
     # data
@@ -226,7 +224,6 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         inf = math.inf
         ModelConfig.validate(self)
         self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
-        self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True)
         self.resolution_start = check_float("resolution_start", self.resolution_start, 0.0, 1.0, low_open=True)
         self.resolution_ramp_end = check_float("resolution_ramp_end", self.resolution_ramp_end, 0.0, 1.0,
                                                low_open=True)
