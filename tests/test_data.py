@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import shutil
 import struct
@@ -21,6 +22,8 @@ from trilevel.data import (
     TensorImageDataset,
     build_datasets,
 )
+from trilevel.data import cluttered
+from trilevel.data.cluttered import CLUTTER_RECIPE_VERSION, cache_dir, clutter_images, cluttered_split
 
 FMNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -331,3 +334,199 @@ def test_tensor_dataset_validates():
         TensorImageDataset(
             torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Cluttered Fashion-MNIST (trilevel.data.cluttered)
+
+# sha256 of clutter_images(_ramp_images(4), canvas=40, fragments=2, fragment=8, seed=0). It pins the
+# recipe (the draws, their order and the pasting): a change of the recipe must bump
+# CLUTTER_RECIPE_VERSION (the cache key) and then re-pin this digest.
+CLUTTER_DIGEST_V1 = "80c673b3b357c77ff8f00cce338e48ffe7464e9abee263573852e2ada6d3d575"
+
+
+def _ramp_images(n: int, side: int = 28) -> torch.Tensor:
+    return (torch.arange(n * side * side) % 251).to(torch.uint8).view(n, 1, side, side)
+
+
+def _random_images(n: int, side: int = 28, seed: int = 0) -> torch.Tensor:
+    """Images without a black pixel (1..255), so that every placement test is discriminating."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 256, (n, 1, side, side), dtype=torch.uint8, generator=g)
+
+
+def _windows(canvas: torch.Tensor, side: int) -> torch.Tensor:
+    """All side x side windows of a (C, H, W) canvas: (oy, ox, C, side, side)."""
+    return canvas.unfold(1, side, 1).unfold(2, side, 1).permute(1, 2, 0, 3, 4)
+
+
+def test_clutter_recipe_digest_is_pinned():
+    out = clutter_images(_ramp_images(4), canvas=40, fragments=2, fragment=8, seed=0)
+    assert CLUTTER_RECIPE_VERSION == 1, "recipe version bumped: re-pin CLUTTER_DIGEST_V1"
+    assert hashlib.sha256(out.contiguous().numpy().tobytes()).hexdigest() == CLUTTER_DIGEST_V1
+
+
+def test_clutter_shape_placement_and_determinism():
+    images = _random_images(8)
+    out = clutter_images(images, canvas=56, fragments=4, fragment=8, seed=3)
+    assert out.shape == (8, 1, 56, 56) and out.dtype == torch.uint8
+    rows, cols = set(), set()
+    for i in range(8):
+        # pasted by pixel-wise maximum: the canvas is >= the image at its offset (random images
+        # without black pixels fit nowhere else)
+        fits = (_windows(out[i], 28) >= images[i]).flatten(2).all(-1)  # (29, 29)
+        found = fits.nonzero().tolist()
+        assert len(found) == 1, f"image {i} intact at {len(found)} offsets of its canvas"
+        rows.add(found[0][0])
+        cols.add(found[0][1])
+    assert len(rows) > 1 and len(cols) > 1  # offsets are drawn per image, not one place for all
+    # clutter: something lies outside the image's window on some canvas
+    assert any(int(out[i].sum()) > int(images[i].sum()) for i in range(8))
+    assert torch.equal(out, clutter_images(images, canvas=56, fragments=4, fragment=8, seed=3))
+    assert not torch.equal(out, clutter_images(images, canvas=56, fragments=4, fragment=8, seed=4))
+
+
+def test_clutter_fragments_come_from_other_images():
+    # constant images, image k the brightest in turn: its pixels are exactly its 28x28 window (a
+    # fragment of another image is darker, so pasting by maximum cannot cover it), and everything
+    # outside that window must come from the other images
+    base = torch.arange(1, 9, dtype=torch.uint8) * 10
+    cluttered_any = False
+    for k in range(8):
+        values = torch.roll(base, k + 1)
+        assert int(values[k]) == 80
+        images = values.view(8, 1, 1, 1).expand(8, 1, 28, 28).contiguous()
+        canvas = clutter_images(images, canvas=56, fragments=6, fragment=8, seed=0)[k, 0]
+        ys, xs = (canvas == 80).nonzero(as_tuple=True)
+        assert len(ys) == 28 * 28, "a fragment of the image itself, or the image not intact"
+        oy, ox = int(ys.min()), int(xs.min())
+        assert (int(ys.max()) - oy, int(xs.max()) - ox) == (27, 27)
+        outside = canvas.clone()
+        outside[oy:oy + 28, ox:ox + 28] = 0
+        seen = set(torch.unique(outside).tolist()) - {0}
+        assert seen <= set(values.tolist()) - {80}
+        cluttered_any |= bool(seen)
+    assert cluttered_any
+
+
+def test_clutter_without_fragments_is_the_image_on_black():
+    images = _random_images(5)
+    out = clutter_images(images, canvas=40, fragments=0, fragment=8, seed=0)
+    for i in range(5):
+        assert int(out[i].sum()) == int(images[i].sum())  # nothing else on the canvas
+        exact = (_windows(out[i], 28) == images[i]).flatten(2).all(-1).nonzero()
+        assert len(exact) == 1
+    single = clutter_images(images[:1], canvas=28, fragments=0, fragment=8, seed=0)
+    assert torch.equal(single, images[:1])  # a canvas of the image's size: the image itself
+
+
+def test_clutter_errors():
+    images = _random_images(2)
+    with pytest.raises(ValueError, match="canvas-size 27 must be at least the image side 28"):
+        clutter_images(images, canvas=27, fragments=1, fragment=8, seed=0)
+    with pytest.raises(ValueError, match="clutter-fragments must be >= 0, got -1"):
+        clutter_images(images, canvas=40, fragments=-1, fragment=8, seed=0)
+    for bad in (0, 29):
+        with pytest.raises(ValueError, match=rf"fragment side must be in \[1, 28\], got {bad}"):
+            clutter_images(images, canvas=40, fragments=1, fragment=bad, seed=0)
+    with pytest.raises(ValueError, match="need at least two images"):
+        clutter_images(images[:1], canvas=40, fragments=1, fragment=8, seed=0)
+    assert clutter_images(images[:1], canvas=40, fragments=0, fragment=28, seed=0).shape == (1, 1, 40, 40)
+
+
+def test_cache_dir_default_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRILEVEL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "trilevel"
+    monkeypatch.setenv("TRILEVEL_CACHE_DIR", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+
+
+def test_cluttered_split_is_built_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRILEVEL_CACHE_DIR", str(tmp_path / "cache"))
+    images = _random_images(6)
+    first = cluttered_split(images, "train", canvas=40, fragments=2)
+    assert torch.equal(first, clutter_images(images, 40, 2, 8, seed=0))  # train: seed 0
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].name.startswith(f"cluttered-v{CLUTTER_RECIPE_VERSION}-train-c40-f2x8-")
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    monkeypatch.setattr(cluttered, "clutter_images", no_rebuild)
+    assert torch.equal(cluttered_split(images, "train", canvas=40, fragments=2), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("TRILEVEL_CACHE_DIR", str(tmp_path / "cache"))
+
+    # the validation split has another seed and its own file; other source images another file
+    val = cluttered_split(images, "val", canvas=40, fragments=2)
+    assert torch.equal(val, clutter_images(images, 40, 2, 8, seed=1)) and not torch.equal(val, first)
+    other = cluttered_split(_random_images(6, seed=1), "train", canvas=40, fragments=2)
+    assert not torch.equal(other, first)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # no temp files left
+
+    good = files[0].read_bytes()
+    # a damaged cache file (truncated, empty, not a pickle, zeroed) is rebuilt and rewritten
+    for damaged in (good[: len(good) // 2], b"", b"not a tensor", bytes(64)):
+        files[0].write_bytes(damaged)
+        assert torch.equal(cluttered_split(images, "train", canvas=40, fragments=2), first)
+        assert torch.equal(torch.load(files[0], weights_only=True), first)
+    torch.save(first[:, :, :28, :28].clone(), files[0])  # a tensor of the wrong shape too
+    assert torch.equal(cluttered_split(images, "train", canvas=40, fragments=2), first)
+    with pytest.raises(ValueError, match="split must be one of train, val; got 'test'"):
+        cluttered_split(images, "test", canvas=40, fragments=2)
+
+
+def test_cluttered_dataset_from_an_idx_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRILEVEL_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _synthetic_idx_folder(tmp_path / "idx", size=8)
+    train, val, info = build_datasets("cluttered-fashion-mnist", data_dir=folder, canvas_size=28,
+                                      clutter_fragments=2, aug="none")
+    assert (info.name, info.img_size, info.in_chans, info.num_train, info.num_val) == (
+        "cluttered-fashion-mnist", 28, 1, 12, 6)
+    assert train.images.shape == (12, 1, 28, 28) and val.images.shape == (6, 1, 28, 28)
+    assert train[0][0].shape == (1, 28, 28)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # train and val, cached
+    # built from the whole split, then cut: an image is the same whatever the subset
+    sub, _, _ = build_datasets("cluttered-fashion-mnist", data_dir=folder, canvas_size=28,
+                               clutter_fragments=2, aug="none", train_subset=5)
+    assert torch.equal(sub.images, train.images[:5])
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # read back, not rebuilt under another key
+    for kwargs, message in (
+        (dict(canvas_size=27), "canvas_size must be at least 28.*27"),
+        (dict(canvas_size=0), "canvas_size must be a positive integer"),
+        (dict(clutter_fragments=-1), "clutter_fragments must be an integer >= 0, got -1"),
+        (dict(clutter_fragments=True), "clutter_fragments must be an integer >= 0, got True"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build_datasets("cluttered-fashion-mnist", data_dir=folder, **kwargs)
+
+
+def test_cluttered_options_of_the_train_config():
+    from trilevel.cli.train import parse_train_config
+    from trilevel.training import TrainConfig
+
+    cfg = parse_train_config(["--dataset", "cluttered-fashion-mnist", "--canvas-size", "40",
+                              "--clutter-fragments", "0"])
+    assert (cfg.dataset, cfg.canvas_size, cfg.clutter_fragments) == ("cluttered-fashion-mnist", 40, 0)
+    assert (TrainConfig().canvas_size, TrainConfig().clutter_fragments) == (56, 4)
+    with pytest.raises(ValueError, match="canvas-size"):
+        TrainConfig.from_dict({"dataset": "cluttered-fashion-mnist", "canvas-size": 27})
+    with pytest.raises(ValueError, match="clutter-fragments"):
+        TrainConfig.from_dict({"dataset": "cluttered-fashion-mnist", "clutter-fragments": -1})
+
+
+@needs_fmnist
+def test_cluttered_fashion_mnist_split_is_cached(tmp_path, monkeypatch):
+    from trilevel.data.idx import load_idx
+
+    monkeypatch.setenv("TRILEVEL_CACHE_DIR", str(tmp_path))
+    _, _, val_x, _ = load_idx("fashion-mnist", DEFAULT_FASHION_MNIST_DIR, "")
+    built = cluttered_split(val_x, "val", canvas=56, fragments=4)
+    assert built.shape == (10000, 1, 56, 56) and built.dtype == torch.uint8
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 1 and names[0].startswith(f"cluttered-v{CLUTTER_RECIPE_VERSION}-val-c56-f4x8-")
+    assert torch.equal(cluttered_split(val_x, "val", canvas=56, fragments=4), built)
+    assert len(list(tmp_path.iterdir())) == 1
+    # clutter fills the canvas: far more lit pixels than the images alone
+    assert int((built > 0).sum()) > int((val_x > 0).sum())

@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from trilevel.training import TrainConfig, train
-from trilevel.training.budget import epoch_batch_sizes, plan_budget
+from trilevel.training.budget import epoch_batch_sizes, plan_budget, plan_run, resolution_schedule
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
@@ -123,3 +124,112 @@ def test_budget_run_resumes_exactly(tmp_path):
     for key in ("val_top1", "train_loss", "global_steps", "train_images", "selector_digest", "epochs_trained"):
         assert resumed[key] == straight[key], key
     assert math.isclose(resumed["dense_epochs_used"], straight["dense_epochs_used"], rel_tol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ resolution curriculum
+@pytest.mark.parametrize("full, patch, start, ramp_end", [(28, 7, 0.5, 0.8), (224, 16, 0.3, 0.8), (56, 4, 0.75, 0.5)])
+def test_resolution_schedule_sides(full, patch, start, ramp_end):
+    side = resolution_schedule(TrainConfig(resolution_start=start, resolution_ramp_end=ramp_end), full, patch)
+    grid = [i / 1000 for i in range(1001)]
+    sides = [side(p) for p in grid]
+    assert all(s % patch == 0 and patch <= s <= full for s in sides)
+    assert start * full - patch < sides[0] <= start * full  # the start side, rounded down to the patch
+    assert all(a <= b for a, b in zip(sides, sides[1:]))  # never shrinks
+    assert all(s == full for p, s in zip(grid, sides) if p >= ramp_end)  # full size for the end of the run
+    assert side(ramp_end - 1e-3) < full  # ... and not before the ramp's end
+    assert len(set(sides)) > 2  # it ramps, not a jump from the start side to the full one
+
+
+def test_resolution_start_bounds():
+    assert resolution_schedule(TrainConfig(resolution_start=1.0), 28, 7) is None  # 1: the curriculum is off
+    assert resolution_schedule(TrainConfig(), 28, 7) is None  # the default
+    tiny = resolution_schedule(TrainConfig(resolution_start=1e-3), 28, 7)  # (0, 1]: any positive start
+    assert tiny(0.0) == 7  # never below one patch
+    assert TrainConfig.from_dict({"resolution-start": 0.5}).resolution_start == 0.5
+    for bad in (0, 0.0, -0.5, 1.0001, 1.5):
+        with pytest.raises(ValueError, match=rf"resolution-start must be in \(0, 1\], got {bad!r}"):
+            TrainConfig(resolution_start=bad)
+    for bad in (float("nan"), True, "half"):
+        with pytest.raises(ValueError, match=r"resolution-start must be a number in \(0, 1\]"):
+            TrainConfig(resolution_start=bad)
+    with pytest.raises(ValueError, match=r"resolution-ramp-end must be in \(0, 1\], got 0"):
+        TrainConfig(resolution_start=0.5, resolution_ramp_end=0)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_plan_prices_each_step_at_its_side(dense):
+    # FLOPs proportional to the pixels (times the keep ratio): the plan must ask for each step's side
+    asked = []
+
+    def flops_per_image(keep_ratio, training=True, attn_keep_ratio=1.0, img_size=None):
+        asked.append(img_size)
+        return keep_ratio * ((img_size or 28) / 28) ** 2
+
+    base = dict(dense=dense, budget=2.0, batch_size=32, keep_ratio=0.7, selector="none")
+    flat = plan_run(TrainConfig(**base), 256, 1, False, 1.0, flops_per_image, full_side=28, patch=7)
+    assert set(asked) == {None}
+    asked.clear()
+    cfg = TrainConfig(resolution_start=0.5, **base)
+    curriculum = plan_run(cfg, 256, 1, False, 1.0, flops_per_image, full_side=28, patch=7)
+    assert {14, 21} <= set(asked) <= {14, 21, 28, None}
+    assert curriculum.total_steps > flat.total_steps  # cheaper early steps buy more of them
+    assert curriculum.planned_flops <= curriculum.budget_flops == flat.budget_flops
+    # step s of n at progress s / n: its side from the curriculum, its keep ratio from the ratio schedule
+    side, keep = resolution_schedule(cfg, 28, 7), cfg.schedule(cfg.keep_ratio)
+    n = curriculum.total_steps
+    spent = sum(32 * flops_per_image(1.0 if dense else keep(s / n), img_size=side(s / n)) for s in range(n))
+    assert curriculum.planned_flops == pytest.approx(spent)
+
+
+def test_the_curriculum_model_takes_any_multiple_of_the_patch():
+    from trilevel.training.factory import build_model
+
+    model = build_model(TrainConfig.from_dict(dict(TINY, dense=True, resolution_start=0.5)), 10, 1, 28)
+    for side in (14, 21, 28):
+        assert model(torch.zeros(2, 1, side, side)).shape == (2, 10)
+    stock = build_model(TrainConfig.from_dict(dict(TINY, dense=True)), 10, 1, 28)
+    with pytest.raises(AssertionError):  # without the curriculum the input size stays fixed (timm checks it)
+        stock(torch.zeros(2, 1, 14, 14))
+
+
+@needs_data
+def test_curriculum_epoch_run_resizes_and_costs_less(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from trilevel.models import forward_flops
+    from trilevel.training.factory import build_model
+
+    resized = []
+    interpolate = F.interpolate
+
+    def recording(x, *args, **kwargs):
+        out = interpolate(x, *args, **kwargs)
+        if x.dim() == 4 and x.shape[1] == 1:  # the images (timm's position-embedding resampling has 32 channels)
+            resized.append((x.shape[-1], out.shape[-1]))
+        return out
+
+    monkeypatch.setattr(F, "interpolate", recording)
+    flat = run(tmp_path, "flat", dense=True, epochs=1)
+    assert resized == []
+    curriculum = run(tmp_path, "curriculum", dense=True, epochs=1, resolution_start=0.5)
+    # 8 steps at progress 0, 1/8, ...: sides 14 (4 steps), 21 (3 steps), then the full 28 (not resized)
+    assert resized == [(28, 14)] * 4 + [(28, 21)] * 3
+    assert curriculum["train_images"] == flat["train_images"] == 256
+    assert flat["dense_epochs_used"] == pytest.approx(1.0)
+    assert curriculum["dense_epochs_used"] < 0.6 and curriculum["val_top1"] is not None
+    # the summary's FLOPs are those of the FLOP model at each step's side
+    model = build_model(TrainConfig.from_dict(dict(TINY, dense=True, resolution_start=0.5)), 10, 1, 28)
+    dense = forward_flops(model, 1.0, attn_keep_ratio=1.0)
+    sides = [14] * 4 + [21] * 3 + [28]
+    expected = sum(32 * forward_flops(model, 1.0, training=True, attn_keep_ratio=1.0, img_size=s) for s in sides)
+    assert curriculum["dense_epochs_used"] == pytest.approx(expected / (256 * dense), rel=1e-9)
+
+
+@needs_data
+def test_curriculum_budget_run_gets_more_steps(tmp_path):
+    s = run(tmp_path, "curriculum", dense=True, budget=1.5, resolution_start=0.5)
+    # without the curriculum 1.5 dense epochs buy 12 steps of 32 (test_dense_budget_run_takes_the_planned_steps)
+    assert s["finished"] and s["total_steps"] > 12 and s["global_steps"] == s["total_steps"]
+    # the plan and the run price the steps alike: within the budget, and no room for one more full step
+    assert 1.5 - 32 / 256 < s["dense_epochs_used"] <= 1.5
+    assert s["val_top1"] is not None

@@ -1,6 +1,6 @@
 """Training and validation datasets with their transforms.
 
-``build_datasets`` returns a ``(train, val, info)`` triple for one of five sources:
+``build_datasets`` returns a ``(train, val, info)`` triple for one of six sources:
 
 * ``"fashion-mnist"``: the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist`` by default) or any folder holding them.
@@ -8,6 +8,8 @@
   IDX datasets with the same file names (KMNIST, a Fashion-MNIST copy, ...).
 * ``"cifar10"`` / ``"cifar100"``: torchvision's CIFAR loaders over the python-pickle batches.
 * ``"imagefolder"``: torchvision's ``ImageFolder`` over ``data_dir/train`` and ``data_dir/val``.
+* ``"cluttered-fashion-mnist"``: Fashion-MNIST on a larger canvas among fragments of other images
+  (:mod:`trilevel.data.cluttered`), built from the Debian files and cached.
 
 The IDX and CIFAR data are small, so they are held in memory as ``uint8`` tensors and
 transformed with ``torchvision.transforms.v2`` directly on tensors (no PIL round trip, except

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def cluttered_split(images: torch.Tensor, split: str, canvas: int, fragments: in
             cached = torch.load(path, weights_only=True)
             if isinstance(cached, torch.Tensor) and cached.shape == (images.shape[0], images.shape[1], canvas, canvas):
                 return cached
-        except (OSError, RuntimeError, EOFError):
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
             pass  # a damaged cache file is rebuilt
     built = clutter_images(images, canvas, fragments, fragment, _SPLIT_SEEDS[split])
     try:
