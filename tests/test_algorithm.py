@@ -140,46 +140,81 @@ def test_presets():
     assert TrainConfig.from_dict({"preset": "paper", "keep-ratio": 0.5}).attn_keep_ratio == 0.3
 
 
-def test_defaults_are_the_fast_preset():
-    """The defaults are the time-to-accuracy study's winner; the paper's settings are one flag away."""
+def test_defaults_are_the_default_preset():
+    """The defaults are the study's winner (fast-patchdrop); the paper's settings are one flag away."""
     from trilevel.algorithm import PRESETS
+    from trilevel.presets import DEFAULT_PRESET
     from trilevel.training import TrainConfig
 
     for cfg in (TriLevelConfig(), TrainConfig()):
-        assert {k: getattr(cfg, k) for k in PRESETS["fast"]} == PRESETS["fast"]
+        assert {k: getattr(cfg, k) for k in PRESETS[DEFAULT_PRESET]} == PRESETS[DEFAULT_PRESET]
     paper = TrainConfig.from_dict({"preset": "paper"})
     assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
     assert PRESETS["paper"] != PRESETS["fast"]
 
 
-def test_fast_patchdrop_preset_installs_timms_patch_dropout():
+def test_default_stacks_timms_patch_dropout_where_the_model_has_the_slot():
     from timm.layers import PatchDropout
 
-    from trilevel.presets import PRESETS
+    from trilevel.presets import AUTO_PATCH_DROP, DEFAULT_PRESET, PRESETS
     from trilevel.training import TrainConfig
 
-    assert PRESETS["fast-patchdrop"] == {**PRESETS["fast"], "patch_drop": 0.3}
-    assert TrainConfig(preset="fast-patchdrop").patch_drop == 0.3 and TrainConfig().patch_drop == 0.0
+    assert DEFAULT_PRESET == "fast-patchdrop" and AUTO_PATCH_DROP == 0.3
+    assert PRESETS["fast-patchdrop"] == {**PRESETS["fast"], "patch_drop": None}
+    assert TrainConfig().patch_drop is None and TrainConfig(preset="fast").patch_drop == 0.0
     stock = tiny_vit(depth=4)
     keys = list(stock.state_dict())
     model = tiny_vit(depth=4)
-    trilevel.TriLevel(model, 10, epochs=2, preset="fast-patchdrop")
+    tl = trilevel.TriLevel(model, 10, epochs=2)  # the default
+    assert tl.config.patch_drop == 0.3  # resolved for this model
     assert isinstance(model.patch_drop, PatchDropout) and model.patch_drop.prob == 0.3
     assert model.patch_drop.num_prefix_tokens == model.num_prefix_tokens == 1
     assert list(model.state_dict()) == keys  # no new parameters: checkpoints load into stock timm
     model.train()
     x = torch.randn(2, 17, 8)  # (B, 1 + 16 patch tokens, C)
-    assert model.patch_drop(x).shape == (2, 1 + round(16 * 0.7), 8)
+    assert model.patch_drop(x).shape == (2, 1 + int(16 * 0.7), 8)  # timm keeps int(16 * (1 - 0.3)) = 11
+    model.eval()
+    assert torch.equal(model.patch_drop(x), x)  # the identity at evaluation
     plain = tiny_vit(depth=4)
-    trilevel.TriLevel(plain, 10, epochs=2)  # the default (fast): no PatchDropout
+    assert trilevel.TriLevel(plain, 10, epochs=2, preset="fast").config.patch_drop == 0.0
     assert isinstance(plain.patch_drop, torch.nn.Identity)
+    explicit = tiny_vit(depth=4)
+    trilevel.TriLevel(explicit, 10, epochs=2, patch_drop=0.5)
+    assert explicit.patch_drop.prob == 0.5
     with pytest.raises(ValueError, match=r"patch-drop must be in \[0, 1\), got 1.0"):
         TriLevelConfig(patch_drop=1.0)
 
 
-def test_patch_dropout_on_a_model_without_the_slot_is_refused():
+def test_patch_dropout_on_a_model_without_the_slot():
+    from test_swin import tiny_swin
+
     from trilevel.algorithm import install_patch_dropout
 
-    with pytest.raises(ValueError, match="patch_drop 0.3: Linear has no PatchDropout slot"):
+    with pytest.raises(ValueError, match="patch-drop 0.3: Linear has no PatchDropout slot"):
         install_patch_dropout(torch.nn.Linear(2, 2), 0.3)
     install_patch_dropout(torch.nn.Linear(2, 2), 0.0)  # 0: nothing to install
+    install_patch_dropout(torch.nn.Linear(2, 2), None)  # the default: nothing to install without the slot
+    swin = tiny_swin()
+    assert trilevel.TriLevel(swin, 10, epochs=2).config.patch_drop == 0.0  # the default: off for Swin
+    assert not hasattr(swin, "patch_drop")
+    with pytest.raises(ValueError, match="patch-drop 0.3: SwinTransformer has no PatchDropout slot"):
+        trilevel.TriLevel(tiny_swin(), 10, epochs=2, patch_drop=0.3)
+
+
+def test_default_patch_dropout_on_eva_is_timms_own_class_and_trains():
+    from test_eva import tiny_eva
+
+    stock = tiny_eva(patch_drop_rate=0.3)  # what timm builds for patch_drop_rate (the same weights)
+    model = tiny_eva()
+    trilevel.TriLevel(model, 10, epochs=2)
+    assert type(model.patch_drop) is type(stock.patch_drop) and model.patch_drop.prob == 0.3
+    x = torch.randn(3, 1, 28, 28)
+    model.train()
+    trilevel.set_keep_ratios(model, 0.5)
+    logits = model(x)  # 49 patches -> 34 by PatchDropout, then pruned; rotary rows follow the kept tokens
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    trilevel.set_keep_ratios(model, 1.0)
+    model.eval(), stock.eval()
+    torch.testing.assert_close(model(x), stock(x))  # PatchDropout is the identity at evaluation

@@ -27,7 +27,7 @@ from .models import patch, set_keep_ratios
 from .options import check_int
 from .settings import (
     ALLOWED_SELECTORS, PRESETS, ResolvedTriLevel, TriLevelConfig, build_selector, merge_settings, preset_settings,
-    resolve_config, resolve_speedup, schedule_flops,
+    resolve_config, resolve_patch_drop, resolve_speedup, schedule_flops,
 )
 
 __all__ = ["ALLOWED_SELECTORS", "PRESETS", "install_patch_dropout", "TriLevelConfig", "ResolvedTriLevel", "TriLevel", "build_selector",
@@ -60,34 +60,36 @@ def compile_model(model: nn.Module, buckets: int = 8, **compile_kwargs: Any) -> 
     return torch.compile(model, **compile_kwargs)
 
 
-def install_patch_dropout(model: nn.Module, prob: float) -> None:
+def install_patch_dropout(model: nn.Module, prob: Optional[float]) -> None:
     """Give ``model`` timm's ``PatchDropout`` with drop fraction ``prob`` (what ``patch_drop_rate`` builds).
 
     A random ``prob`` fraction of the patch tokens (never the ``num_prefix_tokens`` prefix tokens)
     is dropped at the input of every training forward (Liu et al., "PatchDropout", WACV 2023); the
-    model keeps its parameters, so its checkpoints still load into stock timm. Nothing changes when
-    ``prob`` is 0 (a model built with its own ``patch_drop_rate`` keeps it) or the model already has
-    one with this ``prob``.
+    model keeps its parameters, so its checkpoints still load into stock timm, and in ``eval()``
+    it is the identity. Nothing changes when ``prob`` is 0 (a model built with its own
+    ``patch_drop_rate`` keeps it) or the model already has one with this ``prob``.
 
     Args:
         model: A ViT/DeiT or EVA-02 (anything with a ``patch_drop`` slot and ``num_prefix_tokens``;
             DDP-wrapped is fine).
-        prob: Fraction of patch tokens dropped, in [0, 1).
+        prob: Fraction of patch tokens dropped, in [0, 1); None: 0.3 where the model has the slot,
+            else nothing (:func:`trilevel.settings.resolve_patch_drop`).
 
     Raises:
         ValueError: ``prob`` > 0 for a model without a ``patch_drop`` slot (e.g. Swin).
     """
-    from timm.layers import PatchDropout
+    from timm.layers import PatchDropout, PatchDropoutWithIndices
+    from timm.models.eva import Eva
 
     base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    prob = resolve_patch_drop(base, prob)
     current = getattr(base, "patch_drop", None)
     have = float(getattr(current, "prob", 0.0) or 0.0)
     if prob == 0 or have == prob:
         return
-    if not hasattr(base, "patch_drop") or not hasattr(base, "num_prefix_tokens"):
-        raise ValueError(f"patch_drop {prob:g}: {type(base).__name__} has no PatchDropout slot (ViT/DeiT and "
-                         f"EVA-02 have one); use patch_drop 0 or another preset than fast-patchdrop")
-    base.patch_drop = PatchDropout(prob, num_prefix_tokens=base.num_prefix_tokens)
+    # the class timm's own constructor builds for patch_drop_rate: Eva gathers its rotary rows by the indices
+    layer = PatchDropoutWithIndices if isinstance(base, Eva) else PatchDropout
+    base.patch_drop = layer(prob, num_prefix_tokens=base.num_prefix_tokens)
 
 
 class TriLevel:
@@ -108,7 +110,7 @@ class TriLevel:
         model: A timm model of a registered family (DDP-wrapped is fine), patched in place.
         num_examples: Training-set size; required unless ``selector="none"``.
         epochs: Epochs of the run (the selector's fractions of the run are resolved against it).
-        config: Settings: a :class:`TriLevelConfig` (None: its defaults, the ``fast`` preset's;
+        config: Settings: a :class:`TriLevelConfig` (None: its defaults, the ``fast-patchdrop`` preset's;
             ``preset="paper"`` gives the paper's), or a :class:`~trilevel.settings.ResolvedTriLevel`
             already resolved for this model (then no ``settings`` may be given).
         seed: Seed of the selector and of the sampler's per-epoch order; the same on every rank.

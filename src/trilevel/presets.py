@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "PATCH_KEYS", "preset_settings", "patch_defaults"]
+__all__ = ["PRESETS", "AUTO_PATCH_DROP", "DEFAULT_PRESET", "PATCH_KEYS", "preset_settings", "patch_defaults"]
 
 #: Named settings of the three levels (field names of :class:`trilevel.TriLevelConfig`).
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -40,9 +40,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "example_update_every": 0.1, "example_max_updates": 5, "patch_drop": 0.0,
     },
 }
-PRESETS["fast-patchdrop"] = {**PRESETS["fast"], "patch_drop": 0.3}
+PRESETS["fast-patchdrop"] = {**PRESETS["fast"], "patch_drop": None}  # None: AUTO_PATCH_DROP where the model has the slot
 
-DEFAULT_PRESET = "fast"
+AUTO_PATCH_DROP = 0.3
+"""PatchDropout's drop fraction where ``patch_drop`` is None (the default) and the model has timm's slot."""
+
+DEFAULT_PRESET = "fast-patchdrop"
 """The preset whose values are the defaults of :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig`."""
 
 PATCH_KEYS = ("prune_layers", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score", "rejoin_layer")

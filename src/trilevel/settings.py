@@ -34,7 +34,8 @@ from .schedules import KeepRatioSchedule
 from .token_pruning import TOKEN_FATES, TOKEN_SCORES
 
 __all__ = ["ALLOWED_SELECTORS", "PRESETS", "SelectorName", "TriLevelConfig", "ResolvedTriLevel", "build_selector",
-           "merge_settings", "preset_settings", "resolve_config", "resolve_speedup", "schedule_flops", "track_given"]
+           "has_patch_dropout_slot", "merge_settings", "preset_settings", "resolve_config", "resolve_patch_drop",
+           "resolve_speedup", "schedule_flops", "track_given"]
 
 SelectorName = Literal["forgetting", "random", "loss", "none"]
 ScheduleShape = Literal["decay", "grow"]
@@ -83,12 +84,12 @@ class TriLevelConfig:
 
     Every invalid value raises ``ValueError`` naming the option (as its flag), the value and what
     is allowed. The command line of ``trilevel train`` is generated from these fields. The
-    defaults are the ``fast`` preset's, the winner of the time-to-accuracy study
-    (docs/benchmarks.md); ``TriLevelConfig(preset="paper")`` (``--preset paper``) takes Kong et
+    defaults are the ``fast-patchdrop`` preset's, the winner of the study in three regimes
+    (docs/benchmarks.md, "Study in users' regimes"); ``TriLevelConfig(preset="paper")`` (``--preset paper``) takes Kong et
     al.'s exact settings for every option not given explicitly (:data:`PRESETS`).
 
     Attributes:
-        preset: Named settings the others start from: paper (Kong et al.'s exact settings), fast (the winner of our first time-to-accuracy study) or fast-patchdrop (fast on PatchDropout 0.3, the best in the long and cluttered regimes); none: the defaults below, which are the fast preset's (--preset paper for the paper's). Options given explicitly override the preset.
+        preset: Named settings the others start from: paper (Kong et al.'s exact settings), fast (the winner of our first time-to-accuracy study) or fast-patchdrop (fast on PatchDropout 0.3, the best in the long and cluttered regimes); none: the defaults below, which are the fast-patchdrop preset's (--preset paper for the paper's). Options given explicitly override the preset.
         keep_ratio: Token keep ratio per pruning block at the schedule's start (grow) or end (decay), in (0, 1] (paper: 0.7).
         attn_keep_ratio: Final kept fraction of attention connections per query, in (0, 1] (paper: 0.3; 1.0 turns the attention level off).
         prune_layers: 0-based pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4 (blocks 3, 6, 9 of 12, the paper's; with bypass, those before the rejoin block).
@@ -111,7 +112,7 @@ class TriLevelConfig:
         example_swap: Fraction of the training set swapped at each selector update, in [0, 1) (paper: 0.05).
         example_update_every: Epochs between selector updates (an integer), or a fraction of the run in (0, 1) (paper: 30 of 300 = 0.1).
         example_max_updates: Maximum number of selector updates (paper: 5).
-        patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023; installed on the model, ViT/DeiT and EVA-02), in [0, 1); 0: off.
+        patch_drop: Fraction of patch tokens dropped at random at the input while training (timm PatchDropout, Liu et al., WACV 2023; installed on the model), in [0, 1); 0: off; none (the default): 0.3 in a tri-level run of a model with timm's PatchDropout slot (ViT/DeiT, EVA-02), else 0 (Swin, and --dense runs).
     """
 
     preset: Optional[PresetName] = None
@@ -137,7 +138,7 @@ class TriLevelConfig:
     example_swap: float = 0.05
     example_update_every: UpdateEvery = 0.1
     example_max_updates: int = 5
-    patch_drop: float = 0.0
+    patch_drop: OptionalFloat = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:  # the preset's values, except what the caller gave explicitly
@@ -197,7 +198,7 @@ class TriLevelConfig:
             )
         self.example_update_every = _check_update_every(self.example_update_every)
         check_int("example_max_updates", self.example_max_updates, 0)
-        self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True)
+        self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True, optional=True)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TriLevelConfig":
@@ -325,12 +326,42 @@ def resolve_config(config: TriLevelConfig, model: nn.Module) -> ResolvedTriLevel
     family.check(base)
     settings = family.resolve(base, config.patch_settings())
     config = copy.deepcopy(config)
+    config.patch_drop = resolve_patch_drop(base, config.patch_drop)
     if config.speedup is not None:
         config = resolve_speedup(model, config, settings)
         settings = dataclasses.replace(settings, keep_ratio=config.keep_ratio)
     return ResolvedTriLevel(config=config, family=family.name, patch=settings,
                             token_schedule=config.schedule(config.keep_ratio),
                             attn_schedule=config.schedule(config.attn_keep_ratio), eval_ratios=config.eval_ratios())
+
+
+def has_patch_dropout_slot(model: nn.Module) -> bool:
+    """Whether ``model`` (unwrapped) has timm's ``patch_drop`` slot and ``num_prefix_tokens`` (ViT/DeiT, EVA-02)."""
+    return hasattr(model, "patch_drop") and hasattr(model, "num_prefix_tokens")
+
+
+def resolve_patch_drop(model: nn.Module, patch_drop: Optional[float]) -> float:
+    """The PatchDropout fraction a tri-level run of ``model`` uses.
+
+    Args:
+        model: The (unwrapped) model.
+        patch_drop: The setting: None (the default) or a fraction in [0, 1).
+
+    Returns:
+        ``patch_drop`` as given; for None, :data:`~trilevel.presets.AUTO_PATCH_DROP` (0.3) where
+        the model has timm's PatchDropout slot, else 0 (Swin).
+
+    Raises:
+        ValueError: A fraction > 0 asked explicitly of a model without the slot.
+    """
+    from .presets import AUTO_PATCH_DROP
+
+    if patch_drop is None:
+        return AUTO_PATCH_DROP if has_patch_dropout_slot(model) else 0.0
+    if patch_drop > 0 and not has_patch_dropout_slot(model):
+        raise ValueError(f"patch-drop {patch_drop:g}: {type(model).__name__} has no PatchDropout slot (ViT/DeiT "
+                         f"and EVA-02 have one); use --patch-drop 0, or leave it unset (none: off for this model)")
+    return float(patch_drop)
 
 
 def schedule_flops(model: nn.Module, config: TriLevelConfig, keep_ratio: float,

@@ -37,7 +37,7 @@ TRAIN_PRESETS: Dict[str, dict] = {
     "trilevel": {},
     "paper": {"dense": False, "preset": "paper", **_PAPER},
     "fast": {"dense": False, "preset": "fast", **PRESETS["fast"]},
-    "fast-patchdrop": {"dense": False, "preset": "fast-patchdrop", **PRESETS["fast-patchdrop"]},
+    "fast-patchdrop": {"dense": False, "preset": "fast-patchdrop", **PRESETS["fast-patchdrop"], "patch_drop": 0.3},
     "token-only": {**_PAPER, "dense": False, "attn_keep_ratio": 1.0, "selector": "none"},
     "attention-only": {**_PAPER, "dense": False, "keep_ratio": 1.0, "selector": "none"},
     "example-only": {**_PAPER, "dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "forgetting"},

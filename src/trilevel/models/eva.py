@@ -229,7 +229,7 @@ def patch_eva(
     The settings mean what they mean for :func:`trilevel.patch_vit`; kept tokens carry their own
     rotary embeddings. No module or parameter is added: ``state_dict`` keys are unchanged.
     Patching again replaces the earlier settings; :func:`unpatch_eva` restores the stock classes.
-    :func:`trilevel.patch` defaults to the ``fast`` preset instead.
+    :func:`trilevel.patch` defaults to the ``fast-patchdrop`` preset's settings instead.
 
     Args:
         model: A timm ``Eva`` (e.g. ``eva02_tiny_patch14_224``), possibly DDP/compile-wrapped.

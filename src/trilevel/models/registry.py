@@ -53,8 +53,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 class PatchSettings:
     """How a model is patched (the token and attention levels of Kong et al., AAAI 2023).
 
-    Defaults are the ``fast`` preset's (:data:`trilevel.presets.PRESETS`), as for
-    :class:`trilevel.TriLevelConfig`.
+    Defaults are the default preset's patch settings (``fast-patchdrop``, whose patch settings are
+    ``fast``'s; :data:`trilevel.presets.PRESETS`), as for :class:`trilevel.TriLevelConfig`.
 
     Attributes:
         prune_layers: 0-based pruning blocks; None: the family's default (ViT: ``depth//4,
@@ -283,7 +283,7 @@ def patch(model: nn.Module, settings: Optional[PatchSettings] = None, *, preset:
     Args:
         model: A model of a registered family (ViT/DeiT, Eva/EVA-02, Swin), wrappers allowed.
         settings: Patch settings; None: those of ``preset`` with ``overrides``.
-        preset: Preset whose patch settings are the defaults (``fast``, as :class:`trilevel.TriLevelConfig`;
+        preset: Preset whose patch settings are the defaults (the default preset's, as :class:`trilevel.TriLevelConfig`;
             ``paper`` for Kong et al.'s 0.7/0.3 in blocks 3/6/9, tokens dropped).
         **overrides: Fields of :class:`PatchSettings` (``keep_ratio=0.7``, ``token_fate="drop"``...).
 

@@ -508,8 +508,8 @@ def patch_vit(
 
     The paper's token- and attention-level patch (Kong et al., AAAI 2023): keep ratio 0.7 and
     attention keep ratio 0.3 in blocks ``(depth//4, depth//2, 3*depth//4)``, pruned tokens
-    dropped. :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig` default to the ``fast``
-    preset instead (:data:`trilevel.presets.PRESETS`). Works on timm's ``VisionTransformer``
+    dropped. :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig` default to the
+    ``fast-patchdrop`` preset's settings instead (:data:`trilevel.presets.PRESETS`). Works on timm's ``VisionTransformer``
     family whose blocks are timm ``Block`` with timm ``Attention``: ViT, DeiT, DeiT distilled (two
     prefix tokens), register tokens, LayerScale (DeiT-III), QK-norm. Patching again replaces the
     earlier settings.

@@ -71,7 +71,7 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         drop_path_rate=config.drop_path,
     )
     kwargs.update({k: v for k, v in config.model_kwargs().items() if k not in ("img_size", "in_chans")})
-    if config.patch_drop > 0:
+    if config.dense and config.patch_drop:  # the PatchDropout peer; a tri-level run installs it after resolving
         kwargs["patch_drop_rate"] = config.patch_drop
     if config.resolution_start < 1.0:  # the resolution curriculum: position embeddings resampled per size
         kwargs["dynamic_img_size"] = True

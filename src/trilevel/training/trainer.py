@@ -79,7 +79,7 @@ class Trainer:
         from timm.scheduler import CosineLRScheduler
         from timm.utils import ModelEmaV3
 
-        from ..algorithm import TriLevel, compile_model
+        from ..algorithm import TriLevel, compile_model, install_patch_dropout
         from ..example_selection import IndexedDataset
         from ..settings import resolve_config
         from .factory import build_criterion, build_data, build_model
@@ -101,6 +101,7 @@ class Trainer:
         self.resolved = resolve_config(cfg, model) if cfg.tri_level else None
         if self.resolved is not None:
             self.cfg = cfg = self.resolved.config
+            install_patch_dropout(model, cfg.patch_drop)  # before the FLOP meter and the budget plan read the model
             if cfg.speedup is not None:
                 logger.info("speedup %g: keep ratio %g", cfg.speedup, cfg.keep_ratio)
 
