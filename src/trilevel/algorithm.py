@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .models import patch, set_keep_ratios
+from .models import family_of, patch, set_keep_ratios, unwrap_model
 from .options import check_int
 from .settings import (
     ALLOWED_SELECTORS, PRESETS, ResolvedTriLevel, TriLevelConfig, build_selector, merge_settings, preset_settings,
@@ -70,25 +70,20 @@ def install_patch_dropout(model: nn.Module, prob: Optional[float]) -> None:
     ``patch_drop_rate`` keeps it) or the model already has one with this ``prob``.
 
     Args:
-        model: A ViT/DeiT or EVA-02 (anything with a ``patch_drop`` slot and ``num_prefix_tokens``;
-            DDP-wrapped is fine).
+        model: A model of a family with a PatchDropout slot (ViT/DeiT, EVA-02:
+            :meth:`~trilevel.models.ModelFamily.patch_dropout_class`); wrappers (DDP) are fine.
         prob: Fraction of patch tokens dropped, in [0, 1); None: 0.3 where the model has the slot,
             else nothing (:func:`trilevel.settings.resolve_patch_drop`).
 
     Raises:
         ValueError: ``prob`` > 0 for a model without a ``patch_drop`` slot (e.g. Swin).
     """
-    from timm.layers import PatchDropout, PatchDropoutWithIndices
-    from timm.models.eva import Eva
-
-    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    base = unwrap_model(model)
     prob = resolve_patch_drop(base, prob)
-    current = getattr(base, "patch_drop", None)
-    have = float(getattr(current, "prob", 0.0) or 0.0)
+    have = float(getattr(getattr(base, "patch_drop", None), "prob", 0.0) or 0.0)
     if prob == 0 or have == prob:
         return
-    # the class timm's own constructor builds for patch_drop_rate: Eva gathers its rotary rows by the indices
-    layer = PatchDropoutWithIndices if isinstance(base, Eva) else PatchDropout
+    layer = family_of(base).patch_dropout_class()  # the class timm's own constructor builds
     base.patch_drop = layer(prob, num_prefix_tokens=base.num_prefix_tokens)
 
 

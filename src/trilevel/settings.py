@@ -24,7 +24,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Tuple, get_args
 
 import torch.nn as nn
 
-from .models import PatchSettings, family_of, forward_flops, unwrap_model
+from .models import PatchSettings, family_of, find_family, forward_flops, unwrap_model
 from .options import (
     BlockList, Fraction, OptionalFloat, OptionalInt, UpdateEvery, check_choice, check_float, check_int,
     parse_block_list, parse_update_every,
@@ -336,8 +336,9 @@ def resolve_config(config: TriLevelConfig, model: nn.Module) -> ResolvedTriLevel
 
 
 def has_patch_dropout_slot(model: nn.Module) -> bool:
-    """Whether ``model`` (unwrapped) has timm's ``patch_drop`` slot and ``num_prefix_tokens`` (ViT/DeiT, EVA-02)."""
-    return hasattr(model, "patch_drop") and hasattr(model, "num_prefix_tokens")
+    """Whether ``model``'s family has timm's PatchDropout slot (ViT/DeiT, EVA-02; not Swin, not an unknown model)."""
+    family = find_family(unwrap_model(model))
+    return family is not None and family.patch_dropout_class() is not None
 
 
 def resolve_patch_drop(model: nn.Module, patch_drop: Optional[float]) -> float:

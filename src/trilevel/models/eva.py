@@ -203,6 +203,10 @@ class EvaFamily(ViTFamily):
         if getattr(model, "rope_mixed", False):
             raise TypeError("patch_eva does not support rope_type='mixed' (per-block rotary embeddings)")
 
+    def patch_dropout_class(self) -> Optional[type]:
+        from timm.layers import PatchDropoutWithIndices  # Eva gathers its rotary rows by the kept indices
+        return PatchDropoutWithIndices
+
     def unpatch(self, model: nn.Module) -> None:
         for blk in model.blocks:
             blk.__dict__.pop("trilevel_rope", None)

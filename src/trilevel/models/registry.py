@@ -169,6 +169,12 @@ class ModelFamily:
         """The pruning blocks used when ``prune_layers`` is None."""
         return ()
 
+    def patch_dropout_class(self) -> Optional[type]:
+        """The timm layer the family's constructor puts in ``model.patch_drop`` for ``patch_drop_rate``
+        (called with ``(prob, num_prefix_tokens=...)``); None: the family has no such slot (PatchDropout,
+        Liu et al., WACV 2023, is then off)."""
+        return None
+
     def resolve(self, model: nn.Module, settings: PatchSettings) -> PatchSettings:
         """``settings`` checked against this family and ``model``, with the family's defaults filled in.
 

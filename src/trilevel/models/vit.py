@@ -388,6 +388,10 @@ class ViTFamily(ModelFamily):
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.classes()[0])
 
+    def patch_dropout_class(self) -> Optional[type]:
+        from timm.layers import PatchDropout
+        return PatchDropout
+
     def check(self, model: nn.Module) -> None:
         _, Block, Attention = self.classes()
         for i, blk in enumerate(model.blocks):
