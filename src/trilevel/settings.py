@@ -342,7 +342,10 @@ def has_patch_dropout_slot(model: nn.Module) -> bool:
 
 
 def resolve_patch_drop(model: nn.Module, patch_drop: Optional[float]) -> float:
-    """The PatchDropout fraction a tri-level run of ``model`` uses.
+    """The PatchDropout fraction a tri-level run of ``model`` uses (Liu et al., "PatchDropout", WACV 2023).
+
+    The default preset stacks it under the ``fast`` schedules (docs/benchmarks.md, section 7);
+    the paper's method (Kong et al., AAAI 2023) has no input-level dropping (``--preset paper``: 0).
 
     Args:
         model: The (unwrapped) model.
