@@ -530,3 +530,58 @@ def test_cluttered_fashion_mnist_split_is_cached(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 1
     # clutter fills the canvas: far more lit pixels than the images alone
     assert int((built > 0).sum()) > int((val_x > 0).sum())
+
+
+def test_holdout_indices_are_disjoint_complete_and_depend_only_on_the_sizes():
+    from trilevel.data import holdout_indices
+
+    train, val = holdout_indices(1000, 100)
+    assert len(val) == 100 and len(train) == 900
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(1000))
+    assert torch.equal(val, val.sort().values)
+    torch.manual_seed(123)  # the global generator (a run's seed) does not move the split
+    again = holdout_indices(1000, 100)[1]
+    torch.manual_seed(7)
+    assert torch.equal(val, again) and torch.equal(val, holdout_indices(1000, 100)[1])
+    assert not torch.equal(val, torch.arange(100))  # random, not the first images
+    for bad in (0, 1000, -1, 2.5, True):
+        with pytest.raises(ValueError, match="val_split"):
+            holdout_indices(1000, bad)
+
+
+@needs_fmnist
+def test_build_splits_holds_out_validation_before_the_subset():
+    from trilevel.data import build_splits, holdout_indices
+
+    s = build_splits("fashion-mnist", val_split=500, train_subset=300, aug="none")
+    assert (len(s.train), len(s.val), len(s.test)) == (300, 500, 10000)
+    assert (s.info.num_train, s.info.num_val, s.info.num_test, s.info.val_split) == (300, 500, 10000, 500)
+    full = build_datasets("fashion-mnist", aug="none")[0]
+    rest, held = holdout_indices(len(full), 500)
+    assert torch.equal(s.val.images, full.images[held]) and torch.equal(s.val.targets, full.targets[held])
+    assert torch.equal(s.train.images, full.images[rest[:300]])
+    # disjoint: no validation image is a training image (compared as raw bytes)
+    train_rows = {bytes(x.numpy().tobytes()) for x in build_splits("fashion-mnist", val_split=500, aug="none").train.images}
+    assert not any(bytes(x.numpy().tobytes()) in train_rows for x in s.val.images)
+    # the validation set is transformed like the test set (no augmentation)
+    light = build_splits("fashion-mnist", val_split=500, aug="light")
+    assert light.val.transform is light.test.transform
+    assert build_splits("fashion-mnist").val is None
+
+
+@needs_fmnist
+def test_classes_keeps_and_renumbers_the_named_classes():
+    from trilevel.data import build_splits
+
+    s = build_splits("fashion-mnist", classes=[7, 1, 3], aug="none")
+    full_train, full_test, _ = build_datasets("fashion-mnist", aug="none")
+    assert s.info.num_classes == 3 and s.info.classes == (7, 1, 3)
+    assert len(s.train) == int(sum((full_train.targets == c).sum() for c in (7, 1, 3)))
+    assert sorted(s.test.targets.unique().tolist()) == [0, 1, 2]
+    first_sneaker = int((full_train.targets == 7).nonzero()[0])
+    kept_rows = torch.isin(full_train.targets, torch.tensor([7, 1, 3])).nonzero().flatten().tolist()
+    assert int(s.train.targets[kept_rows.index(first_sneaker)]) == 0  # class 7 is now 0, in the order given
+    for bad in ([10], [], [1, 1], [-1]):
+        with pytest.raises(ValueError, match="classes"):
+            build_splits("fashion-mnist", classes=bad)

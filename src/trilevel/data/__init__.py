@@ -1,6 +1,8 @@
 """Training and validation datasets with their transforms.
 
-``build_datasets`` returns a ``(train, val, info)`` triple for one of six sources:
+``build_splits`` returns the training set, an optional validation split held out of it, the test
+set and their :class:`DataInfo` for one of six sources (``build_datasets``: the same without a
+validation split, as a ``(train, test, info)`` triple):
 
 * ``"fashion-mnist"``: the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist`` by default) or any folder holding them.
@@ -44,7 +46,11 @@ from .sources import (
     ALLOWED_NAMES,
     HFLIP_KEEPS_LABEL,
     DEFAULT_FASHION_MNIST_DIR,
+    VAL_SPLIT_SEED,
+    DataSplits,
     build_datasets,
+    build_splits,
+    holdout_indices,
 )
 
 __all__ = [
@@ -59,4 +65,8 @@ __all__ = [
     "DatasetNotFoundError",
     "TensorImageDataset",
     "build_datasets",
+    "build_splits",
+    "DataSplits",
+    "holdout_indices",
+    "VAL_SPLIT_SEED",
 ]

@@ -96,8 +96,12 @@ class DataInfo:
             [0, 1].
         std: Per-channel standard deviation used for normalisation (length ``in_chans``).
         name: Dataset name, one of :data:`~trilevel.data.ALLOWED_NAMES`.
-        num_train: Number of training examples (after ``train_subset``).
-        num_val: Number of validation examples.
+        num_train: Number of training examples (after ``val_split`` and ``train_subset``).
+        num_val: Number of validation examples: the held-out split's with ``val_split``, else the
+            test set's (the set evaluated during training).
+        num_test: Number of test examples.
+        val_split: Training examples held out for validation; None: no validation split.
+        classes: The original class indices kept (renumbered ``0..len-1``); None: all.
     """
 
     num_classes: int
@@ -108,6 +112,9 @@ class DataInfo:
     name: str
     num_train: int
     num_val: int
+    num_test: int = 0
+    val_split: int | None = None
+    classes: tuple[int, ...] | None = None
 
 
 class TensorImageDataset(Dataset):

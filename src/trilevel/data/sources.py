@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torchvision
@@ -37,7 +38,11 @@ __all__ = [
     "ALLOWED_NAMES",
     "DEFAULT_FASHION_MNIST_DIR",
     "HFLIP_KEEPS_LABEL",
+    "VAL_SPLIT_SEED",
+    "DataSplits",
     "build_datasets",
+    "build_splits",
+    "holdout_indices",
 ]
 
 # The package's name, as log lines were named before trilevel.data became a package.
@@ -113,6 +118,61 @@ def _check_subset(train_subset: object, num_train: int) -> int | None:
     return train_subset
 
 
+#: Seed of the generator that picks the held-out validation images (:func:`holdout_indices`): a constant,
+#: so the split is the same for every run, seed and configuration.
+VAL_SPLIT_SEED = 0x7A11DA7E
+
+
+def holdout_indices(num_examples: int, val_split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which training examples are held out as the validation split, and which remain for training.
+
+    The choice depends only on ``num_examples`` and ``val_split`` (a generator seeded with
+    :data:`VAL_SPLIT_SEED`), never on a run's seed: every run and configuration that holds out the
+    same number of images from the same training set validates on the same images.
+
+    Args:
+        num_examples: Size of the full training set.
+        val_split: Number of examples to hold out, in ``[1, num_examples - 1]``.
+
+    Returns:
+        ``(train, val)``: ``int64`` index tensors of shapes ``(num_examples - val_split,)`` and
+        ``(val_split,)``, each in increasing order, disjoint, together ``range(num_examples)``.
+
+    Raises:
+        ValueError: If ``val_split`` is not an integer in ``[1, num_examples - 1]``.
+    """
+    if isinstance(val_split, bool) or not isinstance(val_split, int) or not 1 <= val_split < num_examples:
+        raise ValueError(
+            f"val_split must be an integer in [1, {num_examples - 1}] (training images to hold out for "
+            f"validation; the training set has {num_examples}), got {val_split!r}"
+        )
+    g = torch.Generator().manual_seed(VAL_SPLIT_SEED)
+    held = torch.zeros(num_examples, dtype=torch.bool)
+    held[torch.randperm(num_examples, generator=g)[:val_split]] = True
+    return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
+
+
+def _check_classes(classes: object, num_classes: int) -> tuple[int, ...] | None:
+    if classes is None:
+        return None
+    if (not isinstance(classes, (list, tuple)) or not classes
+            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise ValueError(
+            f"classes must be distinct class indices in [0, {num_classes - 1}] (at least one), got {classes!r}"
+        )
+    return tuple(classes)
+
+
+def _keep_classes(x: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples of ``classes`` only, labels renumbered ``classes[i] -> i``."""
+    lookup = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes))
+    new = lookup[y]
+    keep = new >= 0
+    return x[keep].clone(), new[keep].clone()
+
+
 def _data_dir_or_raise(name: str, data_dir: str | os.PathLike | None, hint: str) -> Path:
     if data_dir is None:
         raise DatasetNotFoundError(
@@ -150,7 +210,9 @@ def _build_in_memory(
     img_size: int | None,
     aug: str,
     in_chans: int | None,
-) -> tuple[Dataset, Dataset, DataInfo]:
+    val_split: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> "DataSplits":
     native_chans, native_h, native_w = train_x.shape[1:]
     if native_h != native_w:
         raise ValueError(f"{name}: expected square images, got {native_h}x{native_w} pixels")
@@ -161,26 +223,37 @@ def _build_in_memory(
             f"aug='deit' needs 3-channel images but {name!r} gives in_chans={chans}; "
             "pass in_chans=3 (grayscale is repeated) or use aug='light' or 'none'"
         )
+    kept = _check_classes(classes, num_classes)
+    if kept is not None:
+        train_x, train_y = _keep_classes(train_x, train_y, kept)
+        val_x, val_y = _keep_classes(val_x, val_y, kept)
+        num_classes = len(kept)
+    train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std,
+                                         hflip=HFLIP_KEEPS_LABEL[name])
+    held: Optional[TensorImageDataset] = None
+    if val_split is not None:  # held out of the full training set, before any train_subset
+        rest, hold = holdout_indices(len(train_x), val_split)
+        held = TensorImageDataset(train_x[hold].clone(), train_y[hold].clone(), val_tf)
+        train_x, train_y = train_x[rest].clone(), train_y[rest].clone()
     n = _check_subset(train_subset, len(train_x))
     if n is not None:
         # clone: a slice would keep (and pickle) the whole storage.
         train_x, train_y = train_x[:n].clone(), train_y[:n].clone()
         _warn_if_classes_missing(name, train_y, num_classes)
-    train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std,
-                                         hflip=HFLIP_KEEPS_LABEL[name])
     train = TensorImageDataset(train_x, train_y, train_tf)
-    val = TensorImageDataset(val_x, val_y, val_tf)
+    test = TensorImageDataset(val_x, val_y, val_tf)
     out_mean = mean * 3 if chans != native_chans else mean
     out_std = std * 3 if chans != native_chans else std
     info = DataInfo(
         num_classes=num_classes, in_chans=chans, img_size=size, mean=tuple(out_mean),
-        std=tuple(out_std), name=name, num_train=len(train), num_val=len(val),
+        std=tuple(out_std), name=name, num_train=len(train), num_val=len(held if held is not None else test),
+        num_test=len(test), val_split=val_split, classes=kept,
     )
-    return train, val, info
+    return DataSplits(train, held, test, info)
 
 
 def _build_idx(name: str, data_dir, canvas_size: int = 56, clutter_fragments: int = 4,
-               **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
+               **kwargs) -> "DataSplits":
     if name in ("fashion-mnist", "cluttered-fashion-mnist"):
         hint = (
             "Install it with `sudo apt-get install dataset-fashion-mnist` (files go to "
@@ -218,7 +291,7 @@ def _build_idx(name: str, data_dir, canvas_size: int = 56, clutter_fragments: in
     )
 
 
-def _build_cifar(name: str, data_dir, **kwargs) -> tuple[Dataset, Dataset, DataInfo]:
+def _build_cifar(name: str, data_dir, **kwargs) -> "DataSplits":
     base = _CIFAR_BASE_FOLDER[name]
     hint = (
         f"Pass data_dir (--data-dir) pointing to the folder that contains {base}/ (the "
@@ -257,7 +330,9 @@ def _build_imagefolder(
     aug: str,
     in_chans: int | None,
     bad_images: str = "fail",
-) -> tuple[Dataset, Dataset, DataInfo]:
+    val_split: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> "DataSplits":
     hint = (
         "Pass data_dir (--data-dir) pointing to a folder with train/ and val/ subfolders, each "
         "holding one subfolder of images per class (torchvision ImageFolder layout)."
@@ -283,21 +358,48 @@ def _build_imagefolder(
             f"imagefolder: class folders differ between {str(root / 'train')!r} "
             f"({train_ds.classes}) and {str(root / 'val')!r} ({val_ds.classes})"
         )
+    if classes is not None:
+        raise ValueError("classes is supported for the in-memory datasets (IDX, CIFAR), not imagefolder: "
+                         "make a folder tree with the classes you want instead")
     num_classes = len(train_ds.classes)
-    n = _check_subset(train_subset, len(train_ds))
     train: Dataset = train_ds
+    rest = torch.arange(len(train_ds))
+    held: Optional[Dataset] = None
+    if val_split is not None:  # held out of the full training set, before any train_subset
+        rest, hold = holdout_indices(len(train_ds), val_split)
+        held = Subset(CheckedImageFolder(str(root / "train"), transform=val_tf, bad_images=bad_images), hold.tolist())
+    n = _check_subset(train_subset, len(rest))
     if n is not None:
-        train = Subset(train_ds, range(n))
-        _warn_if_classes_missing(name, torch.as_tensor(train_ds.targets[:n]), num_classes)
+        rest = rest[:n]
+        _warn_if_classes_missing(name, torch.as_tensor(train_ds.targets)[rest], num_classes)
+    if n is not None or val_split is not None:
+        train = Subset(train_ds, rest.tolist())
     info = DataInfo(
         num_classes=num_classes, in_chans=chans, img_size=size,
         mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD), name=name,
-        num_train=len(train), num_val=len(val_ds),
+        num_train=len(train), num_val=len(held if held is not None else val_ds), num_test=len(val_ds),
+        val_split=val_split,
     )
-    return train, val_ds, info
+    return DataSplits(train, held, val_ds, info)
 
 
-def build_datasets(
+class DataSplits(NamedTuple):
+    """The datasets of one source, as :func:`build_splits` builds them.
+
+    Attributes:
+        train: The training set (augmented; ``train_subset`` applied).
+        val: The validation split held out of the training set (no augmentation), or None.
+        test: The test set (no augmentation): report on it, never choose on it.
+        info: What the model and the loop need to know (:class:`DataInfo`).
+    """
+
+    train: Dataset
+    val: Optional[Dataset]
+    test: Dataset
+    info: DataInfo
+
+
+def build_splits(
     name: str,
     data_dir: str | os.PathLike | None = None,
     train_subset: int | None = None,
@@ -307,8 +409,16 @@ def build_datasets(
     bad_images: str = "fail",
     canvas_size: int = 56,
     clutter_fragments: int = 4,
-) -> tuple[Dataset, Dataset, DataInfo]:
-    """Builds the training and validation datasets of ``name`` with their transforms.
+    val_split: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> DataSplits:
+    """Builds the training, validation and test sets of ``name`` with their transforms.
+
+    The test set is the dataset's own held-out split (Fashion-MNIST's 10,000 ``t10k`` images,
+    CIFAR's test batch, ``imagefolder``'s ``val/``). The validation set is ``val_split`` images
+    held out of the full training set (:func:`holdout_indices`: chosen with a fixed generator, so
+    the same for every seed and configuration, and disjoint from the training set), transformed
+    like the test set; choose recipes and settings on it and report on the test set.
 
     Items of both datasets are ``(image, target)``: ``image`` a ``float32`` tensor of shape
     ``(in_chans, img_size, img_size)`` normalised with ``info.mean``/``info.std``, ``target`` an
@@ -351,9 +461,16 @@ def build_datasets(
             path and dropped from its batch (``"skip"``; use :func:`skip_unreadable_collate`).
         canvas_size: ``"cluttered-fashion-mnist"`` only: side of the canvas in pixels (>= 28).
         clutter_fragments: ``"cluttered-fashion-mnist"`` only: 8x8 clutter fragments per image (>= 0).
+        val_split: Training images to hold out as the validation set, in ``[1, training set size
+            - 1]``; taken before ``train_subset`` (which then counts the remaining images). None:
+            no validation set (``splits.val`` is None).
+        classes: Keep only these classes (original label indices), renumbered ``0..len-1`` in the
+            order given, in every split (e.g. pretrain on five Fashion-MNIST classes, fine-tune on
+            the other five); IDX and CIFAR data only. None: all classes.
 
     Returns:
-        ``(train, val, info)``: two picklable map-style datasets and their :class:`DataInfo`.
+        :class:`DataSplits` ``(train, val, test, info)``: picklable map-style datasets (``val``
+        None without ``val_split``) and their :class:`DataInfo`.
         IDX and CIFAR data come as :class:`TensorImageDataset` (with a ``targets`` tensor);
         ``"imagefolder"`` as torchvision ``ImageFolder`` (training set wrapped in a ``Subset``
         when ``train_subset`` is given). The normalisation statistics are computed from the
@@ -372,24 +489,48 @@ def build_datasets(
     _check_choice("bad_images", bad_images, ALLOWED_BAD_IMAGES)
     if img_size is not None:
         _check_positive_int("img_size", img_size)
-    kwargs = dict(train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans)
+    kwargs = dict(train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans, val_split=val_split,
+                  classes=classes)
     if name == "cluttered-fashion-mnist":
         _check_positive_int("canvas_size", canvas_size)
         if isinstance(clutter_fragments, bool) or not isinstance(clutter_fragments, int) or clutter_fragments < 0:
             raise ValueError(f"clutter_fragments must be an integer >= 0, got {clutter_fragments!r}")
         if canvas_size < 28:
             raise ValueError(f"canvas_size must be at least 28 (the Fashion-MNIST image side), got {canvas_size}")
-        train, val, info = _build_idx(name, data_dir, canvas_size=canvas_size, clutter_fragments=clutter_fragments,
-                                      **kwargs)
+        splits = _build_idx(name, data_dir, canvas_size=canvas_size, clutter_fragments=clutter_fragments, **kwargs)
     elif name in ("fashion-mnist", "mnist"):
-        train, val, info = _build_idx(name, data_dir, **kwargs)
+        splits = _build_idx(name, data_dir, **kwargs)
     elif name in ("cifar10", "cifar100"):
-        train, val, info = _build_cifar(name, data_dir, **kwargs)
+        splits = _build_cifar(name, data_dir, **kwargs)
     else:
-        train, val, info = _build_imagefolder(name, data_dir, bad_images=bad_images, **kwargs)
+        splits = _build_imagefolder(name, data_dir, bad_images=bad_images, **kwargs)
+    info = splits.info
     logger.info(
-        "dataset %s: %d train / %d val examples, %d classes, images (%d, %d, %d), aug=%s",
-        info.name, info.num_train, info.num_val, info.num_classes, info.in_chans,
-        info.img_size, info.img_size, aug,
+        "dataset %s: %d train / %s val / %d test examples, %d classes, images (%d, %d, %d), aug=%s",
+        info.name, info.num_train, info.num_val if splits.val is not None else "no", info.num_test,
+        info.num_classes, info.in_chans, info.img_size, info.img_size, aug,
     )
-    return train, val, info
+    return splits
+
+
+def build_datasets(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    train_subset: int | None = None,
+    img_size: int | None = None,
+    aug: str = "light",
+    in_chans: int | None = None,
+    bad_images: str = "fail",
+    canvas_size: int = 56,
+    clutter_fragments: int = 4,
+    classes: Sequence[int] | None = None,
+) -> tuple[Dataset, Dataset, DataInfo]:
+    """The training and test sets of ``name``: :func:`build_splits` without a validation split.
+
+    Returns:
+        ``(train, test, info)``; see :func:`build_splits` for the arguments, transforms and errors.
+    """
+    s = build_splits(name, data_dir, train_subset=train_subset, img_size=img_size, aug=aug, in_chans=in_chans,
+                     bad_images=bad_images, canvas_size=canvas_size, clutter_fragments=clutter_fragments,
+                     classes=classes)
+    return s.train, s.test, s.info
