@@ -65,12 +65,13 @@ def test_curves_tta_speedup_interval_and_gains():
     assert rows["ours"]["tta_seconds"] == pytest.approx(340.0)
     assert rows["ours"]["speedup"] == pytest.approx(rows["dense"]["tta_seconds"] / 340.0)
     assert rows["dense"]["speedup"] == pytest.approx(1.0)
-    # the interval: low end = dense one s.e.m. up (72, 82, 91: 200 + 7.7 / 9 * 200 s) over ours one s.e.m.
-    # down (79, 88, 90: 200 + 1.7 / 2 * 200 = 370 s); high end = dense one s.e.m. down (70, 80, 89) over
-    # ours one up: dense's pessimistic curve never reaches 89.7, so the interval is open above
-    assert rows["ours"]["speedup_low"] == pytest.approx((200 + 7.7 / 9 * 200) / 370.0)
-    assert rows["ours"]["speedup_high"] is None
-    assert "(1.00-?)" in format_tta_table([rows["ours"]], 89.7)
+    # the 95% bootstrap interval: no resample is below dense's best case (72, 82, 91: 200 + 7.7 / 9 * 200 s)
+    # over ours' worst (79, 88, 90: 370 s); dense's resampled last point is 89 (< 89.7: never) in a quarter
+    # of the resamples, more than 2.5%, so the interval is open above
+    low = rows["ours"]["speedup_low"]
+    assert (200 + 7.7 / 9 * 200) / 370.0 <= low <= rows["ours"]["speedup"]
+    assert rows["ours"]["speedup_high"] is None and rows["ours"]["speedup_bound"] == ""
+    assert f"[95% CI {low:.2f}-?]" in format_tta_table([rows["ours"]], 89.7)
     gains = {g["budget"]: g["gain"] for g in rows["ours"]["gains"]}
     assert gains == pytest.approx({1.0: 9.0, 2.0: 8.0, 4.0: 0.0})
     assert "never" not in format_tta_table(list(rows.values()), 89.7)
@@ -119,13 +120,14 @@ def test_flops_to_accuracy_speedup_and_its_interval():
     ours_mid, ours_up, ours_down = 0.5 + 5 / 9 * 0.5, 0.5 + 4 / 9 * 0.5, 0.5 + 6 / 9 * 0.5
     assert ours["flops_speedup_axis"] == "flops"
     assert ours["flops_speedup"] == pytest.approx(dense_mid / ours_mid)
-    assert ours["flops_speedup_low"] == pytest.approx(dense_up / ours_down)  # 3.2
-    assert ours["flops_speedup_high"] == pytest.approx(dense_down / ours_up)
+    # the bootstrap interval lies within the extremes (every resample between the best and worst cases)
+    assert dense_up / ours_down <= ours["flops_speedup_low"] <= ours["flops_speedup"]  # 3.2 <= ...
+    assert ours["flops_speedup"] <= ours["flops_speedup_high"] <= dense_down / ours_up
     assert rows["dense"]["flops_speedup"] == pytest.approx(1.0)
     # the same wall-clock per budget: the time figures differ from the FLOPs ones (overhead)
     assert ours["speedup"] == pytest.approx((200 + 4 / 9 * 200) / (100 + 5 / 9 * 100))
     assert ours["cpu_speedup"] == pytest.approx(ours["speedup"])  # CPU time is twice the wall-clock for both
-    assert ours["cpu_speedup_low"] == pytest.approx(ours["speedup_low"])
+    assert ours["cpu_speedup_low"] == pytest.approx(ours["speedup_low"])  # the same resamples, axes twice apart
     # ours at half the compute per budget on the same time: twice dense's CPU time per FLOP
     assert ours["cpu_per_flop_vs_dense"] == pytest.approx(2.0)
     # read on absolute FLOPs: a configuration with a model twice as costly per image needs twice the FLOPs
@@ -163,27 +165,63 @@ def test_cpu_seconds_per_flop_is_the_mean_over_runs_relative_to_dense():
     assert rows["ours"]["cpu_ms_per_gflop"] == pytest.approx(17.5)  # 20 and 15
     assert rows["ours"]["cpu_per_flop_vs_dense"] == pytest.approx(17.5 / (50 / 3))  # 1.05
     assert rows["dense"]["cpu_per_flop_vs_dense"] == pytest.approx(1.0)
-    assert "| ours | 0.5 | 3e+12 | 2.00x (2.00-2.00) | 17.5 | 1.05 |" in format_tta_table(list(rows.values()), 80.0)
+    # dense and ours are both at the target at their first budget: no speedup can be read
+    table = format_tta_table(list(rows.values()), 80.0)
+    assert "| ours | 0.5 | 3e+12 | n/a (dense and this row both at the target at the first budget) | 17.5 | 1.05 |" in table
+    assert "| dense | 1 | 6e+12 | 1.00x | 16.7 | 1.00 |" in table
 
 
 def test_tables_have_the_time_and_the_flops_columns():
     curves = build_curves(_runs("dense", _DENSE, 1.0) + _runs("ours", _OURS, 0.5))
     table = format_tta_table(tta_rows(curves, target=85), 85)
-    for column in ("time to target (s)", "TTA speedup vs dense, wall-clock (interval)",
-                   "TTA speedup vs dense, CPU time (interval)", "compute to target (dense epochs)",
-                   "FLOPs-to-accuracy speedup vs dense (interval)", "CPU s per FLOP vs dense",
+    for column in ("time to target (s)", "TTA speedup vs dense, wall-clock (95% CI)",
+                   "TTA speedup vs dense, CPU time (95% CI)", "compute to target (dense epochs)",
+                   "FLOPs-to-accuracy speedup vs dense (95% CI)", "CPU s per FLOP vs dense",
                    "gain over dense at equal wall-clock"):
         assert column in table, column
     assert "FLOPs to accuracy: the method, the same on any hardware" in table
     assert "time to accuracy: the method times this implementation on this machine" in table.lower()
     assert table.index("Time to accuracy (") < table.index("FLOPs to accuracy (")
     ours = next(line for line in table.splitlines() if line.startswith("| ours | 0.778 "))
-    assert "| 4.67e+12 | 3.71x (3.20-4.31) | 66.7 | 2.00 |" in ours  # FLOPs, speedup (interval), ms/GFLOP, ratio
+    assert "| 4.67e+12 | 3.71x [95% CI " in ours and "| 66.7 | 2.00 |" in ours  # FLOPs, speedup, ms/GFLOP, ratio
     points = format_curve_table(curves)
-    assert "compute used (dense epochs)" in points
-    assert "| ours | 4 | 2 | 90.00 +- 0.00 | 0.00 | 400 | 800 | 2 | 1.2e+13 |" in points
+    assert "compute used (dense epochs)" in points and "val top-1 % (mean)" in points
+    # 95% t interval of 89 and 91: 90 +- 12.706 x 1
+    assert "| dense | 4 | 2 | n/a | 90.00 [77.29, 102.71] | 1.00 | 1.41 | 400 | 800 | 4 |" in points
+    assert "| ours | 4 | 2 | n/a | 90.00 [90.00, 90.00] | 0.00 | 0.00 | 400 | 800 | 2 | 1.2e+13 |" in points
     bare = format_curve_table(build_curves(_runs("dense", {1: (100, [70])})))
-    assert bare.endswith("| 100 | 200 | n/a | n/a |")
+    assert "| 1 | n/a | 70.00 | 0.00 |" in bare and bare.endswith("| 100 | 200 | n/a | n/a |")
+
+
+def test_curves_read_the_test_set_and_keep_validation_beside_it():
+    runs = _runs("dense", {1: (100, [70, 72])})
+    for r, val in zip(runs, (60.0, 64.0)):
+        r.update(test_top1=r["val_top1"], val_top1=val, eval_set="val-split")
+    p = build_curves(runs)["dense"].points[0]
+    assert p.top1_mean == 71.0 and p.val_top1_mean == 62.0
+
+
+def test_a_one_seed_row_has_no_interval_and_no_spread_gives_a_point_interval():
+    one = tta_rows(build_curves(_runs("dense", {1: (100, [70]), 2: (200, [80])})
+                                + _runs("ours", {1: (50, [75]), 2: (100, [85])})), target=78)
+    ours = next(r for r in one if r["name"] == "ours")
+    assert ours["speedup"] == pytest.approx((100 + 0.8 * 100) / (50 + 0.3 * 50))
+    assert ours["speedup_low"] is None and ours["speedup_high"] is None and ours["seeds_min"] == 1
+    assert "| ours | 65 | 2.77x |" in format_tta_table(one, 78)
+    same = tta_rows(build_curves(_runs("dense", {1: (100, [70, 70]), 2: (200, [80, 80])})
+                                 + _runs("ours", {1: (50, [75, 75]), 2: (100, [85, 85])})), target=78)
+    ours = next(r for r in same if r["name"] == "ours")
+    assert ours["speedup_low"] == pytest.approx(ours["speedup"]) == pytest.approx(ours["speedup_high"])
+
+
+def test_a_speedup_at_the_first_budget_is_a_bound():
+    rows = {r["name"]: r for r in tta_rows(build_curves(_runs("dense", {1: (100, [70, 72]), 2: (200, [80, 82])})
+                                                        + _runs("ours", {1: (50, [85, 86]), 2: (100, [90, 90])})),
+                                           target=79)}
+    ours = rows["ours"]
+    assert ours["speedup_bound"] == ">=" and ours["speedup_high"] is None
+    assert ours["speedup"] == pytest.approx((100 + 8 / 10 * 100) / 50)
+    assert format_tta_table(list(rows.values()), 79).count(">=3.60x") == 2  # wall-clock and CPU time
 
 
 def test_plot_flops_curves_writes_a_png(tmp_path):
@@ -298,3 +336,40 @@ def test_a_sigterm_during_a_run_stops_the_bench_before_the_next_run(tmp_path, mo
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the bench's handler is gone afterwards
     finally:
         STOP_REQUEST.clear()
+
+
+def test_a_stored_run_is_reused_only_by_the_same_code_version(tmp_path, caplog):
+    import yaml
+
+    from trilevel.bench.budgets import _done_before
+    from trilevel.version import code_version
+
+    import logging
+
+    caplog.set_level(logging.INFO, logger="trilevel.bench.budgets")
+    cfg = training.TrainConfig(epochs=2).to_dict()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def stored(version):
+        (tmp_path / "summary.json").write_text(json.dumps({"finished": True, "val_top1": 50.0,
+                                                           "code_version": version}))
+
+    stored("git:" + "0" * 40)
+    assert _done_before(str(tmp_path), cfg) is None  # another commit
+    assert "--allow-mixed-code" in caplog.text
+    assert _done_before(str(tmp_path), cfg, allow_mixed_code=True)["val_top1"] == 50.0
+    stored(None)  # from before code versions were recorded
+    assert _done_before(str(tmp_path), cfg) is None
+    stored(code_version())
+    expected = None if code_version().endswith("+dirty") else 50.0  # uncommitted code names no fixed version
+    assert (_done_before(str(tmp_path), cfg) or {}).get("val_top1") == expected
+    assert _done_before(str(tmp_path), {**cfg, "lr": 1.0}, allow_mixed_code=True) is None  # another recipe
+
+
+def test_provenance_names_the_code_versions_and_the_intervals():
+    from trilevel.bench.budgets import format_provenance
+
+    one = format_provenance({"code_versions": ["git:abc"], "reported_set": "test"})
+    assert "code version git:abc" in one and "95%" in one and "bootstrap" in one and "mixes" not in one
+    two = format_provenance({"code_versions": ["git:abc", "git:def"], "reported_set": "test"})
+    assert "mixes 2 code versions" in two

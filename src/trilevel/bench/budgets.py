@@ -7,7 +7,12 @@ a drift of its speed hits every configuration alike. The results become accuracy
 wall-clock and against training compute, time-to-accuracy and FLOPs-to-accuracy tables against
 budget-matched dense training with each configuration's CPU cost per FLOP
 (:mod:`trilevel.bench.tta`), two plots and JSON. A run whose folder already holds a finished
-summary with the same configuration is not run again, so an interrupted bench resumes.
+summary with the same configuration, made by the same code version (the commit in its summary,
+:func:`trilevel.version.code_version`), is not run again, so an interrupted bench resumes; with
+``allow_mixed_code`` a run of another version is reused too, and the tables say that they mix
+versions. The curves and the speedups are read on the test set (``test_top1``; a run without a
+validation split has only it); the validation top-1 (``val_top1``, with ``--val-split``) stands
+beside them in the curve table, the column to choose settings on.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import yaml
 from ..checkpoint import atomic_write_json
 from ..settings import merge_settings
 from .train import TRAIN_PRESETS
-from .tta import TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
+from .tta import BOOTSTRAP_RESAMPLES, TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
 
-__all__ = ["BUDGET_RUN_KEYS", "FIGURES_NOTE", "run_budget_bench", "format_curve_table", "format_tta_table"]
+__all__ = ["BUDGET_RUN_KEYS", "FIGURES_NOTE", "run_budget_bench", "format_curve_table", "format_provenance",
+           "format_tta_table"]
 
 _LOG = logging.getLogger(__name__)
 
 #: Summary fields kept for each run of the bench.
-BUDGET_RUN_KEYS = ("val_top1", "val_top1_full_tokens", "train_seconds", "train_cpu_seconds", "eval_seconds",
+BUDGET_RUN_KEYS = ("val_top1", "val_top1_full_tokens", "test_top1", "test_top1_full_tokens", "eval_set",
+                   "val_split", "code_version", "train_seconds", "train_cpu_seconds", "eval_seconds",
                    "checkpoint_seconds", "total_steps", "epochs_trained", "dense_epochs_used",
                    "relative_train_flops", "num_train", "dense_gflops_per_image", "output_dir")
 
@@ -63,8 +70,12 @@ def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int
             raise ValueError(f"--budgets must be positive numbers of dense epochs, got {b!r}")
 
 
-def _done_before(folder: str, cfg: Mapping[str, Any]) -> Optional[dict]:
-    """The finished summary in ``folder`` if it was trained with ``cfg`` (else None)."""
+def _done_before(folder: str, cfg: Mapping[str, Any], allow_mixed_code: bool = False) -> Optional[dict]:
+    """The finished summary in ``folder`` if it was trained with ``cfg`` by this code version (else None).
+
+    A run made by another code version (or by uncommitted code, ``+dirty``, which names no fixed
+    code) is reused only with ``allow_mixed_code``.
+    """
     try:
         with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
@@ -77,7 +88,16 @@ def _done_before(folder: str, cfg: Mapping[str, Any]) -> Optional[dict]:
     # a runtime switch added after the run was stored (e.g. compile) does not change what it trained
     same = all(stored.get(k) == v for k, v in cfg.items()
                if k not in ("output_dir", "resume") and (k in stored or k not in RUNTIME_KEYS))
-    return summary if summary.get("finished") and same else None
+    if not (summary.get("finished") and same):
+        return None
+    from ..version import code_version
+
+    version = summary.get("code_version")
+    if not allow_mixed_code and (version != code_version() or str(version).endswith("+dirty")):
+        _LOG.info("%s: not reused, made by code version %s (now %s); pass --allow-mixed-code to reuse it",
+                  folder, version, code_version())
+        return None
+    return summary
 
 
 def run_budget_bench(
@@ -89,6 +109,7 @@ def run_budget_bench(
     target: Optional[float] = None,
     target_drop: float = 0.3,
     extra_configs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    allow_mixed_code: bool = False,
 ) -> Dict[str, Any]:
     """Train every configuration at every budget and seed (interleaved); return curves and TTA figures.
 
@@ -106,6 +127,8 @@ def run_budget_bench(
         target_drop: Points below dense's best mean for the default target.
         extra_configs: More configurations, ``{name: overrides of the recipe}`` (e.g. the rows of
             a study), next to :data:`~trilevel.bench.train.TRAIN_PRESETS`.
+        allow_mixed_code: Reuse stored runs made by another code version (the result's
+            ``code_versions`` lists every version in it, and the tables say so).
 
     Returns:
         ``{"runs", "curves", "target", "tta", "configs", "budgets", "seeds",
@@ -138,7 +161,7 @@ def run_budget_bench(
             folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
             cfg = {**merge_settings(base, table[name]), "budget": budget, "seed": seed, "output_dir": folder,
                    "resume": None}
-            summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict())
+            summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict(), allow_mixed_code)
             if summary is None:
                 _LOG.info("bench run %d/%d: %s at budget %g, seed %d", n, len(order), name, budget, seed)
                 summary = training.train(cfg)
@@ -152,19 +175,43 @@ def run_budget_bench(
     dense_best = curves["dense"].points[-1].top1_mean
     target = dense_best - target_drop if target is None else float(target)
     tta = tta_rows(curves, target)
+    versions = sorted({str(r.get("code_version")) for r in rows})
     result = {"runs": rows, "curves": {k: [vars(p) for p in c.points] for k, c in curves.items()},
               "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds),
-              "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD, "figures_note": FIGURES_NOTE}
+              "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD, "figures_note": FIGURES_NOTE,
+              "code_versions": versions, "reported_set": _reported_set(rows)}
     with open(os.path.join(output_dir, "bench_tta.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "bench_tta.md"), "w", encoding="utf-8") as f:
-        f.write(format_curve_table(curves) + "\n\n" + format_tta_table(tta, target) + "\n")
+        f.write(format_provenance(result) + "\n\n" + format_curve_table(curves) + "\n\n"
+                + format_tta_table(tta, target) + "\n")
     from ..viz import plot_flops_curves, plot_tta_curves
 
-    plot_tta_curves(curves, os.path.join(output_dir, "accuracy_vs_time.png"), target)
+    def legend(key: str) -> Dict[str, str]:
+        return {r["name"]: speedup_text(r, key, "never") for r in tta if r["name"] != "dense"}
+
+    plot_tta_curves(curves, os.path.join(output_dir, "accuracy_vs_time.png"), target, legend("speedup"))
     if any(c.known("compute") for c in curves.values()):
-        plot_flops_curves(curves, os.path.join(output_dir, "accuracy_vs_flops.png"), target)
+        plot_flops_curves(curves, os.path.join(output_dir, "accuracy_vs_flops.png"), target, legend("flops_speedup"))
     return result
+
+
+def _reported_set(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which set the curves' top-1 comes from: ``test`` (every run has ``test_top1``), or what mixes."""
+    sets = {"test" if r.get("test_top1") is not None else "the evaluated set (val_top1; a run from before test_top1)"
+            for r in rows}
+    return sets.pop() if len(sets) == 1 else "mixed: " + " and ".join(sorted(sets))
+
+
+def format_provenance(result: Mapping[str, Any]) -> str:
+    """The lines that say what a bench's figures come from: code version(s), the reported set, the intervals."""
+    versions = list(result.get("code_versions") or [])
+    code = (f"code version {versions[0]}" if len(versions) == 1 else
+            f"**mixes {len(versions)} code versions** ({', '.join(versions)}; runs reused with --allow-mixed-code)")
+    return (f"Runs made by {code}. Top-1 and speedups on the {result.get('reported_set', 'test')} set; "
+            f"val top-1 (the held-out validation split, --val-split) is the column to choose on. "
+            f"Intervals: 95% (Student t over seeds for a mean; percentile bootstrap over seeds, "
+            f"{BOOTSTRAP_RESAMPLES} resamples, for a speedup); none with one seed.")
 
 
 def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:
@@ -175,27 +222,38 @@ def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:
 def format_curve_table(curves: Mapping[str, Any]) -> str:
     """Markdown table of the curves' points.
 
-    Per configuration and budget: seeds, mean top-1 +- s.e.m. and standard deviation (percent),
-    mean training wall-clock and CPU time (s), mean compute used (dense-epoch equivalents) and
-    mean training FLOPs (3 x forward); ``n/a`` where unknown.
+    Per configuration and budget: seeds, mean validation top-1 (``n/a`` without a validation
+    split: choose on this column), mean reported (test) top-1 with its 95% Student t interval
+    (none for one seed), s.e.m. and standard deviation (percent), mean training wall-clock and CPU
+    time (s), mean compute used (dense-epoch equivalents) and mean training FLOPs (3 x forward).
     """
-    lines = ["| configuration | budget (dense epochs) | seeds | top-1 % (mean +- sem) | std | train s (wall) | "
-             "train s (CPU) | compute used (dense epochs) | train FLOPs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | budget (dense epochs) | seeds | val top-1 % (mean) | test top-1 % (mean, 95% CI) | "
+             "sem | std | train s (wall) | train s (CPU) | compute used (dense epochs) | train FLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, curve in curves.items():
         for p in curve.points:
-            lines.append(f"| {name} | {p.budget:g} | {p.seeds} | {p.top1_mean:.2f} +- {p.top1_sem:.2f} | "
-                         f"{p.top1_std:.2f} | {p.seconds_mean:.0f} | {_fmt(p.cpu_seconds_mean, '.0f')} | "
+            ci = "" if p.seeds < 2 else f" [{p.top1_mean - p.top1_ci95:.2f}, {p.top1_mean + p.top1_ci95:.2f}]"
+            lines.append(f"| {name} | {p.budget:g} | {p.seeds} | {_fmt(p.val_top1_mean, '.2f')} | {p.top1_mean:.2f}{ci} | "
+                         f"{p.top1_sem:.2f} | {p.top1_std:.2f} | {p.seconds_mean:.0f} | {_fmt(p.cpu_seconds_mean, '.0f')} | "
                          f"{_fmt(p.compute_mean, '.3g')} | {_fmt(p.train_flops_mean, '.3g')} |")
     return "\n".join(lines)
 
 
-def _speedup_cell(r: Mapping[str, Any], key: str, never: str = "never reaches the target") -> str:
-    """``r[key]`` with its interval (``r[key + '_low']``-``r[key + '_high']``; ``?`` for an open end)."""
+def speedup_text(r: Mapping[str, Any], key: str, never: str = "never reaches the target") -> str:
+    """``r[key]`` as text: its bound marker (``>=`` a lower bound, ``<=`` an upper bound), the value and
+    its 95% interval (``[low-high]``, ``?`` for an open end; none with one seed)."""
     if not r["reached"]:
         return never
+    bound = r.get(key + "_bound", "")
+    if bound == "?":
+        return "n/a (dense and this row both at the target at the first budget)"
     if r[key] is None:
         return "n/a"
-    return f"{r[key]:.2f}x ({_fmt(r[key + '_low'], '.2f', '?')}-{_fmt(r[key + '_high'], '.2f', '?')})"
+    text = f"{bound}{r[key]:.2f}x"
+    if r.get("seeds_min", 2) < 2:
+        return text  # one seed: no interval
+    return f"{text} [95% CI {_fmt(r[key + '_low'], '.2f', '?')}-{_fmt(r[key + '_high'], '.2f', '?')}]"
+
 
 
 def format_tta_table(rows: Sequence[Mapping[str, Any]], target: float) -> str:
@@ -205,27 +263,28 @@ def format_tta_table(rows: Sequence[Mapping[str, Any]], target: float) -> str:
       ``target`` (wall-clock s), TTA speedup vs dense on wall-clock and on process CPU time (with
       their intervals), gain over dense at equal wall-clock per budget (points).
     * **FLOPs to accuracy and cost per FLOP**: compute to ``target`` (dense-epoch equivalents and
-      training FLOPs), FLOPs-to-accuracy speedup vs dense (interval), CPU milliseconds per
+      training FLOPs), FLOPs-to-accuracy speedup vs dense (95% CI), CPU milliseconds per
       training GFLOP and its ratio to dense's.
     """
-    lines = [f"Target: {target:.2f}% top-1 (dense at its largest budget minus the drop, unless given).", "",
+    lines = [f"Target: {target:.2f}% top-1 (dense at its largest budget minus the drop, unless given). "
+             f"'>=': the row was at the target at its first budget, so its speedup is a lower bound.", "",
              FIGURES_NOTE, "", "Time to accuracy (the method times this implementation on this machine):", "",
-             "| configuration | time to target (s) | TTA speedup vs dense, wall-clock (interval) | TTA speedup vs "
-             "dense, CPU time (interval) | gain over dense at equal wall-clock, per budget (points) |",
+             "| configuration | time to target (s) | TTA speedup vs dense, wall-clock (95% CI) | TTA speedup vs "
+             "dense, CPU time (95% CI) | gain over dense at equal wall-clock, per budget (points) |",
              "|---|---|---|---|---|"]
     for r in rows:
         gains = ", ".join(f"{g['budget']:g}: {_fmt(g['gain'], '+.2f')}" for g in r["gains"])
-        lines.append(f"| {r['name']} | {_fmt(r['tta_seconds'], '.0f', 'never')} | {_speedup_cell(r, 'speedup')} | "
-                     f"{_speedup_cell(r, 'cpu_speedup', 'never')} | {gains} |")
+        lines.append(f"| {r['name']} | {_fmt(r['tta_seconds'], '.0f', 'never')} | {speedup_text(r, 'speedup')} | "
+                     f"{speedup_text(r, 'cpu_speedup', 'never')} | {gains} |")
     lines += ["", "FLOPs to accuracy (the method, the same on any hardware) and cost per FLOP (this implementation "
               "on this machine):", "",
               "| configuration | compute to target (dense epochs) | training FLOPs to target | FLOPs-to-accuracy "
-              "speedup vs dense (interval) | CPU ms per training GFLOP | CPU s per FLOP vs dense |",
+              "speedup vs dense (95% CI) | CPU ms per training GFLOP | CPU s per FLOP vs dense |",
               "|---|---|---|---|---|---|"]
     for r in rows:
         unknown = "n/a" if r["reached"] else "never"
         lines.append(f"| {r['name']} | {_fmt(r['compute_to_target'], '.3g', unknown)} | "
                      f"{_fmt(r['flops_to_target'], '.3g', unknown)}"
-                     f" | {_speedup_cell(r, 'flops_speedup')} | {_fmt(r['cpu_ms_per_gflop'], '.3g')} | "
+                     f" | {speedup_text(r, 'flops_speedup')} | {_fmt(r['cpu_ms_per_gflop'], '.3g')} | "
                      f"{_fmt(r['cpu_per_flop_vs_dense'], '.2f')} |")
     return "\n".join(lines)

@@ -8,9 +8,12 @@ in absolute training FLOPs). From the curves, on any of these axes:
 
 * **cost to accuracy** of a configuration: the first cost at which its curve reaches a target
   top-1 (linear interpolation between budgets; None when it never does);
-* **speedup**: the baseline's (dense) cost to the target over the configuration's, with an
-  interval from the seed spread: the same computed on the curves shifted by one standard error
-  of the mean (the configuration's up and the baseline's down for the high end, and the reverse);
+* **speedup**: the baseline's (dense) cost to the target over the configuration's, with a 95%
+  percentile bootstrap interval over seeds (:func:`bootstrap_speedup`: each budget's runs of
+  both curves resampled with replacement, the ratio recomputed, 2,000 resamples; Efron and
+  Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13). None where a point has one seed
+  (no spread to resample). A curve already at the target at its first budget reaches it at that
+  budget *or sooner*: its speedup is a lower bound (``">="``; the baseline's: an upper bound);
 * **gain at equal wall-clock**: a configuration's top-1 minus the baseline curve's top-1 at the
   same wall-clock (None outside the baseline curve's time range: no extrapolation).
 
@@ -28,6 +31,7 @@ schedule is fitted to each budget (Li et al., ICLR 2020; Kaddour et al., NeurIPS
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -35,6 +39,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 __all__ = [
     "TRAIN_FLOPS_PER_FORWARD",
     "X_AXES",
+    "BOOTSTRAP_RESAMPLES",
+    "t_quantile_975",
+    "bootstrap_speedup",
     "CurvePoint",
     "Curve",
     "run_train_flops",
@@ -51,6 +58,29 @@ __all__ = [
 #: connections are absent from the backward pass as from the forward, so the factor holds for
 #: tri-level steps as for dense ones.
 TRAIN_FLOPS_PER_FORWARD = 3.0
+
+#: Resamples of :func:`bootstrap_speedup` (a fixed generator: the same tables from the same runs).
+BOOTSTRAP_RESAMPLES = 2000
+
+#: Student t's 0.975 quantile for 1..30 degrees of freedom (two-sided 95%), from the standard tables.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student t's 0.975 quantile (the half-width of a 95% interval is this times the s.e.m.).
+
+    Args:
+        df: Degrees of freedom (seeds - 1), >= 1; above 30 the normal quantile 1.960 (at most 4% narrower).
+
+    Raises:
+        ValueError: If ``df`` < 1.
+    """
+    if df < 1:
+        raise ValueError(f"a t interval needs at least 1 degree of freedom (2 seeds), got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.960
+
 
 #: The axes a curve can be read on: name -> (:class:`CurvePoint` attribute, unit).
 X_AXES: Dict[str, Tuple[str, str]] = {
@@ -69,9 +99,13 @@ class CurvePoint:
 
     Attributes:
         budget: Dense-epoch equivalents.
-        top1_mean: Mean validation top-1 (percent).
+        top1_mean: Mean top-1 (percent) of the runs' reported set (test, else validation).
         top1_sem: Standard error of that mean (0 for one seed).
         top1_std: Sample standard deviation over seeds (0 for one seed).
+        top1_ci95: Half-width of the 95% Student t interval of the mean (``t(seeds - 1) x sem``);
+            NaN for one seed.
+        val_top1_mean: Mean validation top-1 (percent; what to choose on), NaN where a run has no
+            validation split (``eval_set`` other than ``"val-split"``).
         seconds_mean: Mean training wall-clock (seconds).
         cpu_seconds_mean: Mean process CPU time of training (seconds).
         seeds: Number of seeds.
@@ -93,6 +127,8 @@ class CurvePoint:
     compute_mean: float = math.nan
     train_flops_mean: float = math.nan
     cpu_ms_per_gflop_mean: float = math.nan
+    top1_ci95: float = math.nan
+    val_top1_mean: float = math.nan
 
 
 @dataclass
@@ -101,6 +137,8 @@ class Curve:
 
     name: str
     points: List[CurvePoint] = field(default_factory=list)
+    #: Per point, each run's ``(top1, {axis: cost})``: what the bootstrap resamples.
+    samples: List[List[Tuple[float, Dict[str, Optional[float]]]]] = field(default_factory=list, repr=False)
 
     def series(self, shift_sem: float = 0.0, x: str = "seconds") -> Tuple[List[float], List[float]]:
         """The curve as two lists, one entry per point in budget order.
@@ -164,11 +202,17 @@ def _mean_or_nan(values: Sequence[Optional[float]]) -> float:
     return statistics.fmean(values) if all(v is not None for v in values) else math.nan  # type: ignore[arg-type]
 
 
+def reported_top1(r: Mapping[str, Any]) -> Any:
+    """The top-1 a run reports: ``test_top1`` where the run has one, else ``val_top1`` (older runs)."""
+    return r["test_top1"] if r.get("test_top1") is not None else r.get("val_top1")
+
+
 def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
-    """Group run results into curves.
+    """Group run results into curves of the reported top-1 (:func:`reported_top1`: the test set's).
 
     Args:
-        runs: One mapping per run with ``name``, ``budget``, ``seed``, ``val_top1`` (percent),
+        runs: One mapping per run with ``name``, ``budget``, ``seed``, ``val_top1`` (percent; and
+            ``test_top1``, which the curve uses where present),
             ``train_seconds`` and optionally ``train_cpu_seconds``, ``dense_epochs_used``,
             ``num_train`` and ``dense_gflops_per_image`` (what the compute and cost-per-FLOP
             figures need; NaN in the point where a seed's run lacks them).
@@ -184,7 +228,7 @@ def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
         for key in ("name", "budget", "val_top1", "train_seconds"):
             if key not in r:
                 raise ValueError(f"run {dict(r)!r} lacks {key!r}")
-        if not (math.isfinite(r["val_top1"]) and math.isfinite(r["train_seconds"])):
+        if not (math.isfinite(reported_top1(r)) and math.isfinite(r["train_seconds"])):
             raise ValueError(f"run {r['name']} at budget {r['budget']} has a non-finite top-1 or time")
         groups.setdefault(r["name"], {}).setdefault(float(r["budget"]), []).append(r)
     curves = {}
@@ -192,10 +236,17 @@ def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
         curve = Curve(name)
         for budget in sorted(by_budget):
             rs = by_budget[budget]
-            top1 = [float(r["val_top1"]) for r in rs]
+            top1 = [float(reported_top1(r)) for r in rs]
             std = statistics.stdev(top1) if len(top1) > 1 else 0.0
+            sem = std / math.sqrt(len(top1))
+            curve.samples.append([(t, {"seconds": float(r["train_seconds"]), "cpu_seconds": _number(r, "train_cpu_seconds"),
+                                       "compute": _number(r, "dense_epochs_used"), "flops": run_train_flops(r)})
+                                  for t, r in zip(top1, rs)])
             curve.points.append(CurvePoint(
-                budget=budget, top1_mean=statistics.fmean(top1), top1_sem=std / math.sqrt(len(top1)),
+                budget=budget, top1_mean=statistics.fmean(top1), top1_sem=sem,
+                top1_ci95=t_quantile_975(len(top1) - 1) * sem if len(top1) > 1 else math.nan,
+                val_top1_mean=_mean_or_nan([_number(r, "val_top1") if r.get("eval_set") == "val-split" else None
+                                            for r in rs]),
                 top1_std=std, seconds_mean=statistics.fmean(float(r["train_seconds"]) for r in rs),
                 cpu_seconds_mean=_mean_or_nan([_number(r, "train_cpu_seconds") for r in rs]), seeds=len(rs),
                 compute_mean=_mean_or_nan([_number(r, "dense_epochs_used") for r in rs]),
@@ -248,24 +299,88 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return None if num is None or den is None or den <= 0 else num / den
 
 
-def _crossings(curve: Curve, x: str, target: float) -> Tuple[Optional[float], ...]:
-    """Cost to ``target`` on axis ``x`` of the curve, of it one s.e.m. up and one down (None: never or unknown)."""
-    if not curve.known(x):
-        return (None, None, None)
-    return tuple(time_to_accuracy(*curve.series(shift, x), target) for shift in (0.0, +1.0, -1.0))
+def _crossing(curve: Curve, x: str, target: float) -> Optional[float]:
+    """The mean curve's cost to ``target`` on axis ``x`` (None: never, or the cost is unknown)."""
+    return time_to_accuracy(*curve.series(0.0, x), target) if curve.known(x) else None
 
 
-def _speedup(base: Curve, curve: Curve, x: str, target: float) -> Dict[str, Optional[float]]:
-    """Cost to ``target`` on axis ``x`` and the speedup over ``base`` with its interval from the seed spread.
+def _percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by linear interpolation between order statistics."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if v[lo] == v[hi]:  # also two equal infinities
+        return v[lo]
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def bootstrap_speedup(base: Curve, curve: Curve, x: str, target: float, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> Tuple[Optional[float], Optional[float]]:
+    """95% percentile bootstrap interval over seeds of the speedup ``base cost / curve cost`` to ``target``.
+
+    Each resample draws, at every budget of both curves independently, as many runs as the point
+    has, with replacement; recomputes the mean curves (top-1 and cost) and their costs to the
+    target on axis ``x``; and takes the ratio. A resample whose configuration never reaches the
+    target counts as a speedup of 0, one whose baseline never does as infinite: an interval end
+    that falls on either is open (None).
+
+    Args:
+        base: The baseline curve (budget-matched dense).
+        curve: The configuration's curve.
+        x: The axis (a key of :data:`X_AXES`).
+        target: Target top-1 (percent).
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling generator (fixed: the same runs give the same interval).
+
+    Returns:
+        ``(low, high)``: the 2.5% and 97.5% quantiles of the resampled speedups; ``(None, None)``
+        when a point of either curve has a single run (no spread to resample) or a cost is unknown.
+    """
+    if not (base.known(x) and curve.known(x)) or any(len(p) < 2 for c in (base, curve) for p in c.samples):
+        return None, None
+    rng = random.Random(seed)
+
+    def resampled_cost(c: Curve) -> Optional[float]:
+        xs, ys = [], []
+        for runs in c.samples:
+            pick = [runs[rng.randrange(len(runs))] for _ in runs]
+            ys.append(statistics.fmean(t for t, _ in pick))
+            xs.append(statistics.fmean(cost[x] for _, cost in pick))  # type: ignore[misc]
+        return time_to_accuracy(xs, ys, target)
+
+    ratios = []
+    for _ in range(resamples):
+        b, c = resampled_cost(base), resampled_cost(curve)
+        ratios.append(0.0 if c is None else math.inf if b is None else b / c)
+    low, high = _percentile(ratios, 0.025), _percentile(ratios, 0.975)
+    return (low if 0.0 < low < math.inf else None), (high if 0.0 < high < math.inf else None)
+
+
+def _bound(base: Curve, curve: Curve, target: float) -> str:
+    """``">="`` when the curve is at the target at its first budget (it may get there sooner: the
+    speedup is a lower bound), ``"<="`` when the baseline is, ``"?"`` when both are, else ``""``."""
+    first = lambda c: bool(c.points) and c.points[0].top1_mean >= target  # noqa: E731
+    return {(False, False): "", (False, True): ">=", (True, False): "<=", (True, True): "?"}[(first(base), first(curve))]
+
+
+def _speedup(base: Curve, curve: Curve, x: str, target: float) -> Dict[str, Any]:
+    """Cost to ``target`` on axis ``x`` and the speedup over ``base`` with its 95% bootstrap interval.
 
     Returns:
         ``to_target`` (the curve's cost, None if it never reaches the target or the cost is
-        unknown), ``speedup`` (base's cost over the curve's), ``low`` (base one s.e.m. up over
-        the curve one down) and ``high`` (base one down over the curve one up); each None where
-        a curve never reaches the target or its cost is unknown.
+        unknown), ``speedup`` (base's cost over the curve's; None where either never reaches the
+        target, or both reach it at their first budget), ``low``/``high`` (:func:`bootstrap_speedup`),
+        ``bound`` (:func:`_bound`).
     """
-    (b_mid, b_up, b_down), (mid, up, down) = _crossings(base, x, target), _crossings(curve, x, target)
-    return {"to_target": mid, "speedup": _ratio(b_mid, mid), "low": _ratio(b_up, down), "high": _ratio(b_down, up)}
+    mid, b_mid = _crossing(curve, x, target), _crossing(base, x, target)
+    bound = "" if curve is base else _bound(base, curve, target)
+    speedup = None if bound == "?" else _ratio(b_mid, mid)
+    low, high = bootstrap_speedup(base, curve, x, target) if speedup is not None else (None, None)
+    if bound == ">=":
+        high = None  # the configuration may reach the target sooner than its first budget: no upper end
+    elif bound == "<=":
+        low = None
+    return {"to_target": mid, "speedup": speedup, "low": low, "high": high, "bound": bound}
 
 
 def _cost_per_flop(curve: Curve) -> Optional[float]:
@@ -278,9 +393,11 @@ def _cost_per_flop(curve: Curve) -> Optional[float]:
 def tta_rows(curves: Mapping[str, Curve], target: float, baseline: str = "dense") -> List[dict]:
     """Per configuration: time and FLOPs to ``target``, speedups over ``baseline``, cost per FLOP, gains.
 
-    Every speedup is the baseline's cost to the target over the configuration's, with the interval
-    of :func:`_speedup` (curves shifted by one standard error of the mean); None where a curve never
-    reaches the target or its cost is unknown. The FLOPs-to-accuracy speedup is read on absolute
+    Every speedup is the baseline's cost to the target over the configuration's, with the 95%
+    bootstrap interval over seeds of :func:`bootstrap_speedup` (None with one seed per point) and
+    a bound marker (``">="``: the configuration was at the target at its first budget, so the
+    speedup is a lower bound; ``"<="``: the baseline was; ``"?"``: both were, no speedup); None
+    where a curve never reaches the target or its cost is unknown. The FLOPs-to-accuracy speedup is read on absolute
     training FLOPs when both curves know them (correct even when a configuration changes the
     model), else on dense-epoch equivalents.
 
@@ -289,7 +406,7 @@ def tta_rows(curves: Mapping[str, Curve], target: float, baseline: str = "dense"
         target, the same on every axis); ``best_top1`` (percent);
 
         * wall-clock: ``tta_seconds`` (None if never), ``speedup``, ``speedup_low``,
-          ``speedup_high``, ``gains`` (per point: ``budget``, ``seconds``, ``gain``: top-1 minus
+          ``speedup_high`` (95% interval), ``speedup_bound`` (the same for every axis), ``gains`` (per point: ``budget``, ``seconds``, ``gain``: top-1 minus
           the baseline curve at that wall-clock in points, or None outside its range);
         * process CPU time: ``tta_cpu_seconds``, ``cpu_speedup``, ``cpu_speedup_low``,
           ``cpu_speedup_high``;
@@ -327,14 +444,19 @@ def tta_rows(curves: Mapping[str, Curve], target: float, baseline: str = "dense"
             "speedup": wall["speedup"],
             "speedup_low": wall["low"],
             "speedup_high": wall["high"],
+            "speedup_bound": wall["bound"],
+            "cpu_speedup_bound": cpu["bound"],
+            "flops_speedup_bound": flops["bound"],
+            "interval": "95% percentile bootstrap over seeds",
+            "seeds_min": min(p.seeds for c in (base, curve) for p in c.points),
             "gains": gains,
             "best_top1": max(p.top1_mean for p in curve.points),
             "tta_cpu_seconds": cpu["to_target"],
             "cpu_speedup": cpu["speedup"],
             "cpu_speedup_low": cpu["low"],
             "cpu_speedup_high": cpu["high"],
-            "compute_to_target": _crossings(curve, "compute", target)[0],
-            "flops_to_target": _crossings(curve, "flops", target)[0],
+            "compute_to_target": _crossing(curve, "compute", target),
+            "flops_to_target": _crossing(curve, "flops", target),
             "flops_speedup": flops["speedup"],
             "flops_speedup_low": flops["low"],
             "flops_speedup_high": flops["high"],

@@ -25,12 +25,13 @@ _AXES = {
 
 
 def _plot_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float], x: str,
-                 caller: str) -> Path:
+                 caller: str, speedups: Optional[Mapping[str, str]] = None) -> Path:
     """Draw one line per configuration, top-1 against the curves' axis ``x``, and write the PNG.
 
-    Points whose cost on ``x`` is unknown (NaN) are left out; error bars are one standard error of
-    the mean over seeds; each point is labelled with its budget; a dotted horizontal line marks
-    ``target``. ``caller`` names the public function in errors.
+    Points whose cost on ``x`` is unknown (NaN) are left out; error bars are the 95% Student t
+    interval of the mean over seeds (none for one seed); each point is labelled with its budget; a
+    dotted horizontal line marks ``target``; ``speedups`` (name -> text, e.g. ``">=1.98x"``) go
+    into the legend. ``caller`` names the public function in errors.
     """
     if not curves:
         raise ValueError(f"{caller} needs at least one curve")
@@ -45,8 +46,10 @@ def _plot_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optio
     for name, pts in drawn.items():
         if not pts:
             continue
-        line = ax.errorbar([c for c, _ in pts], [p.top1_mean for _, p in pts], yerr=[p.top1_sem for _, p in pts],
-                           marker="o", ms=4, capsize=3, lw=1.5, label=name, ls="--" if name == "dense" else "-")
+        yerr = [p.top1_ci95 if math.isfinite(p.top1_ci95) else 0.0 for _, p in pts]
+        label = name if not speedups or name not in speedups else f"{name} ({speedups[name]})"
+        line = ax.errorbar([c for c, _ in pts], [p.top1_mean for _, p in pts], yerr=yerr,
+                           marker="o", ms=4, capsize=3, lw=1.5, label=label, ls="--" if name == "dense" else "-")
         color = line[0].get_color()
         for cost, p in pts:
             ax.annotate(f"{p.budget:g}", (cost, p.top1_mean), textcoords="offset points", xytext=(4, -10),
@@ -54,7 +57,7 @@ def _plot_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optio
     if target is not None:
         ax.axhline(target, color="0.4", lw=0.8, ls=":", label=f"target {target:.2f}%")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation top-1 (%), mean +- s.e.m.")
+    ax.set_ylabel("top-1 (%), mean over seeds, 95% CI")
     ax.set_title(f"{title} (labels: budget in dense epochs)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -62,16 +65,18 @@ def _plot_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optio
     return save_figure(fig, output_path)
 
 
-def plot_tta_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None) -> Path:
+def plot_tta_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None,
+                    speedups: Optional[Mapping[str, str]] = None) -> Path:
     """One line per configuration: mean top-1 against mean training wall-clock, one point per budget.
 
-    Error bars are one standard error of the mean over seeds; each point is labelled with its
-    budget; a dotted horizontal line marks the time-to-accuracy target.
+    Error bars are the 95% Student t interval of the mean over seeds (none for one seed); each
+    point is labelled with its budget; a dotted horizontal line marks the time-to-accuracy target.
 
     Args:
         curves: ``{name: Curve}`` from :func:`trilevel.bench.tta.build_curves`.
         output_path: PNG file to write.
         target: The target top-1 (percent), or None.
+        speedups: Text per configuration for the legend (e.g. ``">=1.50x"``), or None.
 
     Returns:
         The path of the written PNG.
@@ -79,22 +84,24 @@ def plot_tta_curves(curves: Mapping[str, Any], output_path: PathLike, target: Op
     Raises:
         ValueError: If there is no curve or ``output_path`` is not a ``.png``.
     """
-    return _plot_curves(curves, output_path, target, "seconds", "plot_tta_curves")
+    return _plot_curves(curves, output_path, target, "seconds", "plot_tta_curves", speedups)
 
 
-def plot_flops_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None) -> Path:
+def plot_flops_curves(curves: Mapping[str, Any], output_path: PathLike, target: Optional[float] = None,
+                      speedups: Optional[Mapping[str, str]] = None) -> Path:
     """FLOPs to accuracy: mean top-1 against mean training compute, a line per configuration.
 
     The x axis is the compute each budget's runs used (``dense_epochs_used``: forward FLOPs of
     the analytic model over train-set size x dense forward FLOPs per image), so the picture is the
-    same on any hardware. Drawn like :func:`plot_tta_curves` (s.e.m. error bars, budget labels,
-    target line); points with unknown compute are left out.
+    same on any hardware. Drawn like :func:`plot_tta_curves` (95% CI error bars, budget labels,
+    target line, speedups in the legend); points with unknown compute are left out.
 
     Args:
         curves: The bench's curves by configuration (:func:`trilevel.bench.tta.build_curves`),
             their points' ``compute_mean`` in dense-epoch equivalents.
         output_path: Where the ``.png`` goes (folders created).
         target: A top-1 (percent) to mark with a dotted line; None for none.
+        speedups: Text per configuration for the legend (e.g. ``">=1.98x [95% CI 1.5-2.4]"``), or None.
 
     Returns:
         ``output_path`` as a ``Path``, once written.
@@ -102,4 +109,4 @@ def plot_flops_curves(curves: Mapping[str, Any], output_path: PathLike, target: 
     Raises:
         ValueError: On no curves, no point with known compute, or a path not ending in ``.png``.
     """
-    return _plot_curves(curves, output_path, target, "compute", "plot_flops_curves")
+    return _plot_curves(curves, output_path, target, "compute", "plot_flops_curves", speedups)
