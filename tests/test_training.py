@@ -102,6 +102,11 @@ def straight(tmp_path_factory):
         ({"token_fate": "bypass", "prune_layers": [3, 9], "rejoin_layer": 9}, ["rejoin-layer", "after"]),
         ({"nonfinite": "ignore"}, ["nonfinite", "skip"]),
         ({"eval_every": 0}, ["eval-every", "0"]),
+        ({"val_split": 0}, ["val-split", "0"]),
+        ({"classes": [1, 1]}, ["classes", "distinct"]),
+        ({"classes": "a,b"}, ["classes", "comma-separated"]),
+        ({"layer_decay": 1.5}, ["layer-decay", "1.5"]),
+        ({"pretrained": True, "init_from": "w.pth"}, ["--pretrained", "--init-from", "not both"]),
     ],
 )
 def test_bad_config_values_raise_value_error_naming_them(overrides, words):
@@ -641,3 +646,61 @@ def test_swin_trains_through_the_same_path_and_evaluates_and_draws(tmp_path):
     with pytest.raises(ValueError, match="not implemented for swin"):
         train(tiny(tmp_path, "swin-paper", epochs=1, preset="paper", **{k: v for k, v in swin.items()
                                                                     if k not in ("keep_ratio",)}))
+
+
+def test_a_validation_split_is_evaluated_and_the_test_set_reported_apart(tmp_path):
+    s = train(tiny(tmp_path, "split", epochs=1, val_split=1000, val_subset=200))
+    assert s["eval_set"] == "val-split" and s["val_split"] == 1000 and s["num_val"] == 200 and s["num_test"] == 200
+    assert s["num_train"] == 256  # train-subset counts the images left after the split
+    assert 0.0 <= s["val_top1"] <= 100.0 and 0.0 <= s["test_top1"] <= 100.0
+    assert s["test_top1_full_tokens"] is not None
+    assert s["code_version"].startswith(("git:", "trilevel "))
+    last = read_metrics(tmp_path / "split")[-1]
+    assert last["test_top1"] == s["test_top1"] and last["val_top1"] == s["val_top1"]
+    # without a split the run evaluates the test set, and says so
+    d = train(tiny(tmp_path, "nosplit", epochs=1, dense=True))
+    assert d["eval_set"] == "test" and d["test_top1"] == d["val_top1"] and d["val_split"] is None
+
+
+def test_fine_tuning_starts_from_the_file_with_a_new_head_and_layer_decay(tmp_path, monkeypatch):
+    import torch
+
+    from trilevel.training import factory
+    from trilevel.training.config import TrainConfig
+
+    pre = train(tiny(tmp_path, "pre", epochs=1, dense=True, classes=[0, 2, 4]))
+    weights = model_state(Path(pre["checkpoint"]))
+    cfg = TrainConfig(**tiny(tmp_path, "ft", img_size=56, classes=[1, 3, 5], init_from=pre["checkpoint"],
+                             reset_head=True, layer_decay=0.5))
+    model = factory.build_model(cfg, 3, 1, 56)
+    got = model.state_dict()
+    for key, value in weights.items():
+        if key == "pos_embed":  # 4x4 grid resampled to 8x8 for the larger images
+            assert got[key].shape == (1, 65, 32) and value.shape == (1, 17, 32)
+        elif not key.startswith("head."):
+            assert torch.equal(got[key], value), key
+    assert not torch.equal(got["head.weight"], weights["head.weight"])  # --reset-head: a new task's head
+    # a resumed or evaluated run does not read the file again
+    assert not torch.equal(factory.build_model(cfg, 3, 1, 56, initial_weights=False).state_dict()["cls_token"],
+                           weights["cls_token"])
+    scales = []
+    import timm.optim
+
+    real = timm.optim.create_optimizer_v2
+
+    def spy(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        scales.extend(g.get("lr_scale", 1.0) for g in opt.param_groups)
+        return opt
+
+    monkeypatch.setattr(timm.optim, "create_optimizer_v2", spy)
+    s = train(dict(tiny(tmp_path, "ft-run", epochs=1, classes=[1, 3, 5], init_from=pre["checkpoint"],
+                        layer_decay=0.5)))
+    assert s["init_from"] == pre["checkpoint"] and s["finished"]
+    assert min(scales) == pytest.approx(0.5 ** 5) and max(scales) == 1.0  # 4 blocks + embedding, decayed by 0.5
+
+
+def test_init_from_a_width_that_does_not_fit_is_a_clear_error(tmp_path):
+    pre = train(tiny(tmp_path, "pre", epochs=1, dense=True))
+    with pytest.raises(ValueError, match="embed"):
+        train(tiny(tmp_path, "ft", embed_dim=64, init_from=pre["checkpoint"]))

@@ -21,7 +21,7 @@ from ..presets import preset_settings
 from ..settings import TriLevelConfig, track_given
 from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
 from ..options import (
-    Fraction, OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
+    BlockList, Fraction, OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
     parse_fraction,
 )
 
@@ -124,14 +124,20 @@ class TrainConfig(TriLevelConfig, ModelConfig):
 
     Attributes:
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
+        pretrained: Start from timm's pretrained weights for --model (downloaded by timm from its hub: needs network access; offline, use --init-from).
+        init_from: Start from the weights in this file: a trilevel checkpoint or a timm/PyTorch state dict (.pth, .pt, .bin, .safetensors), loaded through timm (position embeddings resampled to the image size, the patch embedding adapted to the input channels, the classifier re-initialised when the class count differs); the optimizer starts fresh (that is --resume); none: random initialisation.
+        reset_head: With --init-from/--pretrained: re-initialise the classifier even when the class count matches the file's (a new task with as many classes, e.g. the other five Fashion-MNIST classes).
+        layer_decay: Layer-wise learning-rate decay (BEiT, Bao et al., ICLR 2022; timm's param_groups_layer_decay): block i of L gets lr x layer_decay^(L - i), for fine-tuning, in (0, 1]; none: off.
         resolution_start: Resolution curriculum: the training input side at the start of the run as a fraction of the full side (images resized on the device, position embeddings resampled; EfficientTrain++, Wang et al., TPAMI 2024), in (0, 1]; 1: off.
         resolution_ramp_end: Resolution curriculum: fraction of the run where the side reaches full resolution (it stays full after).
         dataset: Dataset (cluttered-fashion-mnist: each Fashion-MNIST image at a random place on a larger canvas among fragments of others, Jaderberg et al. 2015; built once, cached).
         canvas_size: cluttered-fashion-mnist: side of the canvas in pixels (56: 196 tokens with 4x4 patches).
         clutter_fragments: cluttered-fashion-mnist: 8x8 fragments of other images scattered on each canvas.
         data_dir: Data folder; none: the dataset's default (Fashion-MNIST only).
-        train_subset: Train on the first N training examples only; none: all.
-        val_subset: Evaluate on the first N validation examples only; none: all.
+        classes: Keep only these classes (original label indices, comma-separated), renumbered 0..k-1 in the order given, in every split (e.g. pretrain on Fashion-MNIST's classes 0,2,4,6,8 and fine-tune on 1,3,5,7,9); none: all.
+        val_split: Hold out N training images as the validation split (chosen with a fixed generator: the same images for every seed and configuration, disjoint from the training set; taken before --train-subset). Validation top-1 (val_top1) is measured on them during the run and the test set is evaluated once at the end (test_top1): choose settings on val_top1, report test_top1. none: no split; the run evaluates on the test set (val_top1 is then the test set's).
+        train_subset: Train on the first N training examples only (after --val-split); none: all.
+        val_subset: Evaluate on the first N examples of the validation set (and of the test set) only; none: all.
         aug: Training augmentation (light: random crop and flip; deit: timm's DeiT pipeline).
         workers: DataLoader worker processes per rank (0: load in the main process).
         epochs: Training epochs (>= 1); ignored with --budget.
@@ -169,6 +175,10 @@ class TrainConfig(TriLevelConfig, ModelConfig):
 
     # model (with ModelConfig's fields)
     drop_path: float = 0.1
+    pretrained: bool = False
+    init_from: Optional[str] = None
+    reset_head: bool = False
+    layer_decay: OptionalFloat = None
     resolution_start: float = 1.0
     resolution_ramp_end: Fraction = 0.8
     # data
@@ -176,6 +186,8 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     canvas_size: int = 56
     clutter_fragments: int = 4
     data_dir: Optional[str] = None
+    classes: BlockList = None
+    val_split: OptionalInt = None
     train_subset: OptionalInt = None
     val_subset: OptionalInt = None
     aug: AugName = "light"
@@ -224,6 +236,13 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         inf = math.inf
         ModelConfig.validate(self)
         self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        check_bool("pretrained", self.pretrained)
+        check_bool("reset_head", self.reset_head)
+        self.init_from = check_path("init_from", self.init_from)
+        if self.pretrained and self.init_from is not None:
+            raise ValueError(f"pass --pretrained (timm's hub weights) or --init-from {self.init_from} (a local file), "
+                             f"not both")
+        self.layer_decay = check_float("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True, optional=True)
         self.resolution_start = check_float("resolution_start", self.resolution_start, 0.0, 1.0, low_open=True)
         self.resolution_ramp_end = check_float("resolution_ramp_end", self.resolution_ramp_end, 0.0, 1.0,
                                                low_open=True)
@@ -234,6 +253,8 @@ class TrainConfig(TriLevelConfig, ModelConfig):
             if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
                 raise ValueError(f"data-dir must be a folder path, got {self.data_dir!r}")
             self.data_dir = os.fspath(self.data_dir)
+        self.classes = _check_classes(self.classes)
+        check_int("val_split", self.val_split, 1, optional=True)
         check_int("train_subset", self.train_subset, 1, optional=True)
         check_int("val_subset", self.val_subset, 1, optional=True)
         check_choice("aug", self.aug, ALLOWED_AUGS)
@@ -321,9 +342,29 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     def to_dict(self) -> Dict[str, Any]:
         """All fields as plain Python values (YAML/JSON/``torch.load(weights_only=True)`` safe)."""
         d = dataclasses.asdict(self)
-        if d["prune_layers"] is not None:
-            d["prune_layers"] = list(d["prune_layers"])
+        for key in ("prune_layers", "classes"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
+
+
+def _check_classes(value: Any) -> Optional[List[int]]:
+    """None/``"none"`` -> None; ``"1,3,5"`` or ``[1, 3, 5]`` -> ``[1, 3, 5]`` (distinct, non-negative)."""
+    from ..options import parse_block_list
+
+    if isinstance(value, str):
+        try:
+            value = parse_block_list(value)
+        except ValueError:
+            raise ValueError(f"classes must be comma-separated class indices (e.g. 1,3,5,7,9) or 'none', "
+                             f"got {value!r}") from None
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or not value
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value)
+            or len(set(value)) != len(value)):
+        raise ValueError(f"classes must be distinct non-negative class indices (at least one), got {value!r}")
+    return list(value)
 
 
 def normalize_keys(mapping: Mapping[str, Any], source: str = "config") -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -10,44 +11,55 @@ from torch.utils.data import Dataset, Subset
 
 from .config import TrainConfig
 
-__all__ = ["build_data", "first_examples", "build_model", "build_criterion", "measured_flops"]
+__all__ = ["build_data", "first_examples", "build_model", "build_criterion", "measured_flops", "patch_side"]
 
 
-def first_examples(dataset: Dataset, n: Optional[int], what: str = "val-subset") -> Dataset:
+def first_examples(dataset: Dataset, n: Optional[int], what: str = "val-subset", of: str = "validation set") -> Dataset:
     """The first ``n`` items of ``dataset`` (all of it for None).
 
     Raises:
-        ValueError: If ``n`` exceeds the dataset (named as ``what``).
+        ValueError: If ``n`` exceeds the dataset (named as ``what``, the set as ``of``).
     """
     if n is None:
         return dataset
     if n > len(dataset):  # type: ignore[arg-type]
-        raise ValueError(f"{what} {n} is larger than the validation set ({len(dataset)} examples)")  # type: ignore[arg-type]
+        raise ValueError(f"{what} {n} is larger than the {of} ({len(dataset)} examples)")  # type: ignore[arg-type]
     return Subset(dataset, range(n))
 
 
-def build_data(config: TrainConfig) -> Tuple[Dataset, Dataset, Any]:
-    """The run's training set (augmented, ``train_subset``) and validation set (``val_subset``).
+def build_data(config: TrainConfig) -> Tuple[Dataset, Optional[Dataset], Dataset, Any]:
+    """The run's training set (augmented), validation split (``val_split``) and test set.
+
+    ``val_subset`` cuts both evaluation sets to their first N examples.
 
     Returns:
-        ``(train, val, info)`` as :func:`trilevel.data.build_datasets` gives them.
+        ``(train, val, test, info)`` as :func:`trilevel.data.build_splits` gives them (``val`` None
+        without ``val_split``).
 
     Raises:
-        ValueError, FileNotFoundError: As :func:`trilevel.data.build_datasets`, or a
-            ``val_subset`` larger than the validation set.
+        ValueError, FileNotFoundError: As :func:`trilevel.data.build_splits`, or a
+            ``val_subset`` larger than an evaluation set.
     """
-    from ..data import build_datasets
+    from ..data import build_splits
 
-    train, val, info = build_datasets(
+    train, val, test, info = build_splits(
         config.dataset, config.data_dir, train_subset=config.train_subset, img_size=config.img_size,
         aug=config.aug, in_chans=config.in_chans, bad_images=config.bad_images,
-        canvas_size=config.canvas_size, clutter_fragments=config.clutter_fragments,
+        canvas_size=config.canvas_size, clutter_fragments=config.clutter_fragments, val_split=config.val_split,
+        classes=config.classes,
     )
-    return train, first_examples(val, config.val_subset), info
+    if val is not None:
+        val = first_examples(val, config.val_subset)
+    return train, val, first_examples(test, config.val_subset, of="test set"), info
 
 
-def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    """Create the timm model of ``config`` (random init) and, unless ``dense``, patch it.
+def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: int,
+                initial_weights: bool = True) -> nn.Module:
+    """Create the timm model of ``config`` and check that it can be patched (unless ``dense``).
+
+    The weights are random, or with ``init_from``/``pretrained`` loaded through timm
+    (:func:`trilevel.training.pretrained.create_from_weights`: position embeddings resampled,
+    input channels adapted, the classifier re-initialised on a class-count mismatch).
 
     Args:
         config: The run configuration (model name, architecture overrides, drop-path,
@@ -55,6 +67,8 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         num_classes: Classifier outputs.
         in_chans: Input channels.
         img_size: Input side in pixels.
+        initial_weights: Load ``init_from``/``pretrained`` weights; False when a checkpoint's weights
+            replace them anyway (resume, evaluation), so the file need not be there any more.
 
     Returns:
         The stock model on the CPU (a tri-level run patches it once, in :class:`trilevel.TriLevel`).
@@ -62,7 +76,9 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
     Raises:
         ValueError: If ``img_size`` is not a multiple of the patch size, or tri-level training
             is asked of a model that is not a timm ``VisionTransformer``, or timm rejects the
-            architecture overrides.
+            architecture overrides, or the weights of ``init_from`` do not fit the architecture.
+        FileNotFoundError: ``init_from`` does not exist.
+        OSError: ``pretrained`` and timm's hub cannot be reached.
     """
     import timm
 
@@ -78,15 +94,26 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
     if config.embed_dim is not None and config.num_heads is not None and config.embed_dim % config.num_heads:
         # timm would fail later with an opaque reshape error
         raise ValueError(f"embed-dim ({config.embed_dim}) must be divisible by num-heads ({config.num_heads})")
+    def create(kw: Dict[str, Any]) -> nn.Module:
+        if not initial_weights or (config.init_from is None and not config.pretrained):
+            return timm.create_model(config.model, **kw)
+        from .pretrained import create_from_weights  # timm's loader; the report is logged there
+
+        loaded = create_from_weights(config.model, kw, config.init_from, config.pretrained)[0]
+        if config.reset_head:  # a new task with as many classes: timm's own re-initialisation of the head
+            loaded.reset_classifier(kw["num_classes"])
+            logging.getLogger("trilevel.training").info("classifier re-initialised (--reset-head)")
+        return loaded
+
     try:
         try:
-            model = timm.create_model(config.model, **kwargs)
+            model = create(kwargs)
         except TypeError as e:
             # Size-agnostic models (CNNs) take no img_size; fine for a dense run that did not set it.
             if not (config.dense and config.img_size is None and "img_size" in str(e)):
                 raise
             kwargs.pop("img_size")
-            model = timm.create_model(config.model, **kwargs)
+            model = create(kwargs)
     except (TypeError, AssertionError) as e:  # timm checks sizes with assert (e.g. dim % num_heads)
         hint = "" if config.dense or isinstance(e, AssertionError) else (
             "; tri-level training needs a timm VisionTransformer (vit_*, deit_*), Eva (eva02_*) or SwinTransformer "
@@ -114,6 +141,12 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
                 f"(vit_*, deit_*), Eva (eva02_*) or SwinTransformer (swin_*), or --dense"
             ) from e
     return model
+
+
+def patch_side(model: nn.Module) -> int:
+    """The side of the model's patches in pixels (1 for a model without a ``patch_embed``)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))
+    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
 
 def measured_flops(model: nn.Module, in_chans: int, img_size: int, device: torch.device) -> float:

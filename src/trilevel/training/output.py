@@ -237,7 +237,8 @@ class RunOutput:
             "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
             m["epoch"], epochs, m["train_loss"], m["train_acc"],
             "n/a" if m["val_top1"] is None else f"{m['val_top1']:.2f}%",
-            f" (EMA {m['val_top1_ema']:.2f}%)" if "val_top1_ema" in m else "",
+            (f" (EMA {m['val_top1_ema']:.2f}%)" if "val_top1_ema" in m else "")
+            + (f" | test top-1 {m['test_top1']:.2f}%" if m.get("test_top1") is not None else ""),
             m["epoch_seconds"], m["train_images_per_s"], m["active_examples"], num_train,
             "n/a" if tokens is None else f"{tokens:.1f}", m["keep_ratio"], m["attn_keep_ratio"], m["lr"],
         )
@@ -376,11 +377,14 @@ class RunOutput:
         if not self.is_main:
             return
         atomic_write_json(self.folder / "summary.json", dict(summary))
-        top1 = summary["val_top1"]
+        top1, test = summary["val_top1"], summary.get("test_top1")
+        where = (f" ({summary.get('num_val')} held-out training images), test top-1 "
+                 f"{float('nan') if test is None else test:.2f}%" if summary.get("eval_set") == "val-split"
+                 else " (the test set: no --val-split)")
         logging.getLogger("trilevel.training").info(
-            "%s: val top-1 %.2f%% after %d/%d epochs, %.1f s of training, %d training images, "
+            "%s: val top-1 %.2f%%%s after %d/%d epochs, %.1f s of training, %d training images, "
             "relative training FLOPs %.3f, world size %d, selector digest %s",
-            "done" if summary["finished"] else "paused", float("nan") if top1 is None else top1,
+            "done" if summary["finished"] else "paused", float("nan") if top1 is None else top1, where,
             summary["epochs_done"], summary["epochs"], summary["train_seconds"], summary["train_images"],
             summary["relative_train_flops"], summary["world_size"], summary["selector_digest"],
         )

@@ -107,8 +107,9 @@ def load_run(
     _, val_set, info = build_datasets(
         config.dataset, config.data_dir, train_subset=None, img_size=config.img_size, aug="none",
         in_chans=config.in_chans, canvas_size=config.canvas_size, clutter_fragments=config.clutter_fragments,
+        classes=config.classes,
     )
-    model = build_model(config, info.num_classes, info.in_chans, info.img_size)
+    model = build_model(config, info.num_classes, info.in_chans, info.img_size, initial_weights=False)
     model.load_state_dict(weights)
     model.to(torch_device).eval()
     ratios = (1.0, 1.0)

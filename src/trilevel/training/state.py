@@ -36,7 +36,8 @@ class RunState:
         run_epochs: Epochs of the run (begun epochs of a budget run).
         total_updates: Optimizer steps of the whole run.
         num_train: Training-set size.
-        val_set: The validation set.
+        val_set: The set evaluated each epoch: the validation split, or the test set without one.
+        test_set: The test set (the same object as ``val_set`` without a validation split).
         dense_flops: Forward FLOPs per image of the dense model.
         eval_ratios: ``(keep_ratio, attn_keep_ratio)`` of evaluation.
         flops_per_image: ``(keep_ratio, training=False, attn_keep_ratio=1.0, img_size=None) -> FLOPs``.
@@ -68,3 +69,4 @@ class RunState:
     flops_per_image: Callable[..., float]
     folder: Optional[Path]
     checkpoint: Optional[Path]
+    test_set: Any = None

@@ -6,6 +6,7 @@ import logging
 from typing import Any, Dict
 
 from ..models import describe_model
+from ..version import code_version
 from .distributed import all_gather_objects
 from .state import RunState
 
@@ -20,7 +21,10 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         finished: Whether the run reached its last epoch (False after ``stop_after_epoch``).
 
     Returns:
-        ``val_top1`` (percent), ``train_seconds``, ``epochs``/``epochs_done``, ``train_images``,
+        ``val_top1`` (percent; on the validation split with ``val_split``, else on the test set:
+        ``eval_set`` says which), ``test_top1`` (percent, on the test set, at the end of the run;
+        report this one, choose on ``val_top1``), ``code_version`` (the commit that trained it),
+        ``train_seconds``, ``epochs``/``epochs_done``, ``train_images``,
         ``relative_train_flops`` (the run's forward FLOPs over ``L x train-set size x dense
         forward FLOPs``, ``L`` the epochs, or the budget of a budgeted run), ``dense_epochs_used``
         (the same FLOPs in dense-epoch equivalents), ``budget``/``total_steps``/``epochs_trained``,
@@ -41,6 +45,10 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         "finished": finished,
         "val_top1": m.get("val_top1"),
         "val_top1_full_tokens": m.get("val_top1_full_tokens"),
+        "test_top1": m.get("test_top1"),
+        "test_top1_full_tokens": m.get("test_top1_full_tokens"),
+        "eval_set": "val-split" if trainer.test_set is not None and trainer.val_set is not trainer.test_set else "test",
+        "code_version": code_version(),
         "val_top1_ema": m.get("val_top1_ema"),
         "val_loss": m.get("val_loss"),
         "train_loss": m.get("train_loss"),
@@ -67,6 +75,9 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         "dataset": cfg.dataset,
         "num_train": trainer.num_train,
         "num_val": len(trainer.val_set),  # type: ignore[arg-type]
+        "num_test": len(trainer.test_set) if trainer.test_set is not None else None,  # type: ignore[arg-type]
+        "val_split": cfg.val_split,
+        "init_from": cfg.init_from or ("timm-hub" if cfg.pretrained else None),
         "dense": cfg.dense,
         "keep_ratio": 1.0 if cfg.dense else cfg.keep_ratio,
         "attn_keep_ratio": 1.0 if cfg.dense else cfg.attn_keep_ratio,

@@ -44,7 +44,8 @@ from .checkpointing import (
 )
 from .config import TrainConfig, check_resume
 from .distributed import DistContext, agree, setup_distributed, shard
-from .evaluation import autocast, evaluate
+from .evaluation import autocast, evaluate, test_set_metrics
+from .factory import patch_side
 from .loaders import make_loader, seed_rank_streams
 from .output import RunOutput
 from .signals import STOP_REQUEST, compiled_graphs
@@ -92,9 +93,10 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
 
-        self.train_ds, self.val_ds, self.info = build_data(cfg)
+        self.train_ds, val, self.test_ds, self.info = build_data(cfg)
+        self.val_ds = val if val is not None else self.test_ds  # evaluated each epoch
         self.num_train = len(self.train_ds)  # type: ignore[arg-type]
-        model = build_model(cfg, self.info.num_classes, self.info.in_chans, self.info.img_size)
+        model = build_model(cfg, self.info.num_classes, self.info.in_chans, self.info.img_size, cfg.resume is None)
         model.to(self.device)
         self.model_base = model
         # The settings resolved once for this model (family defaults, --speedup, schedules, eval ratios).
@@ -109,13 +111,13 @@ class Trainer:
                                in_chans=self.info.in_chans, img_size=self.info.img_size, device=self.device)
         self.dense_flops = self.meter.dense_flops
 
-        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = create_optimizer_v2(model, "adamw", cfg.lr, cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
 
         self.drop_last = cfg.mixup > 0 or cfg.cutmix > 0  # Mixup needs even batches
         from .budget import resolution_schedule
 
-        self.resolution = resolution_schedule(cfg, self.info.img_size, self._patch_side())
+        self.resolution = resolution_schedule(cfg, self.info.img_size, patch_side(self.model_base))
         self.plan = self._plan_budget() if cfg.budget is not None else None
         self.run_epochs = self.plan.whole_epochs if self.plan is not None else cfg.epochs
         self.algorithm: Optional[TriLevel] = None
@@ -163,7 +165,7 @@ class Trainer:
         from .budget import plan_run
 
         plan = plan_run(self.cfg, self.num_train, self.ctx.world_size, self.drop_last, self.dense_flops,
-                        self.flops_per_image, self.info.img_size, self._patch_side())
+                        self.flops_per_image, self.info.img_size, patch_side(self.model_base))
         logger.info("budget %g dense epochs: %d steps, %.2f passes over the active set",
                     plan.budget, plan.total_steps, plan.epochs)
         return plan
@@ -198,10 +200,6 @@ class Trainer:
             img_size = None
         return self.meter.per_image(keep_ratio, training, attn_keep_ratio, img_size)
 
-    def _patch_side(self) -> int:
-        patch = getattr(getattr(self.model_base, "patch_embed", None), "patch_size", (1, 1))
-        return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-
     # ------------------------------------------------------------------------------ state
     def run_state(self) -> RunState:
         """What checkpointing, the summary and the outputs read (the live parts, by reference)."""
@@ -210,7 +208,7 @@ class Trainer:
             resolved=self.resolved, model=self.model_base, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
             scaler=self.scaler, ema=self.ema, algorithm=self.algorithm, progress=self.progress,
             metrics_history=self.metrics_history, plan=self.plan, run_epochs=self.run_epochs,
-            total_updates=self.total_updates, num_train=self.num_train, val_set=self.val_ds,
+            total_updates=self.total_updates, num_train=self.num_train, val_set=self.val_ds, test_set=self.test_ds,
             dense_flops=self.dense_flops, eval_ratios=self.eval_ratios, flops_per_image=self.flops_per_image,
             folder=getattr(self, "out", None), checkpoint=getattr(self, "ckpt_path", None),
         )
@@ -296,12 +294,12 @@ class Trainer:
         from ..models import describe_model
 
         logger.info(
-            "model %s (%s), %.3f GFLOPs/image dense; %s; selector %s; %d train / %d val images; "
+            "model %s (%s), %.3f GFLOPs/image dense; %s; selector %s; %d train / %d %s images; "  # noqa: E501
             "global batch %d; %d iterations in the first epoch",
             cfg.model, describe_model(self.model_base), self.dense_flops / 1e9,
             "dense" if cfg.dense else f"tri-level keep {cfg.keep_ratio:g} attn-keep {cfg.attn_keep_ratio:g} "
             f"blocks {list(self.resolved.patch.prune_layers or ())}",
-            cfg.effective_selector, self.num_train, len(self.val_ds),  # type: ignore[arg-type]
+            cfg.effective_selector, self.num_train, len(self.val_ds), "validation" if self.val_ds is not self.test_ds else "test (no --val-split)",  # type: ignore[arg-type]  # noqa: E501
             cfg.batch_size * ctx.world_size, self.nominal_iters,
         )
 
@@ -435,6 +433,8 @@ class Trainer:
         full = None  # a pruned model's top-1 with every token (what a stock timm model of its weights gets)
         if self._run_ends_after(epoch) and self.algorithm is not None and self.eval_ratios != (1.0, 1.0):
             full = evaluate(self.model, self.val_loader, self.device, cfg.amp, 1.0, 1.0)["top1"]
+        test = test_set_metrics(self.model, self.test_ds, self.ctx, cfg, self.eval_ratios if self.algorithm else None,
+                                val if self.val_ds is self.test_ds else None, full) if self._run_ends_after(epoch) else {}
         metrics: Dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": totals["loss_sum"] / counted,
@@ -445,6 +445,7 @@ class Trainer:
         }
         if full is not None or (self._run_ends_after(epoch) and val["top1"] is not None):
             metrics["val_top1_full_tokens"] = val["top1"] if full is None else full
+        metrics.update(test)
         if self.ema is not None and val["top1"] is not None:
             metrics["val_top1_ema"] = evaluate(self.ema.module, self.val_loader, self.device, cfg.amp, *ratios)["top1"]
         self.progress.eval_seconds += time.perf_counter() - t_eval
