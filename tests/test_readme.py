@@ -42,3 +42,18 @@ def test_readme_own_loop_example_runs(monkeypatch):
     # the forgetting selector saw every active example once in the last epoch (statistics since its update)
     assert int(tl.selector.presentations.sum()) == tl.selector.num_active
     assert tl.selector.num_updates == 1
+
+
+def test_readme_fine_tuning_example_loads_the_file_and_patches(tmp_path, monkeypatch):
+    text = README.read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text.split("### Fine-tuning a pretrained model", 1)[1], re.S).group(1)
+    assert "pretrained=True" in code and "trilevel.TriLevel(" in code
+    source = timm.create_model("deit_tiny_patch16_224")  # stands in for downloaded weights (1000 classes)
+    torch.save(source.state_dict(), tmp_path / "deit_tiny.pth")
+    monkeypatch.chdir(tmp_path)
+    train_set = TensorDataset(torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,)))
+    scope = {"train_set": train_set, "epochs": 1, "timm": timm, "trilevel": trilevel}
+    exec(compile(code, str(README), "exec"), scope)
+    model = scope["model"]
+    assert trilevel.is_patched(model) and model.head.weight.shape == (10, 192)
+    assert torch.equal(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
