@@ -373,3 +373,24 @@ def test_provenance_names_the_code_versions_and_the_intervals():
     assert "code version git:abc" in one and "95%" in one and "bootstrap" in one and "mixes" not in one
     two = format_provenance({"code_versions": ["git:abc", "git:def"], "reported_set": "test"})
     assert "mixes 2 code versions" in two
+
+
+def test_with_a_validation_split_the_bench_also_reads_its_speedups_on_validation(tmp_path, monkeypatch):
+    calls = []
+    fake = _fake_train(calls)
+
+    def with_split(cfg):
+        out = fake(cfg)
+        out.update(eval_set="val-split", test_top1=out["val_top1"] - 1.0, val_top1=out["val_top1"] + 0.5)
+        return out
+
+    monkeypatch.setattr(training, "train", with_split)
+    result = run_budget_bench(training.TrainConfig(epochs=2).to_dict(), ["dense", "token-only"], [1, 2], [0, 1],
+                              str(tmp_path))
+    assert result["target"] == pytest.approx(80.5 - 1.0 - 0.3)  # test curves
+    assert result["selection"]["target"] == pytest.approx(80.5 + 0.5 - 0.3)  # validation curves
+    assert {r["name"] for r in result["selection"]["tta"]} == {"dense", "token-only"}
+    md = (tmp_path / "bench_tta.md").read_text()
+    assert "Selection on the validation split" in md and "95% CI" in md
+    dense = next(r for r in result["tta"] if r["name"] == "dense")
+    assert dense["speedup"] == 1.0 and dense["speedup_low"] is None  # the baseline's own row: no interval

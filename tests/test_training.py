@@ -107,6 +107,7 @@ def straight(tmp_path_factory):
         ({"classes": "a,b"}, ["classes", "comma-separated"]),
         ({"layer_decay": 1.5}, ["layer-decay", "1.5"]),
         ({"pretrained": True, "init_from": "w.pth"}, ["--pretrained", "--init-from", "not both"]),
+        ({"reset_head": True}, ["reset-head", "--init-from"]),
     ],
 )
 def test_bad_config_values_raise_value_error_naming_them(overrides, words):
@@ -650,7 +651,7 @@ def test_swin_trains_through_the_same_path_and_evaluates_and_draws(tmp_path):
 
 def test_a_validation_split_is_evaluated_and_the_test_set_reported_apart(tmp_path):
     s = train(tiny(tmp_path, "split", epochs=1, val_split=1000, val_subset=200))
-    assert s["eval_set"] == "val-split" and s["val_split"] == 1000 and s["num_val"] == 200 and s["num_test"] == 200
+    assert s["eval_set"] == "val-split" and s["val_split"] == 1000 and s["num_val"] == 200 and s["num_test"] == 10000
     assert s["num_train"] == 256  # train-subset counts the images left after the split
     assert 0.0 <= s["val_top1"] <= 100.0 and 0.0 <= s["test_top1"] <= 100.0
     assert s["test_top1_full_tokens"] is not None

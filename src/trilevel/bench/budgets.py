@@ -31,7 +31,7 @@ from .train import TRAIN_PRESETS
 from .tta import BOOTSTRAP_RESAMPLES, TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
 
 __all__ = ["BUDGET_RUN_KEYS", "FIGURES_NOTE", "run_budget_bench", "format_curve_table", "format_provenance",
-           "format_tta_table"]
+           "format_selection", "format_tta_table"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -83,10 +83,14 @@ def _done_before(folder: str, cfg: Mapping[str, Any], allow_mixed_code: bool = F
             stored = yaml.safe_load(f)
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    from ..training.config import RUNTIME_KEYS
+    from ..training.config import RUNTIME_KEYS, TrainConfig
 
     # a runtime switch added after the run was stored (e.g. compile) does not change what it trained
-    same = all(stored.get(k) == v for k, v in cfg.items()
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    # an option the stored run's version did not have yet ran at its default
+    same = all(stored.get(k, defaults.get(k)) == v for k, v in cfg.items()
                if k not in ("output_dir", "resume") and (k in stored or k not in RUNTIME_KEYS))
     if not (summary.get("finished") and same):
         return None
@@ -132,7 +136,9 @@ def run_budget_bench(
 
     Returns:
         ``{"runs", "curves", "target", "tta", "configs", "budgets", "seeds",
-        "train_flops_per_forward", "figures_note"}``: the run rows, the curves (as dicts, one per
+        "train_flops_per_forward", "figures_note", "code_versions", "reported_set", "selection"}``
+        (``selection``: ``{"target", "tta"}`` read on the validation curves when every run has a
+        validation split, else None; ``reported_set``: the set of ``curves`` and ``tta``): the run rows, the curves (as dicts, one per
         point: :class:`~trilevel.bench.tta.CurvePoint`'s fields), the target, the rows of
         :func:`trilevel.bench.tta.tta_rows` (time and FLOPs to accuracy, speedups, cost per FLOP),
         the bench's settings, the factor from forward to training FLOPs and :data:`FIGURES_NOTE`.
@@ -175,16 +181,21 @@ def run_budget_bench(
     dense_best = curves["dense"].points[-1].top1_mean
     target = dense_best - target_drop if target is None else float(target)
     tta = tta_rows(curves, target)
+    selection = None
+    if all(r.get("eval_set") == "val-split" for r in rows):  # the same figures on validation: what to choose on
+        val_curves = build_curves(rows, top1="val")
+        val_target = val_curves["dense"].points[-1].top1_mean - target_drop
+        selection = {"target": val_target, "tta": tta_rows(val_curves, val_target)}
     versions = sorted({str(r.get("code_version")) for r in rows})
     result = {"runs": rows, "curves": {k: [vars(p) for p in c.points] for k, c in curves.items()},
               "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds),
               "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD, "figures_note": FIGURES_NOTE,
-              "code_versions": versions, "reported_set": _reported_set(rows)}
+              "code_versions": versions, "reported_set": _reported_set(rows), "selection": selection}
     with open(os.path.join(output_dir, "bench_tta.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "bench_tta.md"), "w", encoding="utf-8") as f:
         f.write(format_provenance(result) + "\n\n" + format_curve_table(curves) + "\n\n"
-                + format_tta_table(tta, target) + "\n")
+                + format_tta_table(tta, target) + "\n" + format_selection(selection))
     from ..viz import plot_flops_curves, plot_tta_curves
 
     def legend(key: str) -> Dict[str, str]:
@@ -212,6 +223,24 @@ def format_provenance(result: Mapping[str, Any]) -> str:
             f"val top-1 (the held-out validation split, --val-split) is the column to choose on. "
             f"Intervals: 95% (Student t over seeds for a mean; percentile bootstrap over seeds, "
             f"{BOOTSTRAP_RESAMPLES} resamples, for a speedup); none with one seed.")
+
+
+def format_selection(selection: Optional[Mapping[str, Any]]) -> str:
+    """The FLOPs-to-accuracy speedups read on the validation split (what to choose on), or ``""`` without one.
+
+    Args:
+        selection: ``{"target", "tta"}`` of :func:`run_budget_bench` (validation curves), or None.
+    """
+    if not selection:
+        return ""
+    lines = ["", f"Selection on the validation split (choose on this; target {selection['target']:.2f}% val top-1 = "
+             f"dense's at its largest budget minus the drop):", "",
+             "| configuration | best val top-1 % | FLOPs-to-accuracy speedup vs dense on val (95% CI) | "
+             "TTA speedup on val, wall-clock (95% CI) |", "|---|---|---|---|"]
+    for r in selection["tta"]:
+        lines.append(f"| {r['name']} | {r['best_top1']:.2f} | {speedup_text(r, 'flops_speedup')} | "
+                     f"{speedup_text(r, 'speedup')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x: Optional[float], spec: str, none: str = "n/a") -> str:

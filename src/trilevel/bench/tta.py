@@ -207,8 +207,9 @@ def reported_top1(r: Mapping[str, Any]) -> Any:
     return r["test_top1"] if r.get("test_top1") is not None else r.get("val_top1")
 
 
-def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
-    """Group run results into curves of the reported top-1 (:func:`reported_top1`: the test set's).
+def build_curves(runs: Sequence[Mapping], top1: str = "reported") -> Dict[str, Curve]:
+    """Group run results into curves of the reported top-1 (:func:`reported_top1`: the test set's),
+    or, with ``top1="val"``, of the validation top-1 (to choose on).
 
     Args:
         runs: One mapping per run with ``name``, ``budget``, ``seed``, ``val_top1`` (percent; and
@@ -223,12 +224,15 @@ def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
     Raises:
         ValueError: If a run lacks one of the keys or its top-1 or time is not finite.
     """
+    if top1 not in ("reported", "val"):
+        raise ValueError(f"top1 must be 'reported' or 'val', got {top1!r}")
+    score = reported_top1 if top1 == "reported" else (lambda r: r.get("val_top1"))
     groups: Dict[str, Dict[float, List[Mapping]]] = {}
     for r in runs:
         for key in ("name", "budget", "val_top1", "train_seconds"):
             if key not in r:
                 raise ValueError(f"run {dict(r)!r} lacks {key!r}")
-        if not (math.isfinite(reported_top1(r)) and math.isfinite(r["train_seconds"])):
+        if score(r) is None or not (math.isfinite(score(r)) and math.isfinite(r["train_seconds"])):
             raise ValueError(f"run {r['name']} at budget {r['budget']} has a non-finite top-1 or time")
         groups.setdefault(r["name"], {}).setdefault(float(r["budget"]), []).append(r)
     curves = {}
@@ -236,15 +240,15 @@ def build_curves(runs: Sequence[Mapping]) -> Dict[str, Curve]:
         curve = Curve(name)
         for budget in sorted(by_budget):
             rs = by_budget[budget]
-            top1 = [float(reported_top1(r)) for r in rs]
-            std = statistics.stdev(top1) if len(top1) > 1 else 0.0
-            sem = std / math.sqrt(len(top1))
+            values = [float(score(r)) for r in rs]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            sem = std / math.sqrt(len(values))
             curve.samples.append([(t, {"seconds": float(r["train_seconds"]), "cpu_seconds": _number(r, "train_cpu_seconds"),
                                        "compute": _number(r, "dense_epochs_used"), "flops": run_train_flops(r)})
-                                  for t, r in zip(top1, rs)])
+                                  for t, r in zip(values, rs)])
             curve.points.append(CurvePoint(
-                budget=budget, top1_mean=statistics.fmean(top1), top1_sem=sem,
-                top1_ci95=t_quantile_975(len(top1) - 1) * sem if len(top1) > 1 else math.nan,
+                budget=budget, top1_mean=statistics.fmean(values), top1_sem=sem,
+                top1_ci95=t_quantile_975(len(values) - 1) * sem if len(values) > 1 else math.nan,
                 val_top1_mean=_mean_or_nan([_number(r, "val_top1") if r.get("eval_set") == "val-split" else None
                                             for r in rs]),
                 top1_std=std, seconds_mean=statistics.fmean(float(r["train_seconds"]) for r in rs),
@@ -321,8 +325,9 @@ def bootstrap_speedup(base: Curve, curve: Curve, x: str, target: float, resample
     Each resample draws, at every budget of both curves independently, as many runs as the point
     has, with replacement; recomputes the mean curves (top-1 and cost) and their costs to the
     target on axis ``x``; and takes the ratio. A resample whose configuration never reaches the
-    target counts as a speedup of 0, one whose baseline never does as infinite: an interval end
-    that falls on either is open (None).
+    target counts as a speedup of 0, one whose baseline never does as infinite (an interval end
+    that falls on either is open: None); one where neither does defines no speedup and is left
+    out (no interval when that is half of them or more).
 
     Args:
         base: The baseline curve (budget-matched dense).
@@ -351,7 +356,11 @@ def bootstrap_speedup(base: Curve, curve: Curve, x: str, target: float, resample
     ratios = []
     for _ in range(resamples):
         b, c = resampled_cost(base), resampled_cost(curve)
+        if b is None and c is None:
+            continue  # neither reaches the target: no speedup is defined (left out, not counted as 0 or inf)
         ratios.append(0.0 if c is None else math.inf if b is None else b / c)
+    if len(ratios) < resamples // 2:  # mostly undefined: no interval worth the name
+        return None, None
     low, high = _percentile(ratios, 0.025), _percentile(ratios, 0.975)
     return (low if 0.0 < low < math.inf else None), (high if 0.0 < high < math.inf else None)
 
@@ -375,7 +384,10 @@ def _speedup(base: Curve, curve: Curve, x: str, target: float) -> Dict[str, Any]
     mid, b_mid = _crossing(curve, x, target), _crossing(base, x, target)
     bound = "" if curve is base else _bound(base, curve, target)
     speedup = None if bound == "?" else _ratio(b_mid, mid)
-    low, high = bootstrap_speedup(base, curve, x, target) if speedup is not None else (None, None)
+    if curve is base or speedup is None:  # the baseline's own row is 1.00 by definition
+        low, high = None, None
+    else:
+        low, high = bootstrap_speedup(base, curve, x, target)
     if bound == ">=":
         high = None  # the configuration may reach the target sooner than its first budget: no upper end
     elif bound == "<=":

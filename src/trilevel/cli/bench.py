@@ -143,7 +143,9 @@ def _train(argv: Sequence[str]) -> int:
     recipe = opts.recipe.to_dict()
     out = recipe.get("output_dir") or time.strftime("runs/bench-%Y%m%d-%H%M%S")
     if opts.budgets is not None:
-        from ..bench.budgets import format_curve_table, format_provenance, format_tta_table, run_budget_bench
+        from ..bench.budgets import (
+            format_curve_table, format_provenance, format_selection, format_tta_table, run_budget_bench,
+        )
         from ..bench.tta import build_curves
 
         try:
@@ -158,6 +160,7 @@ def _train(argv: Sequence[str]) -> int:
         print(format_curve_table(build_curves(result["runs"])))
         print()
         print(format_tta_table(result["tta"], result["target"]))
+        print(format_selection(result["selection"]))
     elif seeds is None:
         print(format_train_table(run_train_bench(recipe, configs, out)))
     else:

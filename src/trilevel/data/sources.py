@@ -166,7 +166,7 @@ def _check_classes(classes: object, num_classes: int) -> tuple[int, ...] | None:
 
 def _keep_classes(x: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The examples of ``classes`` only, labels renumbered ``classes[i] -> i``."""
-    lookup = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)
+    lookup = torch.full((max(int(y.max()) + 1, max(classes) + 1),), -1, dtype=torch.int64)
     lookup[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes))
     new = lookup[y]
     keep = new >= 0
@@ -418,7 +418,11 @@ def build_splits(
     CIFAR's test batch, ``imagefolder``'s ``val/``). The validation set is ``val_split`` images
     held out of the full training set (:func:`holdout_indices`: chosen with a fixed generator, so
     the same for every seed and configuration, and disjoint from the training set), transformed
-    like the test set; choose recipes and settings on it and report on the test set.
+    like the test set; choose recipes and settings on it and report on the test set. (For
+    ``"cluttered-fashion-mnist"`` the clutter of every training canvas is cut from the full
+    training split before the hold-out, so a training canvas may carry an 8x8 fragment of a
+    validation image: the images themselves are disjoint, the clutter is not. The test set's
+    clutter comes from the test split only.)
 
     Items of both datasets are ``(image, target)``: ``image`` a ``float32`` tensor of shape
     ``(in_chans, img_size, img_size)`` normalised with ``info.mean``/``info.std``, ``target`` an

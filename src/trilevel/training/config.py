@@ -137,7 +137,7 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         classes: Keep only these classes (original label indices, comma-separated), renumbered 0..k-1 in the order given, in every split (e.g. pretrain on Fashion-MNIST's classes 0,2,4,6,8 and fine-tune on 1,3,5,7,9); none: all.
         val_split: Hold out N training images as the validation split (chosen with a fixed generator: the same images for every seed and configuration, disjoint from the training set; taken before --train-subset). Validation top-1 (val_top1) is measured on them during the run and the test set is evaluated once at the end (test_top1): choose settings on val_top1, report test_top1. none: no split; the run evaluates on the test set (val_top1 is then the test set's).
         train_subset: Train on the first N training examples only (after --val-split); none: all.
-        val_subset: Evaluate on the first N examples of the validation set (and of the test set) only; none: all.
+        val_subset: Evaluate each epoch on the first N examples of the validation split (of the test set without --val-split) only; none: all. A split's test set is evaluated once, whole.
         aug: Training augmentation (light: random crop and flip; deit: timm's DeiT pipeline).
         workers: DataLoader worker processes per rank (0: load in the main process).
         epochs: Training epochs (>= 1); ignored with --budget.
@@ -238,6 +238,9 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         check_bool("pretrained", self.pretrained)
         check_bool("reset_head", self.reset_head)
+        if self.reset_head and self.init_from is None and not self.pretrained:
+            raise ValueError("reset-head re-initialises the classifier of loaded weights: pass it with --init-from or "
+                             "--pretrained (a randomly initialised model has a new head already)")
         self.init_from = check_path("init_from", self.init_from)
         if self.pretrained and self.init_from is not None:
             raise ValueError(f"pass --pretrained (timm's hub weights) or --init-from {self.init_from} (a local file), "

@@ -30,7 +30,8 @@ def first_examples(dataset: Dataset, n: Optional[int], what: str = "val-subset",
 def build_data(config: TrainConfig) -> Tuple[Dataset, Optional[Dataset], Dataset, Any]:
     """The run's training set (augmented), validation split (``val_split``) and test set.
 
-    ``val_subset`` cuts both evaluation sets to their first N examples.
+    ``val_subset`` cuts the per-epoch evaluation set to its first N examples: the validation split,
+    or the test set when there is no split (a split's test set is evaluated once, whole).
 
     Returns:
         ``(train, val, test, info)`` as :func:`trilevel.data.build_splits` gives them (``val`` None
@@ -50,7 +51,8 @@ def build_data(config: TrainConfig) -> Tuple[Dataset, Optional[Dataset], Dataset
     )
     if val is not None:
         val = first_examples(val, config.val_subset)
-    return train, val, first_examples(test, config.val_subset, of="test set"), info
+    # the test set is evaluated once, at the end: cut only when it is also the per-epoch set (no split)
+    return train, val, test if val is not None else first_examples(test, config.val_subset, of="test set"), info
 
 
 def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: int,
@@ -100,8 +102,12 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
         from .pretrained import create_from_weights  # timm's loader; the report is logged there
 
         loaded = create_from_weights(config.model, kw, config.init_from, config.pretrained)[0]
-        if config.reset_head:  # a new task with as many classes: timm's own re-initialisation of the head
+        if config.reset_head:  # a new task with as many classes: a new head, initialised as timm initialises one
             loaded.reset_classifier(kw["num_classes"])
+            head = loaded.get_classifier()
+            if isinstance(head, nn.Linear):
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
             logging.getLogger("trilevel.training").info("classifier re-initialised (--reset-head)")
         return loaded
 

@@ -357,7 +357,7 @@ class Trainer:
         bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch + 1}/{self.run_epochs}", unit="it",
                    disable=None if ctx.is_main else True, leave=False, dynamic_ncols=True)  # None: a terminal only
         kr = akr = 1.0
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = max(g["lr"] for g in self.optimizer.param_groups)  # the top layer's with --layer-decay
         redirect = logging_redirect_tqdm() if ctx.is_main else nullcontext()
         try:
             with redirect:
@@ -368,7 +368,7 @@ class Trainer:
                     if self.algorithm is not None:
                         kr, akr = self.algorithm.on_step(progress)
                     self.lr_scheduler.step_update(num_updates=progress * self.total_updates)
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    lr = max(g["lr"] for g in self.optimizer.param_groups)  # the top layer's with --layer-decay
                     batch = int(images.shape[0])
                     side = self.resolution(progress) if self.resolution is not None else None
                     graphs, t_step, c_step = compiled_graphs(), time.perf_counter(), time.process_time()
