@@ -394,3 +394,18 @@ def test_with_a_validation_split_the_bench_also_reads_its_speedups_on_validation
     assert "Selection on the validation split" in md and "95% CI" in md
     dense = next(r for r in result["tta"] if r["name"] == "dense")
     assert dense["speedup"] == 1.0 and dense["speedup_low"] is None  # the baseline's own row: no interval
+
+
+def test_the_baseline_can_be_a_tuned_dense_row(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "train", _fake_train(calls))
+    extra = {"dense-tuned": {"dense": True, "lr": 0.002}}
+    base = training.TrainConfig(epochs=2).to_dict()
+    result = run_budget_bench(base, ["dense", "dense-tuned", "token-only"], [1, 2], [0], str(tmp_path),
+                              extra_configs=extra, baseline="dense-tuned")
+    tta = {r["name"]: r for r in result["tta"]}
+    assert result["baseline"] == "dense-tuned" and tta["dense-tuned"]["speedup"] == 1.0
+    assert "over dense-tuned" in (tmp_path / "bench_tta.md").read_text()
+    for bad, words in (("nope", "must be one of"), ("token-only", "dense configuration")):
+        with pytest.raises(ValueError, match=words):
+            run_budget_bench(base, ["dense", "token-only"], [1], [0], str(tmp_path), baseline=bad)

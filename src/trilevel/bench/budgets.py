@@ -51,13 +51,19 @@ FIGURES_NOTE = (
 )
 
 
-def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int], table: Mapping) -> None:
+def _check(configs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int], table: Mapping,
+           baseline: str = "dense") -> None:
     allowed = sorted(n for n in table if n != "dense-same-time")
     unknown = [c for c in configs if c not in table or c == "dense-same-time"]
     if unknown:
         raise ValueError(f"unknown bench configurations {unknown} for a budget bench; allowed: {allowed}")
     if "dense" not in configs:
         raise ValueError("a budget bench measures time to accuracy against dense training: include 'dense' in --configs")
+    if baseline not in configs:
+        raise ValueError(f"--baseline {baseline!r} must be one of --configs ({', '.join(configs)})")
+    if not table[baseline].get("dense"):
+        raise ValueError(f"--baseline {baseline!r} must be a dense configuration (dense: true), the budget-matched "
+                         f"baseline the speedups divide by")
     for what, values in (("configurations", configs), ("budgets", budgets), ("seeds", seeds)):
         if not values:
             raise ValueError(f"--{what if what != 'configurations' else 'configs'} must name at least one")
@@ -114,6 +120,7 @@ def run_budget_bench(
     target_drop: float = 0.3,
     extra_configs: Optional[Mapping[str, Mapping[str, Any]]] = None,
     allow_mixed_code: bool = False,
+    baseline: str = "dense",
 ) -> Dict[str, Any]:
     """Train every configuration at every budget and seed (interleaved); return curves and TTA figures.
 
@@ -133,6 +140,8 @@ def run_budget_bench(
             a study), next to :data:`~trilevel.bench.train.TRAIN_PRESETS`.
         allow_mixed_code: Reuse stored runs made by another code version (the result's
             ``code_versions`` lists every version in it, and the tables say so).
+        baseline: The dense configuration the target and the speedups are read against (e.g. a
+            dense row tuned on validation, next to the untuned ``dense``).
 
     Returns:
         ``{"runs", "curves", "target", "tta", "configs", "budgets", "seeds",
@@ -151,7 +160,7 @@ def run_budget_bench(
 
     budgets = [float(b) for b in budgets]
     table = {**TRAIN_PRESETS, **dict(extra_configs or {})}
-    _check(configs, budgets, seeds, table)
+    _check(configs, budgets, seeds, table, baseline)
     os.makedirs(output_dir, exist_ok=True)
     rows: List[dict] = []
     order = interleaved_order(list(configs), budgets, list(seeds))
@@ -178,19 +187,19 @@ def run_budget_bench(
                          **{k: summary.get(k) for k in BUDGET_RUN_KEYS}})
             atomic_write_json(os.path.join(output_dir, "bench_runs.json"), rows)
     curves = build_curves(rows)
-    dense_best = curves["dense"].points[-1].top1_mean
+    dense_best = curves[baseline].points[-1].top1_mean
     target = dense_best - target_drop if target is None else float(target)
-    tta = tta_rows(curves, target)
+    tta = tta_rows(curves, target, baseline)
     selection = None
     if all(r.get("eval_set") == "val-split" for r in rows):  # the same figures on validation: what to choose on
         val_curves = build_curves(rows, top1="val")
-        val_target = val_curves["dense"].points[-1].top1_mean - target_drop
-        selection = {"target": val_target, "tta": tta_rows(val_curves, val_target)}
+        val_target = val_curves[baseline].points[-1].top1_mean - target_drop
+        selection = {"target": val_target, "tta": tta_rows(val_curves, val_target, baseline)}
     versions = sorted({str(r.get("code_version")) for r in rows})
     result = {"runs": rows, "curves": {k: [vars(p) for p in c.points] for k, c in curves.items()},
               "target": target, "tta": tta, "configs": list(configs), "budgets": budgets, "seeds": list(seeds),
               "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD, "figures_note": FIGURES_NOTE,
-              "code_versions": versions, "reported_set": _reported_set(rows), "selection": selection}
+              "baseline": baseline, "code_versions": versions, "reported_set": _reported_set(rows), "selection": selection}
     with open(os.path.join(output_dir, "bench_tta.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "bench_tta.md"), "w", encoding="utf-8") as f:
@@ -199,7 +208,7 @@ def run_budget_bench(
     from ..viz import plot_flops_curves, plot_tta_curves
 
     def legend(key: str) -> Dict[str, str]:
-        return {r["name"]: speedup_text(r, key, "never") for r in tta if r["name"] != "dense"}
+        return {r["name"]: speedup_text(r, key, "never") for r in tta if r["name"] != baseline}
 
     plot_tta_curves(curves, os.path.join(output_dir, "accuracy_vs_time.png"), target, legend("speedup"))
     if any(c.known("compute") for c in curves.values()):
@@ -219,7 +228,8 @@ def format_provenance(result: Mapping[str, Any]) -> str:
     versions = list(result.get("code_versions") or [])
     code = (f"code version {versions[0]}" if len(versions) == 1 else
             f"**mixes {len(versions)} code versions** ({', '.join(versions)}; runs reused with --allow-mixed-code)")
-    return (f"Runs made by {code}. Top-1 and speedups on the {result.get('reported_set', 'test')} set; "
+    return (f"Runs made by {code}. Speedups are over {result.get('baseline', 'dense')} (the budget-matched "
+            f"dense baseline). Top-1 and speedups on the {result.get('reported_set', 'test')} set; "
             f"val top-1 (the held-out validation split, --val-split) is the column to choose on. "
             f"Intervals: 95% (Student t over seeds for a mean; percentile bootstrap over seeds, "
             f"{BOOTSTRAP_RESAMPLES} resamples, for a speedup); none with one seed.")

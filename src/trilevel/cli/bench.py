@@ -69,6 +69,7 @@ class BenchTrainOptions:
         target: Time-to-accuracy target top-1 (percent); none: dense's mean top-1 at the largest budget minus --target-drop.
         target_drop: Points below dense's mean top-1 at its largest budget for the default target.
         extra_configs: YAML file of more configurations for a budget bench: a mapping of names to overrides of the recipe (e.g. the rows of a study).
+        baseline: Budget bench: the dense configuration the target and every speedup are read against (e.g. dense tuned on validation, from --extra-configs); default: dense.
         allow_mixed_code: Budget bench: reuse stored runs made by another code version too (the tables then say that they mix versions); default: a run is reused only when the commit that made it is the current one.
         recipe: The training recipe every configuration shares (the flags of trilevel train).
     """
@@ -79,6 +80,7 @@ class BenchTrainOptions:
     target: OptionalFloat = None
     target_drop: float = 0.3
     allow_mixed_code: bool = False
+    baseline: str = "dense"
     extra_configs: Optional[str] = None
     recipe: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
@@ -154,7 +156,7 @@ def _train(argv: Sequence[str]) -> int:
             raise ValueError(f"--budgets: {e}") from None
         extra = _read_extra_configs(opts.extra_configs) if opts.extra_configs else None
         result = run_budget_bench(recipe, configs, budgets, seeds or [recipe["seed"]], out, opts.target,
-                                  opts.target_drop, extra, opts.allow_mixed_code)
+                                  opts.target_drop, extra, opts.allow_mixed_code, opts.baseline)
         print(format_provenance(result))
         print()
         print(format_curve_table(build_curves(result["runs"])))
