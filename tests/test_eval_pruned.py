@@ -228,3 +228,26 @@ def test_trilevel_run_eval_and_sweep(tri_ckpt, capsys):
     assert all(r["attn_keep_ratio"] == 0.3 for r in results)
     assert results[1]["top1"] == default["top1"]
     assert results[1]["gflops_per_image"] < results[0]["gflops_per_image"]
+
+
+@needs_data
+def test_sweep_plot_draws_accuracy_against_throughput(dense_ckpt, tmp_path, capsys):
+    out = tmp_path / "pruned.png"
+    assert exit_status(["eval", "--checkpoint", str(dense_ckpt), "--val-subset", str(VAL), "--keep-ratios", "1.0,0.5",
+                        "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert exit_status(["eval", "--checkpoint", str(dense_ckpt), "--plot", str(out)]) == 2  # a plot needs a sweep
+    assert "--keep-ratios" in capsys.readouterr().err
+
+
+def test_plot_accuracy_vs_throughput_checks_its_input(tmp_path):
+    from trilevel.viz import plot_accuracy_vs_throughput
+
+    good = [{"keep_ratio": 1.0, "top1": 80.0, "images_per_s": 100.0}, {"keep_ratio": 0.5, "top1": 78.0,
+                                                                        "images_per_s": 180.0}]
+    assert plot_accuracy_vs_throughput({"a": good, "b": good[:1]}, tmp_path / "p.png").is_file()
+    for bad in ({}, {"a": []}, {"a": [{"keep_ratio": 1.0, "top1": 80.0}]}):
+        with pytest.raises(ValueError):
+            plot_accuracy_vs_throughput(bad, tmp_path / "q.png")
+    with pytest.raises(ValueError, match="png"):
+        plot_accuracy_vs_throughput({"a": good}, tmp_path / "p.pdf")

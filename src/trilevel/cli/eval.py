@@ -34,6 +34,7 @@ class EvalOptions(CheckpointOptions):
         keep_ratios: Comma-separated token keep ratios to sweep, e.g. 1.0,0.7,0.5,0.3: one result
             per ratio on the same batches, each timed after a warm-up batch (not with --keep-ratio);
             none: one evaluation.
+        plot: With --keep-ratios: also draw top-1 against images/s, a point per ratio, to this .png (EViT's accuracy-throughput picture).
     """
 
     val_subset: OptionalInt = None
@@ -43,6 +44,7 @@ class EvalOptions(CheckpointOptions):
     ema: bool = False
     json: bool = False
     keep_ratios: Optional[str] = None
+    plot: Optional[str] = None
 
 
 def parse_keep_ratios(text: str) -> List[float]:
@@ -136,6 +138,12 @@ def main(argv: Sequence[str]) -> int:
             if opts.keep_ratio is not None:
                 raise ValueError("give --keep-ratio or --keep-ratios, not both")
             result: Any = evaluate_checkpoint_sweep(opts.checkpoint, parse_keep_ratios(opts.keep_ratios), **common)
+            if opts.plot is not None and int(os.environ.get("RANK", "0")) == 0:
+                from ..viz import plot_accuracy_vs_throughput
+
+                plot_accuracy_vs_throughput({result[0]["model"]: result}, opts.plot)
+        elif opts.plot is not None:
+            raise ValueError("--plot draws a sweep: pass it with --keep-ratios")
         else:
             result = evaluate_checkpoint(opts.checkpoint, keep_ratio=opts.keep_ratio, **common)
     except (ValueError, OSError) as e:
@@ -147,5 +155,8 @@ def main(argv: Sequence[str]) -> int:
             print(format_sweep(result))
         else:
             print(format_result(result))
-    log_outputs(None)
+    if opts.plot is not None:
+        log_outputs(os.path.dirname(os.path.abspath(opts.plot)), [os.path.basename(opts.plot)])
+    else:
+        log_outputs(None)
     return EXIT_OK

@@ -11,7 +11,8 @@
   its ``checkpoint.pt``) into PNG plots next to it; :func:`write_report_html` gathers them, the
   resolved ``config.yaml``, ``summary.json`` and the per-epoch metrics into one self-contained
   ``report.html``.
-* :func:`plot_accuracy_vs_time` plots validation top-1 against training time for a benchmark.
+* :func:`plot_accuracy_vs_time` plots validation top-1 against training time for a benchmark;
+  :func:`plot_accuracy_vs_throughput` plots pruned inference (top-1 against images/s per keep ratio).
 
 This package is a library only; the ``trilevel visualize`` and ``trilevel report`` commands are
 in :mod:`trilevel.cli`.
@@ -26,7 +27,7 @@ Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [
 pruning; attention level: per-query top-k connection masks; example level: forgetting events).
 """
 
-from .curves import plot_flops_curves, plot_tta_curves
+from .curves import plot_accuracy_vs_throughput, plot_flops_curves, plot_tta_curves
 from .figures import figure_to_rgb
 from .plots import plot_accuracy_vs_time
 from .html_report import write_report_html
@@ -54,5 +55,6 @@ __all__ = [
     "REPORT_FILES",
     "plot_accuracy_vs_time",
     "plot_tta_curves",
+    "plot_accuracy_vs_throughput",
     "plot_flops_curves",
 ]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .figures import PathLike, check_png_path, new_figure, save_figure
 
-__all__ = ["plot_tta_curves", "plot_flops_curves"]
+__all__ = ["plot_tta_curves", "plot_flops_curves", "plot_accuracy_vs_throughput"]
 
 #: Per x axis of :meth:`trilevel.bench.tta.Curve.series`: the axis label and the title.
 _AXES = {
@@ -110,3 +110,46 @@ def plot_flops_curves(curves: Mapping[str, Any], output_path: PathLike, target: 
         ValueError: On no curves, no point with known compute, or a path not ending in ``.png``.
     """
     return _plot_curves(curves, output_path, target, "compute", "plot_flops_curves", speedups)
+
+
+def plot_accuracy_vs_throughput(sweeps: Mapping[str, Sequence[Mapping[str, Any]]], output_path: PathLike) -> Path:
+    """Pruned inference: top-1 against forward images/s, a line per model, a point per keep ratio.
+
+    What EViT (Liang et al., ICLR 2022) reports for a model evaluated with fewer tokens: how much
+    accuracy each step of throughput costs. Each point is labelled with its keep ratio.
+
+    Args:
+        sweeps: ``{model name: results}``, each result a dict of
+            :func:`trilevel.training.evaluation.evaluate_checkpoint_sweep` (``keep_ratio``,
+            ``top1`` in percent, ``images_per_s``).
+        output_path: Where the ``.png`` goes (folders created).
+
+    Returns:
+        ``output_path`` as a ``Path``, once written.
+
+    Raises:
+        ValueError: On no sweep, a result without those keys, or a path not ending in ``.png``.
+    """
+    if not sweeps or not all(sweeps.values()):
+        raise ValueError("plot_accuracy_vs_throughput needs at least one non-empty sweep")
+    for name, results in sweeps.items():
+        for r in results:
+            if not all(isinstance(r.get(k), (int, float)) for k in ("keep_ratio", "top1", "images_per_s")):
+                raise ValueError(f"sweep {name!r}: every result needs keep_ratio, top1 and images_per_s, got {dict(r)!r}")
+    check_png_path(output_path)
+    fig = new_figure(6.4, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, results in sweeps.items():
+        pts = sorted(results, key=lambda r: r["images_per_s"])
+        line = ax.plot([r["images_per_s"] for r in pts], [r["top1"] for r in pts], marker="o", ms=4, lw=1.5,
+                       label=name)
+        for r in pts:
+            ax.annotate(f"{r['keep_ratio']:g}", (r["images_per_s"], r["top1"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=line[0].get_color())
+    ax.set_xlabel("forward throughput (images/s)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("pruned inference (labels: token keep ratio)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, output_path)
