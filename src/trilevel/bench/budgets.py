@@ -289,6 +289,8 @@ def speedup_text(r: Mapping[str, Any], key: str, never: str = "never reaches the
     if r[key] is None:
         return "n/a"
     text = f"{bound}{r[key]:.2f}x"
+    if r.get("is_baseline"):
+        return f"{text} (the baseline)"
     if r.get("seeds_min", 2) < 2:
         return text  # one seed: no interval
     return f"{text} [95% CI {_fmt(r[key + '_low'], '.2f', '?')}-{_fmt(r[key + '_high'], '.2f', '?')}]"

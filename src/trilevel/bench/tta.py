@@ -459,6 +459,7 @@ def tta_rows(curves: Mapping[str, Curve], target: float, baseline: str = "dense"
             "speedup_bound": wall["bound"],
             "cpu_speedup_bound": cpu["bound"],
             "flops_speedup_bound": flops["bound"],
+            "is_baseline": name == baseline,
             "interval": "95% percentile bootstrap over seeds",
             "seeds_min": min(p.seeds for c in (base, curve) for p in c.points),
             "gains": gains,
