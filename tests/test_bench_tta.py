@@ -406,6 +406,7 @@ def test_the_baseline_can_be_a_tuned_dense_row(tmp_path, monkeypatch):
     tta = {r["name"]: r for r in result["tta"]}
     assert result["baseline"] == "dense-tuned" and tta["dense-tuned"]["speedup"] == 1.0
     assert "over dense-tuned" in (tmp_path / "bench_tta.md").read_text()
+    assert tta["dense-tuned"]["is_baseline"] and "| 1.00x (the baseline) |" in format_tta_table(result["tta"], 0.0)
     for bad, words in (("nope", "must be one of"), ("token-only", "dense configuration")):
         with pytest.raises(ValueError, match=words):
             run_budget_bench(base, ["dense", "token-only"], [1], [0], str(tmp_path), baseline=bad)
