@@ -28,7 +28,7 @@ from trilevel.token_pruning import (
 
 from _models import tiny_vit
 
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
 
 # ------------------------------------------------------------------------------------- the toy family
