@@ -1,5 +1,5 @@
 """The tri-level patch of timm Eva (EVA-02): stock equivalence at ratio 1, a per-example re-statement
-with rotary embeddings gathered by position, gradients, state_dict, FLOPs, errors."""
+with rotary embeddings gathered by position, gradients, FLOPs, errors (the state_dict round trip: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from trilevel.flops import forward_flops, tokens_per_block
 from trilevel.models.eva import gather_rope, patch_eva, unpatch_eva
 from trilevel.vit import get_keep_ratios, get_trilevel_info, is_patched, patch_vit, set_keep_ratios
 
-from _contract import assert_state_dict_round_trip, counted_flops, outputs_under_one_seed, parameters_without_gradient
+from _contract import counted_flops, outputs_under_one_seed, parameters_without_gradient
 from _models import images, tiny_eva, tiny_vit, unfused
 
 VARIANTS = {
@@ -147,10 +147,6 @@ def test_patch_dropout_and_checkpointing_in_training():
     assert torch.allclose(plain, ckpt, atol=1e-6)
     assert get_trilevel_info(patched).kept_positions == []  # shuffled input: positions not reported
     assert get_trilevel_info(patched).tokens_per_block == [1 + 34, 1 + 34, 1 + 17, 1 + 17]
-
-
-def test_state_dict_round_trip_both_ways():
-    assert_state_dict_round_trip(lambda seed: tiny_eva(seed=seed), lambda seed: patch_eva(tiny_eva(seed=seed)))
 
 
 @pytest.mark.parametrize("fate,score,keep,attn_keep", [
