@@ -15,6 +15,8 @@ from timm.models import adapt_input_conv
 from trilevel.checkpoint import save_checkpoint
 from trilevel.training.pretrained import LoadReport, create_from_weights, read_state_dict
 
+from _runs import needs_fmnist
+
 VIT = "vit_tiny_patch16_224"
 SRC = dict(img_size=28, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, in_chans=1)
 EVA_NAME = "eva02_tiny_patch14_224"
@@ -23,7 +25,6 @@ EVA = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_hea
 SWIN_NAME = "swin_tiny_patch4_window7_224"
 SWIN = dict(img_size=28, patch_size=1, window_size=7, embed_dim=16, depths=(2, 2), num_heads=(1, 2), in_chans=1,
             num_classes=5, drop_path_rate=0.0)
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def source_model(name: str = VIT, seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -101,7 +102,7 @@ def test_hand_built_trilevel_checkpoint_with_ema(tmp_path):
         create_from_weights(VIT, SRC, tmp_path / "no_ema.pt", pretrained=False, ema=True)
 
 
-@pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
+@needs_fmnist
 def test_real_training_checkpoint(tmp_path):
     from trilevel import train
     from trilevel.checkpoint import load_checkpoint

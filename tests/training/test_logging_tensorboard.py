@@ -23,19 +23,13 @@ from trilevel.training.output import (
     EPOCH_TAGS, HISTOGRAM_TAG, PICTURE_TAG, STEP_TAGS, TENSORBOARD_DIR, check_live_logging,
 )
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
-)
+from _runs import TINY_RUN, needs_fmnist as needs_data
+
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install trilevel[tensorboard])"
 )
 
-TINY = dict(
-    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7, dataset="fashion-mnist",
-    train_subset=128, val_subset=100, epochs=2, batch_size=32, workers=0, device="cpu", log_interval=1,
-    example_update_every=1, seed=0, preset="paper",
-)
+TINY = dict(TINY_RUN, train_subset=128, val_subset=100, epochs=2, log_interval=1)
 STEPS_PER_EPOCH = 4  # 128 / 32
 # A single evaluation without EMA has no EMA top-1.
 EXPECTED_SCALARS = set(STEP_TAGS) | (set(EPOCH_TAGS) - {"epoch/val_top1_ema"})

@@ -22,17 +22,13 @@ from trilevel.checkpoint import load_checkpoint
 from trilevel.training import NonFiniteLossError, TrainConfig, TrainingInterrupted, evaluate_checkpoint, train
 from trilevel.training.factory import build_model
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
-)
+from _runs import FMNIST, TINY_RUN, needs_fmnist
 
-TINY = dict(
-    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
-    dataset="fashion-mnist", train_subset=256, val_subset=500, epochs=2, batch_size=32,
-    warmup_epochs=0.5, workers=0, device="cpu", seed=0, log_interval=2,
-    ratio_warmup=0.1, ratio_decay_end=0.6, example_update_every=1,
-    preset="paper",  # these tests were written for the paper's settings; the default is tested apart
+pytestmark = needs_fmnist
+
+TINY = dict(  # the paper's settings (TINY_RUN's preset), which these tests were written for; the default is tested apart
+    TINY_RUN, train_subset=256, val_subset=500, epochs=2, warmup_epochs=0.5, log_interval=2,
+    ratio_warmup=0.1, ratio_decay_end=0.6,
 )
 
 

@@ -15,22 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from trilevel import cli
 from trilevel.cli.eval import parse_keep_ratios
 from trilevel.training import evaluation, train
 from trilevel.training.evaluation import check_keep_ratio, evaluate, evaluate_checkpoint, evaluate_checkpoint_sweep
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
-)
+from _runs import TINY_RUN, exit_status, needs_fmnist as needs_data
 
-TINY = dict(
-    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
-    dataset="fashion-mnist", train_subset=128, val_subset=100, epochs=1, batch_size=32,
-    warmup_epochs=0.0, workers=0, device="cpu", seed=0, log_interval=2, example_update_every=1,
-    preset="paper",
-)
+TINY = dict(TINY_RUN, train_subset=128, val_subset=100, epochs=1, warmup_epochs=0.0, log_interval=2)
 VAL = 100
 TOKENS = 1 + (28 // 7) ** 2  # [CLS] + 16 patches
 RESULT_KEYS = {
@@ -51,14 +42,6 @@ def tri_ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("evalp") / "tri"
     train(dict(TINY, output_dir=str(out)))
     return out / "checkpoint.pt"
-
-
-def exit_status(argv: list[str]) -> int:
-    """The exit status of ``trilevel ARGV`` run in process (returned, or raised by the parser)."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def eval_json(capsys, ckpt: Path, *flags: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "trilevel"
+SRC = Path(__file__).resolve().parents[2] / "src" / "trilevel"
 MAX_LINES = 600
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 import trilevel
 from _models import tiny_vit
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _own_loop_block() -> str:

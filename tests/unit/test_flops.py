@@ -1,19 +1,14 @@
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from trilevel.flops import forward_flops, tokens_per_block
 from trilevel.vit import patch_vit, set_keep_ratios
 
-from _models import images, tiny_vit
+from _contract import counted_flops
+from _models import images, tiny_vit, unfused
 
 
 def _counted(model):
-    for blk in model.blocks:  # FlopCounterMode does not count the CPU fused SDPA kernel
-        blk.attn.fused_attn = False
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(images(batch=2))
-    return fc.get_total_flops() / 2
+    return counted_flops(unfused(model), images(batch=2))
 
 
 def test_dense_matches_flop_counter():
@@ -46,10 +41,5 @@ def test_patch_dropout_counted_in_training_only(patched):
     assert tokens_per_block(model, training=True)[0] == (1 + kept, 1 + kept)
     assert tokens_per_block(model)[0] == (50, 50)
     model.train()  # PatchDropout only acts in training mode; the count must match what runs
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.attn.fused_attn = False
-        with FlopCounterMode(display=False) as fc:
-            model(images(batch=2))
-    assert forward_flops(model, training=True) == pytest.approx(fc.get_total_flops() / 2, rel=1e-6)
+    assert forward_flops(model, training=True) == pytest.approx(_counted(model), rel=1e-6)
     assert forward_flops(model.eval()) == _counted(model)

@@ -7,13 +7,13 @@ import copy
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from trilevel.flops import forward_flops, tokens_per_block
 from trilevel.token_pruning import cls_attention_scores, num_kept_tokens
 from trilevel.vit import get_trilevel_info, patch_vit, unpatch_vit
 
-from _models import images, tiny_vit
+from _contract import counted_flops
+from _models import images, tiny_vit, unfused
 
 
 @pytest.mark.parametrize("fate, score", [("bypass", "cls-attention"), ("bypass", "random"), ("drop", "random")])
@@ -30,16 +30,10 @@ def test_ratio_one_equals_stock_for_every_fate(fate, score, mode):
     assert torch.equal(a, b)
 
 
-def _unfused(model):
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-    return model
-
-
 def test_bypass_is_exact():
     """Blocks 0..3, pruning in block 1 (keep 0.5), rejoin at block 3: the dropped tokens keep the
     value they had after block 1's attention residual and come back in their places."""
-    model = _unfused(tiny_vit(depth=4)).eval()
+    model = unfused(tiny_vit(depth=4)).eval()
     ref = copy.deepcopy(model)
     patch_vit(model, prune_layers=[1], keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass", rejoin_layer=3)
     x = images(batch=2)
@@ -88,11 +82,9 @@ def test_gradients_reach_every_parameter(fate, score, attn_keep):
     ("drop", "random", 1.0), ("drop", "cls-attention", 0.3),
 ])
 def test_flop_count_matches_the_flop_counter(fate, score, attn_keep):
-    model = _unfused(patch_vit(tiny_vit(), keep_ratio=0.6, attn_keep_ratio=attn_keep, token_fate=fate,
-                               token_score=score)).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(images(batch=2))
-    assert forward_flops(model) == pytest.approx(fc.get_total_flops() / 2, rel=1e-6)
+    model = unfused(patch_vit(tiny_vit(), keep_ratio=0.6, attn_keep_ratio=attn_keep, token_fate=fate,
+                              token_score=score)).eval()
+    assert forward_flops(model) == pytest.approx(counted_flops(model, images(batch=2)), rel=1e-6)
 
 
 def test_bypass_token_counts_and_rejoin_default():

@@ -22,13 +22,9 @@ import pytest
 from trilevel.cli import main
 from trilevel.viz import REPORT_FILES, write_report_html
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
-)
-TINY_FLAGS = ["--model", "vit_tiny_patch16_224", "--embed-dim", "32", "--depth", "4", "--num-heads", "2",
-              "--patch-size", "7", "--train-subset", "128", "--val-subset", "100", "--epochs", "2",
-              "--batch-size", "32", "--workers", "0", "--device", "cpu", "--example-update-every", "1"]
+from _runs import TINY_RUN_FLAGS, needs_fmnist as needs_data
+
+TINY_FLAGS = [*TINY_RUN_FLAGS, "--train-subset", "128", "--val-subset", "100", "--epochs", "2"]
 
 
 class _Page(html.parser.HTMLParser):

@@ -22,35 +22,12 @@ from trilevel.models.swin import (
 from trilevel.vit import patch_vit
 
 from _contract import assert_state_dict_round_trip, counted_flops, outputs_under_one_seed, parameters_without_gradient
-from _models import images, tiny_vit
+from _models import SWIN, images, tiny_swin, tiny_vit, unfused
 
-# 28x28 grid of 7x7 windows (16), then 14x14 (4 windows, shifted by 3 in the second block)
-SWIN = dict(img_size=28, patch_size=1, window_size=7, embed_dim=16, depths=(2, 2), num_heads=(1, 2), in_chans=1,
-            num_classes=10, drop_path_rate=0.0)
 # 14x14 grid of 4x4 windows: padded to 16x16, then 7x7 padded to 8x8
 PADDED = dict(SWIN, patch_size=2, window_size=4)
 # shifted-window masks built per forward (timm's dynamic_mask)
 DYNAMIC = dict(SWIN, strict_img_size=False)
-
-
-def tiny_swin(seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **{**SWIN, **overrides})
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-        for stage in model.layers:  # peaked attention, so that scores differ between windows
-            for blk in stage.blocks:
-                blk.attn.qkv.weight.normal_(0, 0.3)
-    return model
-
-
-def _unfused(model):
-    for stage in model.layers:
-        for blk in stage.blocks:
-            blk.attn.fused_attn = False
-    return model
 
 
 def _blocks(model):
@@ -99,7 +76,7 @@ def _received(blk, x):
 
 def _block_and_input(block, mode="window", keep=0.5, **config):
     """Block ``block`` (model order) of a patched unfused tiny Swin in eval mode, a random input and random scores."""
-    model = _unfused(patch_swin(tiny_swin(**config), keep_ratio=keep, mode=mode)).eval()
+    model = unfused(patch_swin(tiny_swin(**config), keep_ratio=keep, mode=mode)).eval()
     blk = _blocks(model)[block]
     H, W = blk.input_resolution
     return blk, torch.randn(2, H, W, blk.dim), torch.rand(2, H, W)
@@ -204,7 +181,7 @@ def test_flop_count_matches_the_flop_counter(config, mode, keep):
     model = tiny_swin(**config)
     if mode is not None:
         patch_swin(model, keep_ratio=keep, mode=mode)
-    _unfused(model).eval()
+    unfused(model).eval()
     assert forward_flops(model) == pytest.approx(counted_flops(model, images(batch=2)), rel=1e-9)
 
 

@@ -25,17 +25,11 @@ from trilevel.data import (
 from trilevel.data import cluttered
 from trilevel.data.cluttered import CLUTTER_RECIPE_VERSION, cache_dir, clutter_images, cluttered_split
 
-FMNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-needs_fmnist = pytest.mark.skipif(
-    not all((DEFAULT_FASHION_MNIST_DIR / f).is_file() for f in FMNIST_FILES),
-    reason=f"Fashion-MNIST not installed in {DEFAULT_FASHION_MNIST_DIR} "
-    "(sudo apt-get install dataset-fashion-mnist)",
-)
+from _runs import FMNIST, FMNIST_FILES, needs_fmnist
+
+
+def test_the_fashion_mnist_skip_checks_the_folder_the_loaders_read():
+    assert FMNIST == DEFAULT_FASHION_MNIST_DIR
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,17 @@
 """The extension points: a model family and a token score registered from outside the package.
 
-A toy family (a 5-token model, defined here) and a toy token score (the L2 norm of each patch
-token) are registered for the duration of a test and removed after it. The code of the two "How
-to add ..." sections of docs/design.md is this file's code (checked at the end).
+A toy family (a 5-token model) and a toy token score (the L2 norm of each patch token), both in
+tests/_toy.py, are registered for the duration of a test by the fixtures of tests/conftest.py and
+removed after it. The code of the two "How to add ..." sections of docs/design.md is the code of
+those two files (checked at the end).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
@@ -19,172 +19,16 @@ import torch.nn as nn
 
 import trilevel
 from trilevel.models import registry
-from trilevel.models.common import check_ratio, survival_from_positions
-from trilevel.models.registry import ModelFamily, PatchSettings, check_indices, register_family
+from trilevel.models.registry import ModelFamily, PatchSettings, register_family
 from trilevel.presets import PRESETS, patch_defaults
-from trilevel.token_pruning import (
-    TOKEN_SCORES, ScoreInputs, TokenScore, get_token_score, num_kept_tokens, register_token_score, select_topk_tokens,
-)
+from trilevel.token_pruning import TOKEN_SCORES, num_kept_tokens
 
+from _contract import counted_flops
 from _models import tiny_vit
+from _toy import TOY, PrunedToyTokenModel, ToyFamily, ToyTokenModel, toy_images, toy_model
 
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
-
-
-# ------------------------------------------------------------------------------------- the toy family
-@dataclass
-class ToyInfo:
-    kept_positions: List[torch.Tensor]  # per pruning block, (B, k): the kept patch indices (row-major, 2x2 grid)
-
-
-class ToyTokenModel(nn.Module):
-    """A 1x8x8 image as four 4x4 patch tokens and a [CLS] token, residual linear blocks, a head on the mean token."""
-
-    def __init__(self, dim: int = 8, depth: int = 3, num_classes: int = 3):
-        super().__init__()
-        self.patch_embed = nn.Linear(16, dim)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.blocks = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
-        self.head = nn.Linear(dim, num_classes)
-
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        patches = images.unfold(2, 4, 4).unfold(3, 4, 4).reshape(images.shape[0], 4, 16)  # row-major 2x2 grid
-        x = self.patch_embed(patches)
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(images)
-        for block in self.blocks:
-            x = x + block(x).relu()
-        return self.head(x.mean(dim=1))
-
-
-class PrunedToyTokenModel(ToyTokenModel):
-    """A patched ToyTokenModel: a pruning block first keeps [CLS] and the top ceil(keep * N) tokens by the score."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(images)
-        settings = self.trilevel_settings
-        positions = torch.arange(x.shape[1] - 1).expand(x.shape[0], -1)
-        info = ToyInfo([])
-        for i, block in enumerate(self.blocks):
-            if i in settings.prune_layers and self.keep_ratio < 1.0:
-                score = get_token_score(settings.token_score)
-                cls_attention = (x[:, :1] @ x[:, 1:].transpose(1, 2)).softmax(-1)[:, 0] if score.uses_cls_attention else None
-                x, kept = select_topk_tokens(x, score.score(ScoreInputs(x, cls_attention, 1)), self.keep_ratio)
-                positions = positions.gather(1, kept)
-                info.kept_positions.append(positions)
-            x = x + block(x).relu()
-        self.trilevel_info = info
-        return self.head(x.mean(dim=1))
-
-
-class ToyFamily(ModelFamily):
-    """ToyTokenModel: the token level only (no attention level), pruned tokens dropped."""
-
-    name = "toy"
-    supports_attention_level = False
-    token_fates = ("drop",)
-
-    def matches(self, model):
-        return isinstance(model, ToyTokenModel)
-
-    def default_prune_layers(self, model):
-        return (len(model.blocks) // 2,)
-
-    def resolve(self, model, settings):
-        settings = super().resolve(model, settings)  # ratios, fate, score, attention level, mode checked
-        layers = check_indices(settings.prune_layers, len(model.blocks)) or self.default_prune_layers(model)
-        return replace(settings, prune_layers=layers)
-
-    def patch(self, model, settings):
-        model.__class__ = PrunedToyTokenModel
-        model.trilevel_settings, model.keep_ratio, model.trilevel_info = settings, settings.keep_ratio, None
-
-    def unpatch(self, model):
-        model.__class__ = ToyTokenModel
-        del model.trilevel_settings, model.keep_ratio, model.trilevel_info
-
-    def is_patched(self, model):
-        return isinstance(model, PrunedToyTokenModel)
-
-    def set_keep_ratios(self, model, keep_ratio, attn_keep_ratio):
-        if attn_keep_ratio not in (None, 1.0):
-            raise ValueError(f"toy models have no attention level; attn_keep_ratio must be 1.0, got {attn_keep_ratio}")
-        if keep_ratio is not None:
-            model.keep_ratio = check_ratio("keep_ratio", keep_ratio)
-
-    def get_keep_ratios(self, model):
-        return (model.keep_ratio, 1.0) if self.is_patched(model) else (1.0, 1.0)
-
-    def forward_flops(self, model, keep_ratio, attn_keep_ratio, training, settings, img_size=None):
-        settings = self.settings(model) if settings is None else self.resolve(model, settings)
-        keep = self.get_keep_ratios(model)[0] if keep_ratio is None else keep_ratio
-        dim, n = model.head.in_features, 4
-        flops = 2.0 * n * 16 * dim + 2.0 * dim * model.head.out_features  # patch embedding, head
-        for i in range(len(model.blocks)):
-            if settings is not None and i in settings.prune_layers and keep < 1.0:
-                if get_token_score(settings.token_score).uses_cls_attention:
-                    flops += 2.0 * n * dim  # the [CLS] row of the scores
-                n = num_kept_tokens(n, keep)
-            flops += 2.0 * (1 + n) * dim * dim
-        return flops
-
-    def info(self, model):
-        return model.trilevel_info
-
-    def survival_masks(self, model):
-        return survival_from_positions(model.trilevel_info.kept_positions, (2, 2), model.trilevel_settings.prune_layers)
-
-    def describe(self, model):
-        return f"toy: {len(model.blocks)} blocks, width {model.head.in_features}, 4 patch tokens + 1 prefix"
-
-
-# ------------------------------------------------------------------------------------- the toy token score
-def token_norm(inputs: ScoreInputs) -> torch.Tensor:
-    return inputs.tokens[:, inputs.num_prefix_tokens:].norm(dim=-1)  # (B, N - P)
-
-
-TOKEN_NORM = TokenScore("token-norm", uses_cls_attention=False, score=token_norm, source="L2 norm of each patch token")
-
-
-# ------------------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def token_norm_score():
-    """``token-norm`` registered for one test (there is no public unregister: the dict entry is removed)."""
-    assert "token-norm" not in TOKEN_SCORES
-    register_token_score(TOKEN_NORM)
-    yield TOKEN_NORM
-    TOKEN_SCORES.pop("token-norm", None)
-
-
-@pytest.fixture
-def toy_family(token_norm_score):
-    """ToyFamily registered for one test; the family list is restored afterwards (no public unregister)."""
-    before = list(registry._FAMILIES)
-    family = register_family(ToyFamily())
-    yield family
-    registry._FAMILIES[:] = before
-
-
-def toy_model(seed: int = 0) -> ToyTokenModel:
-    torch.manual_seed(seed)
-    return ToyTokenModel().eval()
-
-
-def toy_images(batch: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-TOY = dict(token_fate="drop", token_score="token-norm")  # what the toy family implements
-
-
-def measured_flops(model: nn.Module, images: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(images)
-    return counter.get_total_flops() / images.shape[0]
+TESTS = Path(__file__).resolve().parents[1]
+DESIGN = TESTS.parent / "docs" / "design.md"
 
 
 # ------------------------------------------------------------------------------------- the toy family through the public API
@@ -250,14 +94,14 @@ def test_set_and_get_keep_ratios(toy_family):
 def test_forward_flops_is_the_family_s_count_and_falls_with_the_ratio(toy_family):
     model, x = toy_model(), toy_images()
     dense = trilevel.forward_flops(model)
-    assert dense == measured_flops(model, x)
+    assert dense == counted_flops(model, x)
     trilevel.patch(model, keep_ratio=0.5, **TOY)
-    assert trilevel.forward_flops(model) == measured_flops(model, x) < dense
+    assert trilevel.forward_flops(model) == counted_flops(model, x) < dense
     counts = []
     for keep in (1.0, 0.75, 0.5, 0.25):
         trilevel.set_keep_ratios(model, keep)
         counts.append(trilevel.forward_flops(model))
-        assert counts[-1] == measured_flops(model, x)
+        assert counts[-1] == counted_flops(model, x)
         assert trilevel.forward_flops(model, keep_ratio=keep) == counts[-1]
     assert counts[0] == dense and counts == sorted(counts, reverse=True) and len(set(counts)) == 4
     # settings assumed before patching: the family's count for them
@@ -271,7 +115,7 @@ def test_the_family_counts_the_cls_row_only_for_scores_that_use_it(toy_family):
     for score in ("cls-attention", "token-norm", "random"):
         model = trilevel.patch(toy_model(), keep_ratio=0.5, token_fate="drop", token_score=score)
         by_score[score] = trilevel.forward_flops(model)
-        assert by_score[score] == measured_flops(model, x)
+        assert by_score[score] == counted_flops(model, x)
     assert by_score["token-norm"] == by_score["random"] == by_score["cls-attention"] - 2.0 * 4 * 8
 
 
@@ -458,11 +302,12 @@ def _section(title: str) -> str:
 
 
 @pytest.mark.parametrize("title", ["How to add a model family", "How to add a token score"])
-def test_the_docs_snippets_are_this_file_s_code(title):
-    source = Path(__file__).read_text(encoding="utf-8")
+def test_the_docs_snippets_are_the_tests_code(title):
+    source = "\n".join((TESTS / name).read_text(encoding="utf-8") for name in ("_toy.py", "conftest.py"))
     blocks = re.findall(r"```python\n(.*?)```", _section(title), flags=re.S)
     assert blocks
     for block in blocks:
         for chunk in block.split("\n\n"):  # each paragraph of a snippet appears here verbatim
             if chunk.strip() and not chunk.lstrip().startswith(("from ", "import ", "#")):
-                assert chunk.strip("\n") in source, f"docs/design.md ({title}) shows code not in this test:\n{chunk}"
+                assert chunk.strip("\n") in source, \
+                    f"docs/design.md ({title}) shows code not in tests/_toy.py or tests/conftest.py:\n{chunk}"

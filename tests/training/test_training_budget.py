@@ -12,9 +12,8 @@ import torch
 from trilevel.training import TrainConfig, train
 from trilevel.training.budget import epoch_batch_sizes, plan_budget, plan_run, resolution_schedule
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
-                                reason="Fashion-MNIST not installed (scripts/setup.sh)")
+from _runs import TINY_RUN, needs_fmnist as needs_data
+
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -81,10 +80,8 @@ def test_config_budget_and_warmup_checks():
 
 # ------------------------------------------------------------------------------------ runs
 TINY = dict(
-    model="vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=7,
-    dataset="fashion-mnist", train_subset=256, val_subset=200, batch_size=32, workers=0, device="cpu",
-    seed=0, log_interval=2, ratio_warmup=0.0, ratio_decay_end=0.5, example_update_every=1,
-    attn_keep_ratio=1.0, prune_layers=[1, 2], preset="paper",
+    TINY_RUN, train_subset=256, val_subset=200, log_interval=2, ratio_warmup=0.0, ratio_decay_end=0.5,
+    attn_keep_ratio=1.0, prune_layers=[1, 2],
 )
 
 

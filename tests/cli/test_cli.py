@@ -20,21 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trilevel import cli
 from trilevel.checkpoint import load_checkpoint
 from trilevel.cli.train import parse_train_config
 from trilevel.training.config import load_config_file
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed (scripts/setup.sh)"
-)
+from _runs import TINY_RUN_FLAGS, exit_status, needs_fmnist as needs_data
 
 TINY_FLAGS = [
-    "--model", "vit_tiny_patch16_224", "--embed-dim", "32", "--depth", "4", "--num-heads", "2",
-    "--patch-size", "7", "--train-subset", "256", "--val-subset", "500", "--batch-size", "32",
-    "--warmup-epochs", "0.5", "--workers", "0", "--device", "cpu", "--log-interval", "2",
-    "--example-update-every", "1", "--preset", "paper",
+    *TINY_RUN_FLAGS, "--train-subset", "256", "--val-subset", "500", "--warmup-epochs", "0.5", "--log-interval", "2",
+    "--preset", "paper",
 ]
 
 
@@ -200,14 +194,6 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
 def parse(argv: list[str]):
     assert argv[0] == "train"
     return parse_train_config(argv[1:])
-
-
-def exit_status(argv: list[str]) -> int:
-    """The exit status of ``trilevel ARGV`` run in process (returned, or raised by the parser)."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_config_file_keys_and_flag_precedence(tmp_path):

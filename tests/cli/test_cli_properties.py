@@ -25,11 +25,13 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from trilevel import cli, training  # noqa: E402
+from trilevel import training  # noqa: E402
 from trilevel.cli.bench import BenchTrainOptions, SpeedOptions  # noqa: E402
 from trilevel.cli.eval import EvalOptions  # noqa: E402
 from trilevel.cli.visualize import VisualizeOptions  # noqa: E402
 from trilevel.training import TrainConfig  # noqa: E402
+
+from _runs import exit_status  # noqa: E402
 
 #: Examples per property (``TRILEVEL_PROPERTY_EXAMPLES=500`` for a deeper, randomised search).
 EXAMPLES = int(os.environ.get("TRILEVEL_PROPERTY_EXAMPLES", "0")) or None
@@ -87,9 +89,7 @@ def argv_for(names: list[str], extra=st.nothing()):
 def run(argv: list[str], capsys) -> tuple[object, str]:
     """``trilevel ARGV`` in process: its exit status (or "trained"), and its stderr."""
     try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
+        code = exit_status(argv)
     except ReachedTraining:
         code = "trained"
     return code, capsys.readouterr().err
