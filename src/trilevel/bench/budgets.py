@@ -89,12 +89,10 @@ def _done_before(folder: str, cfg: Mapping[str, Any], allow_mixed_code: bool = F
             stored = yaml.safe_load(f)
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    from ..training.config import RUNTIME_KEYS, TrainConfig
+    from ..training.config import RUNTIME_KEYS, field_defaults
 
     # a runtime switch added after the run was stored (e.g. compile) does not change what it trained
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults = field_defaults()
     # an option the stored run's version did not have yet ran at its default
     same = all(stored.get(k, defaults.get(k)) == v for k, v in cfg.items()
                if k not in ("output_dir", "resume") and (k in stored or k not in RUNTIME_KEYS))

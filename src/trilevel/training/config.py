@@ -37,6 +37,7 @@ __all__ = [
     "load_config_file",
     "normalize_keys",
     "check_resume",
+    "field_defaults",
 ]
 
 DatasetName = Literal["fashion-mnist", "cluttered-fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
@@ -469,6 +470,12 @@ def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
     return out
 
 
+def field_defaults() -> Dict[str, Any]:
+    """Every :class:`TrainConfig` field with a plain default, ``{name: default}``: the value a run of
+    a version that did not have the option yet ran with (used to compare stored configurations)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
 def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format: int) -> None:
     """Check that ``config`` may resume the loaded training checkpoint ``ckpt``.
 
@@ -484,7 +491,7 @@ def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format
     """
     stored = stored_config(ckpt, config.resume)
     # An option the checkpoint's version did not have yet ran at its default.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults = field_defaults()
     diffs = [
         f"{flag(k)}: checkpoint {stored.get(k, defaults.get(k))!r}, now {v!r}"
         for k, v in config.to_dict().items()

@@ -38,6 +38,7 @@ def evaluate(
     keep_ratio: Optional[float] = None,
     attn_keep_ratio: Optional[float] = None,
     warmup: int = 0,
+    synchronize: bool = False,
 ) -> Dict[str, float]:
     """Top-1 accuracy, mean cross-entropy and forward throughput of ``model`` on ``loader``.
 
@@ -45,9 +46,11 @@ def evaluate(
     must get a disjoint shard of the data (e.g. ``Subset(ds, range(rank, len(ds), world))``); every
     rank gets the global result.
 
-    Only the model calls are timed (``time.perf_counter``, with ``torch.cuda.synchronize`` before
-    and after each on CUDA; ``time.process_time`` for the CPU seconds): data loading, the copy to
-    the device and the metrics are not. Under ``torch.distributed`` ``seconds`` is the slowest
+    Only the model calls are timed (``time.perf_counter``; ``time.process_time`` for the CPU
+    seconds): data loading, the copy to the device and the metrics are not. On CUDA the kernels
+    run asynchronously, so the wall seconds are the forward passes' only with ``synchronize`` (a
+    ``torch.cuda.synchronize`` before and after each; a throughput measurement asks for it, a
+    training run's per-epoch evaluation does not pay for it). Under ``torch.distributed`` ``seconds`` is the slowest
     rank's and ``cpu_seconds`` the sum over ranks.
 
     Args:
@@ -60,6 +63,8 @@ def evaluate(
         attn_keep_ratio: Attention keep ratio for this evaluation; None keeps the current one.
         warmup: Untimed forward passes of the first batch before its timed one (they count
             toward nothing else either); 1 or more for a throughput free of first-call costs.
+        synchronize: On CUDA, wait for the device around each timed forward pass (honest
+            ``seconds`` at the cost of two host-device syncs per batch); ignored on the CPU.
 
     Returns:
         ``{"top1": percent, "loss": mean cross-entropy, "images": count, "seconds": wall seconds
@@ -91,7 +96,7 @@ def evaluate(
     was_training = base.training
     base.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    sync = device.type == "cuda"
+    sync = synchronize and device.type == "cuda"
     seconds = cpu_seconds = 0.0
     try:
         for i, batch in enumerate(loader):
@@ -386,6 +391,7 @@ def _evaluate_run(
             result: Dict[str, Any] = evaluate(
                 run.model, loader, ctx.device, config.amp,
                 keep_ratio=None if config.dense else kr, attn_keep_ratio=None if config.dense else akr, warmup=1,
+                synchronize=True,
             )
             result.update(
                 keep_ratio=kr, attn_keep_ratio=akr, gflops_per_image=_gflops(run.model, kr, akr),
