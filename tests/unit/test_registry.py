@@ -284,13 +284,27 @@ def test_patch_settings_from_a_preset():
         paper, keep_ratio=0.5, prune_layers=(1, 2))
 
 
-def test_patch_defaults_to_fast_and_the_aliases_to_paper():
+def test_patch_defaults_to_fast_and_takes_the_paper_preset():
     fast, paper = tiny_vit(), tiny_vit()
     trilevel.patch(fast)
-    trilevel.patch_vit(paper)
+    trilevel.patch(paper, preset="paper")
     assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_settings.token_fate == "bypass"
     assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_settings.token_fate == "drop"
-    assert trilevel.patch(tiny_vit(), preset="paper").trilevel_settings == paper.trilevel_settings
+    assert paper.trilevel_settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
+                                                    token_fate="drop", token_score="cls-attention")
+
+
+def test_one_entry_per_verb():
+    """The per-family functions, Swin's parallel API and the alias modules are gone: one registry API."""
+    import importlib
+
+    for name in ("patch_vit", "patch_eva", "patch_swin", "unpatch_vit", "unpatch_eva", "unpatch_swin",
+                 "set_swin_keep_ratios", "get_swin_keep_ratios", "get_swin_info", "swin_forward_flops"):
+        assert not hasattr(trilevel, name) and not hasattr(trilevel.models, name), name
+    with pytest.raises(ImportError):
+        importlib.import_module("trilevel.vit")
+    flops = importlib.import_module("trilevel.flops")  # no lazy alias of the registry's counts
+    assert not hasattr(flops, "forward_flops") and not hasattr(flops, "tokens_per_block")
 
 
 # ------------------------------------------------------------------------------------- the docs show this code

@@ -1,7 +1,7 @@
 """Pictures of which patch tokens and attention connections a patched ViT keeps.
 
 :func:`pruning_figure` draws, for a few images, which patch tokens survive each pruning stage
-of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
+of a model patched by :func:`trilevel.patch` and which connections one query patch keeps
 at the last stage; :func:`visualize_pruning` writes that drawing as a PNG and
 :func:`visualize_checkpoint` does so for a run's ``checkpoint.pt`` (``trilevel visualize``); the
 live pruning picture of ``trilevel train --log-tensorboard`` renders the same figure to pixels.
@@ -123,7 +123,7 @@ def pruning_figure(
     obtained.
 
     Args:
-        model: A model patched by :func:`trilevel.vit.patch_vit`; run in eval mode with its
+        model: A model patched by :func:`trilevel.patch`; run in eval mode with its
             current keep ratios (its mode is restored).
         images: Normalised images ``(K, C, H, W)``.
         mean: Per-channel normalisation mean (or one number), pixel values in [0, 1].

@@ -1,6 +1,6 @@
 """What a patched ViT keeps at the token and attention levels, as masks on the patch grid.
 
-:func:`trace_pruning` runs one eval forward of a model patched by :func:`trilevel.vit.patch_vit`
+:func:`trace_pruning` runs one eval forward of a model patched by :func:`trilevel.patch`
 and returns a :class:`PruningTrace`: which patches survive each pruning stage
 (:func:`stage_survival_masks`), the [CLS] attention the last pruning block ranked them by, and
 which kept patches one query patch may attend to. Nothing here plots; see
@@ -129,7 +129,7 @@ def _base_model(model: nn.Module) -> nn.Module:
     base = unwrap_model(model)
     if not is_patched(base):
         raise ValueError(
-            f"model ({type(base).__name__}) is not patched; call trilevel.patch_vit(model) first"
+            f"model ({type(base).__name__}) is not patched; call trilevel.patch(model) first"
         )
     return base
 
@@ -174,7 +174,7 @@ def trace_pruning(
     scores it pruned by) and the connection mask from ``connection_masks``.
 
     Args:
-        model: A model patched by :func:`trilevel.vit.patch_vit` (wrappers such as DDP are looked
+        model: A model patched by :func:`trilevel.patch` (wrappers such as DDP are looked
             through). Its training mode is restored afterwards; keep ratios are used as set.
         images: Normalised images ``(K, C, H, W)`` the model accepts.
         query_patch: Patch index (row-major in the patch grid) whose connections to show, the
