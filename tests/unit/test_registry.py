@@ -166,6 +166,22 @@ def test_speedup_and_the_trainer_s_flop_meter_use_the_family_s_count(toy_family)
     assert trilevel.models.describe_model(model).startswith("toy: 3 blocks, width 8")
 
 
+def test_visualize_and_the_trainer_ask_the_family(toy_family, monkeypatch):
+    from trilevel.training.factory import patch_side
+    from trilevel.viz.pruning import pruning_figure
+    from trilevel.viz.trace import trace_pruning
+
+    model = trilevel.patch(toy_model(), keep_ratio=0.5, **TOY)
+    assert not toy_family.traces_tokens and trilevel.family_of(tiny_vit()).traces_tokens
+    with pytest.raises(ValueError, match="a toy model does not record"):
+        trace_pruning(model, toy_images())
+    fig = pruning_figure(model, toy_images(batch=2), 0.0, 1.0)  # drawn from the family's survival masks
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["input", "block 1: 50% ran"]
+    assert patch_side(model) == 1 and patch_side(tiny_vit()) == 4  # the toy's Linear embedding has no patch_size
+    monkeypatch.setattr(ToyFamily, "patch_size", lambda self, m: 4)
+    assert patch_side(model) == 4
+
+
 def test_family_of_an_unknown_model_names_the_registered_families(toy_family):
     with pytest.raises(TypeError, match=r"torch\.nn\.modules\.conv\.Conv2d is not a supported model") as err:
         trilevel.family_of(nn.Conv2d(1, 1, 1))

@@ -27,7 +27,7 @@ from ..presets import DEFAULT_PRESET, PATCH_KEYS, patch_defaults
 __all__ = [
     "PatchSettings", "ModelFamily", "register_family", "families", "family_of", "find_family", "unwrap_model",
     "patch", "unpatch", "is_patched", "set_keep_ratios", "get_keep_ratios", "get_trilevel_info", "forward_flops",
-    "tokens_per_block", "describe_model",
+    "tokens_per_block", "describe_model", "timm_patch_size",
 ]
 
 
@@ -106,6 +106,10 @@ class ModelFamily:
         token_fates: Fates this family implements (None: every registered one).
         token_scores: Scores this family implements (None: every registered one).
         modes: The family's variants (first: the default), for :attr:`PatchSettings.mode`.
+        traces_tokens: Whether :meth:`info` is a :class:`~trilevel.models.vit.TriLevelInfo` whose
+            ``kept_positions``, ``cls_scores`` and ``connection_masks`` cover every pruning block on
+            the patch grid: what :func:`trilevel.viz.trace.trace_pruning` reads and ``visualize``
+            draws as tokens and connections. False: ``visualize`` draws :meth:`survival_masks`.
     """
 
     name: str = ""
@@ -113,6 +117,7 @@ class ModelFamily:
     token_fates: Optional[Tuple[str, ...]] = None
     token_scores: Optional[Tuple[str, ...]] = None
     modes: Tuple[str, ...] = ()
+    traces_tokens: bool = False
 
     # -------------------------------------------------------------- what subclasses implement
     def matches(self, model: nn.Module) -> bool:
@@ -167,6 +172,12 @@ class ModelFamily:
     def default_prune_layers(self, model: nn.Module) -> Tuple[int, ...]:
         """The pruning blocks used when ``prune_layers`` is None."""
         return ()
+
+    def patch_size(self, model: nn.Module) -> int:
+        """The side in pixels of the model's square patches (input sides are multiples of it; the
+        resolution curriculum steps by it). By default timm's ``patch_embed.patch_size``
+        (:func:`timm_patch_size`)."""
+        return timm_patch_size(model)
 
     def patch_dropout_class(self) -> Optional[type]:
         """The timm layer the family's constructor puts in ``model.patch_drop`` for ``patch_drop_rate``
@@ -418,6 +429,13 @@ def describe_model(model: nn.Module) -> str:
     n = sum(p.numel() for p in base.parameters())
     what = family.describe(base) if family is not None else type(base).__name__
     return f"{what}, {n / 1e6:.2f}M parameters"
+
+
+def timm_patch_size(model: nn.Module) -> int:
+    """The first side of timm's ``model.patch_embed.patch_size`` in pixels; 1 for a model without one
+    (e.g. a CNN), which then takes any input side."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))
+    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
 
 def check_indices(values: Optional[Sequence[int]], depth: int, name: str = "prune_layers") -> Optional[Tuple[int, ...]]:

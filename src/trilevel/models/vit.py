@@ -360,6 +360,7 @@ class ViTFamily(ModelFamily):
     """
 
     name = "vit"
+    traces_tokens = True
     model_mixin: type = None  # set below (the mixins are defined in this module)
     block_mixin: type = None
 
