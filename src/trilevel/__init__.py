@@ -17,9 +17,8 @@ from .token_pruning import (
 )
 from .models import (
     ModelFamily, PatchSettings, SwinTriLevelInfo, TriLevelInfo, default_prune_layers, family_of, forward_flops,
-    get_keep_ratios, get_swin_info, get_trilevel_info, is_patched, patch, patch_eva, patch_swin, patch_vit,
-    register_family, set_keep_ratios, set_swin_keep_ratios, tokens_per_block, unpatch, unpatch_eva, unpatch_swin,
-    unpatch_vit, unwrap_model,
+    get_keep_ratios, get_trilevel_info, is_patched, patch, register_family, set_keep_ratios, tokens_per_block, unpatch,
+    unwrap_model,
 )
 from .example_selection import (
     ActiveSubsetSampler,
@@ -36,10 +35,9 @@ __all__ = [
     "connection_mask", "masked_attention", "topk_connection_mask", "PRESETS", "KeepRatioSchedule", "run_progress",
     "TokenFate", "TokenScore", "cls_attention_scores", "num_kept_tokens", "register_token_fate",
     "register_token_score", "select_topk_tokens", "ModelFamily", "PatchSettings", "SwinTriLevelInfo", "TriLevelInfo",
-    "default_prune_layers", "family_of", "forward_flops", "get_keep_ratios", "get_swin_info", "get_trilevel_info",
-    "is_patched", "patch", "patch_eva", "patch_swin", "patch_vit", "register_family", "set_keep_ratios",
-    "set_swin_keep_ratios", "tokens_per_block", "unpatch", "unpatch_eva", "unpatch_swin", "unpatch_vit",
-    "unwrap_model", "ActiveSubsetSampler", "ExampleSelector", "ForgettingSelector", "IndexedDataset", "LossSelector",
+    "default_prune_layers", "family_of", "forward_flops", "get_keep_ratios", "get_trilevel_info", "is_patched",
+    "patch", "register_family", "set_keep_ratios", "tokens_per_block", "unpatch", "unwrap_model",
+    "ActiveSubsetSampler", "ExampleSelector", "ForgettingSelector", "IndexedDataset", "LossSelector",
     "RandomSelector", "ResolvedTriLevel", "TriLevelConfig", "resolve_config", "TriLevel",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run",
 ]

@@ -1,6 +1,6 @@
 """Attention level: per-query top-k connection masks between the kept tokens.
 
-Pure tensor functions; :mod:`trilevel.vit` calls them in each pruning block and carries the mask
+Pure tensor functions; :mod:`trilevel.models.vit` calls them in each pruning block and carries the mask
 to the following blocks. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec.
 "Attention-level data reduction".
 """

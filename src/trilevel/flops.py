@@ -12,9 +12,9 @@ rejoins (``bypass``), the blocks from the rejoin block on see every token again.
 norms, softmax, GELU, rotary embeddings, token selection, mask construction, gathers and
 scatters (well under 1% here).
 
-These are the counts behind :func:`trilevel.forward_flops` for the ViT and EVA-02 families
-(:mod:`trilevel.models.registry`); the Swin family counts windows
-(:func:`trilevel.models.swin.swin_forward_flops`). ``settings`` are resolved
+These are the counts behind :func:`trilevel.forward_flops` and :func:`trilevel.tokens_per_block`
+for the ViT and EVA-02 families (:mod:`trilevel.models.registry`); the Swin family counts windows
+(:mod:`trilevel.models.swin`). ``settings`` are resolved
 :class:`~trilevel.models.registry.PatchSettings` (pruning blocks filled in), or None for the
 stock model.
 """
@@ -130,11 +130,3 @@ def vit_forward_flops(model: nn.Module, settings: Optional[Any], keep_ratio: flo
             flops += 2.0 * head.in_features * head.out_features
     return flops
 
-
-def __getattr__(name: str):
-    # trilevel.flops.forward_flops / tokens_per_block: the registry's, for any family (kept names)
-    if name in ("forward_flops", "tokens_per_block"):
-        from .models import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module 'trilevel.flops' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Token level: keep the top-k patch tokens by the [CLS] attention they receive.
 
 Pure tensor functions; the stateful part (which blocks prune, at what keep ratio) lives in
-:mod:`trilevel.vit`. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec. "Token-level
+:mod:`trilevel.models.vit`. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec. "Token-level
 data reduction", which scores tokens like EViT (Liang et al., ICLR 2022) but
 drops the inattentive tokens instead of fusing them; the optional fusion follows EViT.
 """

@@ -17,7 +17,7 @@ from trilevel import viz
 from trilevel.checkpoint import save_checkpoint
 from trilevel.data import build_datasets
 from trilevel.example_selection import ForgettingSelector
-from trilevel.vit import get_trilevel_info, patch_vit
+from trilevel import get_trilevel_info, patch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRID = 7
@@ -46,7 +46,7 @@ def tiny_model(seed=0, keep=0.5, attn_keep=0.5):
     with torch.no_grad():  # peakier attention than the near-uniform init, so scores are well ordered
         for blk in model.blocks:
             blk.attn.qkv.weight.mul_(4.0)
-    return patch_vit(model, prune_layers=(1, 2), keep_ratio=keep, attn_keep_ratio=attn_keep)
+    return patch(model, preset="paper", prune_layers=(1, 2), keep_ratio=keep, attn_keep_ratio=attn_keep)
 
 
 @pytest.fixture(scope="module")

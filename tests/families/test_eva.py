@@ -11,9 +11,8 @@ import timm
 import torch
 
 import trilevel
-from trilevel.flops import forward_flops, tokens_per_block
-from trilevel.models.eva import gather_rope, patch_eva, unpatch_eva
-from trilevel.vit import get_keep_ratios, get_trilevel_info, is_patched, patch_vit, set_keep_ratios
+from trilevel import forward_flops, get_keep_ratios, get_trilevel_info, is_patched, set_keep_ratios, tokens_per_block
+from trilevel.models.eva import gather_rope
 
 from _contract import counted_flops, outputs_under_one_seed, parameters_without_gradient
 from _models import images, tiny_eva, tiny_vit, unfused
@@ -31,7 +30,7 @@ VARIANTS = {
 @pytest.mark.parametrize("train", [True, False])
 def test_ratio_one_equals_stock(variant, train):
     stock = tiny_eva(drop_path_rate=0.1, **VARIANTS[variant])
-    patched = patch_eva(copy.deepcopy(stock), keep_ratio=1.0, attn_keep_ratio=1.0)
+    patched = trilevel.patch(copy.deepcopy(stock), preset="paper", keep_ratio=1.0, attn_keep_ratio=1.0)
     a, b = outputs_under_one_seed([stock, patched], train, images())
     assert torch.equal(a, b)
 
@@ -85,7 +84,7 @@ def test_matches_reference_with_rope_gathered_by_position(variant, keep, attn_ke
     x = images(batch=2)
     with torch.no_grad():
         ref, kept = _reference_logits(unfused(copy.deepcopy(model)), x, (1, 2), keep, attn_keep)
-        patch_eva(model, prune_layers=(1, 2), keep_ratio=keep, attn_keep_ratio=attn_keep)
+        trilevel.patch(model, preset="paper", prune_layers=(1, 2), keep_ratio=keep, attn_keep_ratio=attn_keep)
         for blk in model.blocks:
             blk.attn.fused_attn = fused
         out = model(x)
@@ -101,7 +100,7 @@ def test_the_rope_check_can_fail():
     x = images(batch=2)
     with torch.no_grad():
         wrong, _ = _reference_logits(model, x, (1,), 0.5, 1.0, rope_rows=lambda rope, kept: rope[:len(kept)])
-        patch_eva(model, prune_layers=(1,), keep_ratio=0.5, attn_keep_ratio=1.0)
+        trilevel.patch(model, preset="paper", prune_layers=(1,), keep_ratio=0.5, attn_keep_ratio=1.0)
         assert not torch.allclose(model(x), wrong, atol=1e-3)
 
 
@@ -122,8 +121,8 @@ def test_gather_rope_rows_and_fused_identity():
     ("drop", "random", 1.0),
 ])
 def test_gradients_reach_every_parameter(fate, score, attn_keep):
-    model = patch_eva(tiny_eva(drop_path_rate=0.1, init_values=0.1), prune_layers=(1, 2), keep_ratio=0.5,
-                      attn_keep_ratio=attn_keep, token_fate=fate, token_score=score).train()
+    model = trilevel.patch(tiny_eva(drop_path_rate=0.1, init_values=0.1), preset="paper", prune_layers=(1, 2),
+                           keep_ratio=0.5, attn_keep_ratio=attn_keep, token_fate=fate, token_score=score).train()
     torch.nn.functional.cross_entropy(model(images()), torch.tensor([0, 1, 2])).backward()
     assert parameters_without_gradient(model) == []
 
@@ -131,13 +130,13 @@ def test_gradients_reach_every_parameter(fate, score, attn_keep):
 def test_patch_dropout_and_checkpointing_in_training():
     """PatchDropout hands a batched rope in shuffled order; pruning and gradient checkpointing follow it."""
     stock = tiny_eva(patch_drop_rate=0.3)
-    patched = patch_eva(copy.deepcopy(stock), keep_ratio=1.0, attn_keep_ratio=1.0).train()
+    patched = trilevel.patch(copy.deepcopy(stock), preset="paper", keep_ratio=1.0, attn_keep_ratio=1.0).train()
     stock.train()
     torch.manual_seed(2)
     a = stock(images())
     torch.manual_seed(2)
     assert torch.equal(a, patched(images()))
-    patch_eva(patched, prune_layers=(1,), keep_ratio=0.5, attn_keep_ratio=0.5)
+    trilevel.patch(patched, preset="paper", prune_layers=(1,), keep_ratio=0.5, attn_keep_ratio=0.5)
     torch.manual_seed(2)
     plain = patched(images())
     patched.set_grad_checkpointing(True)
@@ -154,32 +153,31 @@ def test_patch_dropout_and_checkpointing_in_training():
     ("bypass", "random", 0.5, 1.0), ("drop", "cls-attention", 1.0, 1.0),
 ])
 def test_flop_count_matches_the_flop_counter(fate, score, keep, attn_keep):
-    model = unfused(patch_eva(tiny_eva(), prune_layers=(1, 2), keep_ratio=keep, attn_keep_ratio=attn_keep,
-                              token_fate=fate, token_score=score)).eval()
+    model = unfused(trilevel.patch(tiny_eva(), preset="paper", prune_layers=(1, 2), keep_ratio=keep,
+                                   attn_keep_ratio=attn_keep, token_fate=fate, token_score=score)).eval()
     assert forward_flops(model) == pytest.approx(counted_flops(model, images(batch=2)), rel=1e-6)
 
 
 def test_stock_flops_and_token_counts():
     stock = unfused(tiny_eva()).eval()
     assert forward_flops(stock) == counted_flops(stock, images(batch=2))
-    model = patch_eva(tiny_eva(), prune_layers=(1, 2), keep_ratio=0.5, attn_keep_ratio=1.0)
+    model = trilevel.patch(tiny_eva(), preset="paper", prune_layers=(1, 2), keep_ratio=0.5, attn_keep_ratio=1.0)
     assert tokens_per_block(model) == [(50, 50), (50, 26), (26, 14), (14, 14)]
     assert forward_flops(model) < 0.7 * forward_flops(stock)
 
 
 def test_set_get_unpatch():
-    model = patch_eva(tiny_eva(), keep_ratio=0.7, attn_keep_ratio=0.3)
+    model = trilevel.patch(tiny_eva(), preset="paper", keep_ratio=0.7, attn_keep_ratio=0.3)
     assert is_patched(model) and get_keep_ratios(model) == (0.7, 0.3)
     set_keep_ratios(model, keep_ratio=1.0, attn_keep_ratio=1.0)
     model.eval()
     x = images()
     expected = model(x)
-    unpatch_eva(model)
+    trilevel.unpatch(model)
     assert type(model) is timm.models.eva.Eva and type(model.blocks[0]) is timm.models.eva.EvaBlock
     assert not is_patched(model) and "keep_ratio" not in vars(model.blocks[0])
     assert "trilevel_rope" not in vars(model.blocks[0])
     assert torch.equal(model(x), expected)
-    assert trilevel.patch_eva is patch_eva and trilevel.unpatch_eva is unpatch_eva
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -192,18 +190,16 @@ def test_set_get_unpatch():
 ])
 def test_bad_input_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        patch_eva(tiny_eva(), **kwargs)
+        trilevel.patch(tiny_eva(), preset="paper", **kwargs)
 
 
-def test_unsupported_models_raise_type_errors():
-    with pytest.raises(TypeError, match="patch_vit"):
-        patch_eva(tiny_vit())
-    with pytest.raises(TypeError, match="patch_eva"):  # patch_vit names the function for Eva
-        patch_vit(tiny_eva())
+def test_family_found_and_unsupported_variants_raise_type_errors():
+    assert trilevel.family_of(tiny_eva()).name == "eva" and trilevel.family_of(tiny_vit()).name == "vit"
     with pytest.raises(TypeError, match="CLS"):
-        patch_eva(tiny_eva(class_token=False, num_reg_tokens=1))
-    assert patch_eva(tiny_eva(class_token=False, num_reg_tokens=1), token_score="random")(images()).shape == (3, 10)
+        trilevel.patch(tiny_eva(class_token=False, num_reg_tokens=1), preset="paper")
+    no_cls = trilevel.patch(tiny_eva(class_token=False, num_reg_tokens=1), preset="paper", token_score="random")
+    assert no_cls(images()).shape == (3, 10)
     pe = timm.create_model("vit_pe_core_tiny_patch16_384", img_size=32, patch_size=8, embed_dim=32, depth=2,
                            num_heads=2, num_classes=10)
     with pytest.raises(TypeError, match="AttentionRope"):
-        patch_eva(pe)
+        trilevel.patch(pe, preset="paper")

@@ -12,14 +12,9 @@ import torch
 from timm.models.swin_transformer import window_partition
 
 import trilevel
-from trilevel.bench.speed import format_speed_table
-from trilevel.flops import forward_flops, tokens_per_block
-from trilevel.bench.speed import speed_for_model
-from trilevel.models.swin import (
-    get_swin_info, get_swin_keep_ratios, merge_scores, patch_swin, set_swin_keep_ratios, swin_forward_flops,
-    unpatch_swin,
-)
-from trilevel.vit import patch_vit
+from trilevel import forward_flops, get_keep_ratios, get_trilevel_info, set_keep_ratios, tokens_per_block
+from trilevel.bench.speed import format_speed_table, speed_for_model
+from trilevel.models.swin import merge_scores
 
 from _contract import assert_state_dict_round_trip, counted_flops, outputs_under_one_seed, parameters_without_gradient
 from _models import SWIN, images, tiny_swin, tiny_vit, unfused
@@ -34,15 +29,22 @@ def _blocks(model):
     return [blk for stage in model.layers for blk in stage.blocks]
 
 
+def _stage_ratios(model):
+    """The keep ratio of each stage's blocks (one per stage; every block of a stage holds the same)."""
+    ratios = [{blk.keep_ratio for blk in stage.blocks} for stage in model.layers]
+    assert all(len(r) == 1 for r in ratios)
+    return tuple(r.pop() for r in ratios)
+
+
 @pytest.mark.parametrize("config", [SWIN, PADDED])
 @pytest.mark.parametrize("mode", ["window", "mask"])
 @pytest.mark.parametrize("train", [True, False])
 def test_ratio_one_equals_stock(config, mode, train):
     stock = tiny_swin(**{**config, "drop_path_rate": 0.1})
-    patched = patch_swin(copy.deepcopy(stock), keep_ratio=1.0, mode=mode)
+    patched = trilevel.patch(copy.deepcopy(stock), keep_ratio=1.0, mode=mode)
     a, b = outputs_under_one_seed([stock, patched], train, images())
     assert torch.equal(a, b)
-    assert get_swin_info(patched).windows_per_block == [(16, 16), (16, 16), (4, 4), (4, 4)]
+    assert get_trilevel_info(patched).windows_per_block == [(16, 16), (16, 16), (4, 4), (4, 4)]
 
 
 def _window_ids(blk, H, W):
@@ -76,7 +78,7 @@ def _received(blk, x):
 
 def _block_and_input(block, mode="window", keep=0.5, **config):
     """Block ``block`` (model order) of a patched unfused tiny Swin in eval mode, a random input and random scores."""
-    model = unfused(patch_swin(tiny_swin(**config), keep_ratio=keep, mode=mode)).eval()
+    model = unfused(trilevel.patch(tiny_swin(**config), keep_ratio=keep, mode=mode)).eval()
     blk = _blocks(model)[block]
     H, W = blk.input_resolution
     return blk, torch.randn(2, H, W, blk.dim), torch.rand(2, H, W)
@@ -139,10 +141,10 @@ def test_mask_mode_block_by_hand(block):
 
 @pytest.mark.parametrize("mode", ["window", "mask"])
 def test_model_windows_per_block_and_merged_scores(mode):
-    model = patch_swin(tiny_swin(), keep_ratio=(0.5, 0.3), mode=mode).eval()
+    model = trilevel.patch(tiny_swin(), keep_ratio=(0.5, 0.3), mode=mode).eval()
     with torch.no_grad():
         model(images(batch=2))
-    info = get_swin_info(model)
+    info = get_trilevel_info(model)
     if mode == "window":  # the first block runs dense (no scores yet); then ceil(ratio * windows)
         assert info.windows_per_block == [(16, 16), (8, 16), (2, 4), (2, 4)]
         assert [None if k is None else tuple(k.shape) for k in info.kept_windows] == [None, (2, 8), (2, 2), (2, 2)]
@@ -154,13 +156,13 @@ def test_model_windows_per_block_and_merged_scores(mode):
 
 @pytest.mark.parametrize("mode,keep", [("window", 0.5), ("mask", 0.5), ("window", (0.4, 1.0))])
 def test_gradients_reach_every_parameter(mode, keep):
-    model = patch_swin(tiny_swin(drop_path_rate=0.1), keep_ratio=keep, mode=mode).train()
+    model = trilevel.patch(tiny_swin(drop_path_rate=0.1), keep_ratio=keep, mode=mode).train()
     torch.nn.functional.cross_entropy(model(images()), torch.tensor([0, 1, 2])).backward()
     assert parameters_without_gradient(model) == []
 
 
 def test_gradient_checkpointing_gives_the_same_step():
-    model = patch_swin(tiny_swin(), keep_ratio=0.5).train()
+    model = trilevel.patch(tiny_swin(), keep_ratio=0.5).train()
     plain = model(images())
     model.set_grad_checkpointing(True)
     ckpt = model(images())
@@ -169,8 +171,8 @@ def test_gradient_checkpointing_gives_the_same_step():
 
 
 def test_state_dict_round_trip_both_ways():
-    assert_state_dict_round_trip(lambda seed: tiny_swin(seed=seed),
-                                 lambda seed: patch_swin(tiny_swin(seed=seed), mode=("window", "mask")[seed % 2]))
+    assert_state_dict_round_trip(lambda seed: tiny_swin(seed=seed), lambda seed: trilevel.patch(
+        tiny_swin(seed=seed), keep_ratio=0.7, mode=("window", "mask")[seed % 2]))
 
 
 @pytest.mark.parametrize("config,mode,keep", [
@@ -180,41 +182,49 @@ def test_state_dict_round_trip_both_ways():
 def test_flop_count_matches_the_flop_counter(config, mode, keep):
     model = tiny_swin(**config)
     if mode is not None:
-        patch_swin(model, keep_ratio=keep, mode=mode)
+        trilevel.patch(model, keep_ratio=keep, mode=mode)
     unfused(model).eval()
     assert forward_flops(model) == pytest.approx(counted_flops(model, images(batch=2)), rel=1e-9)
 
 
 def test_flops_fall_with_the_ratio_and_mask_mode_saves_nothing():
     dense = forward_flops(tiny_swin())
-    window = patch_swin(tiny_swin(), keep_ratio=0.5)
-    assert swin_forward_flops(window, keep_ratio=1.0) == dense
+    window = trilevel.patch(tiny_swin(), keep_ratio=0.5)
+    assert forward_flops(window, keep_ratio=1.0) == dense
+    assert forward_flops(window, keep_ratio=(1.0, 0.5)) < dense
     assert forward_flops(window) < 0.8 * dense
-    assert forward_flops(patch_swin(tiny_swin(), keep_ratio=0.5, mode="mask")) == dense
+    assert forward_flops(trilevel.patch(tiny_swin(), keep_ratio=0.5, mode="mask")) == dense
     with pytest.raises(TypeError, match="Swin"):
         tokens_per_block(window)
 
 
 def test_set_get_unpatch():
-    model = patch_swin(tiny_swin(), keep_ratio=(0.5, 0.7))
-    assert get_swin_keep_ratios(model) == (0.5, 0.7)
-    set_swin_keep_ratios(model, 1.0)
-    assert get_swin_keep_ratios(model) == (1.0, 1.0)
+    model = trilevel.patch(tiny_swin(), keep_ratio=(0.5, 0.7))
+    assert _stage_ratios(model) == (0.5, 0.7) and get_keep_ratios(model) == (0.5, 1.0)
+    assert model.trilevel_settings.keep_ratio == (0.5, 0.7)
+    set_keep_ratios(model, 1.0)
+    assert _stage_ratios(model) == (1.0, 1.0) and get_keep_ratios(model) == (1.0, 1.0)
+    set_keep_ratios(model, (0.3, 0.6))
+    assert _stage_ratios(model) == (0.3, 0.6)
     with pytest.raises(ValueError, match="stages"):
-        set_swin_keep_ratios(model, (0.5,))
-    assert get_swin_keep_ratios(model) == (1.0, 1.0)
+        set_keep_ratios(model, (0.5,))
+    with pytest.raises(ValueError, match="attention level"):
+        set_keep_ratios(model, 0.5, attn_keep_ratio=0.5)
+    assert _stage_ratios(model) == (0.3, 0.6)  # unchanged after the errors
+    set_keep_ratios(model, 1.0)
     model.eval()
     x = images()
     expected = model(x)
-    unpatch_swin(model)
+    trilevel.unpatch(model)
     assert type(model) is timm.models.swin_transformer.SwinTransformer
     assert type(model.layers[0].blocks[0]) is timm.models.swin_transformer.SwinTransformerBlock
     assert "keep_ratio" not in vars(model.layers[0].blocks[0]) and "trilevel_mode" not in vars(model)
     assert torch.equal(model(x), expected)
-    assert get_swin_keep_ratios(model) == (1.0, 1.0)
+    assert get_keep_ratios(model) == (1.0, 1.0)
     with pytest.raises(ValueError, match="not patched"):
-        get_swin_info(model)
-    assert trilevel.patch_swin is patch_swin
+        get_trilevel_info(model)
+    with pytest.raises(ValueError, match="not patched"):
+        set_keep_ratios(model, 0.5)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -224,16 +234,13 @@ def test_set_get_unpatch():
 ])
 def test_bad_input_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        patch_swin(tiny_swin(), **kwargs)
+        trilevel.patch(tiny_swin(), **kwargs)
 
 
-def test_wrong_family_type_errors():
-    with pytest.raises(TypeError, match="patch_swin"):
-        patch_vit(tiny_swin())
-    with pytest.raises(TypeError, match="patch_vit"):
-        patch_swin(tiny_vit())
-    with pytest.raises(TypeError, match="patch_swin"):
-        trilevel.patch_eva(tiny_swin())
+def test_family_found_and_the_paper_preset_refused():
+    assert trilevel.family_of(tiny_swin()).name == "swin" and trilevel.family_of(tiny_vit()).name == "vit"
+    with pytest.raises(ValueError, match="token_fate 'drop' is not implemented for swin models"):
+        trilevel.patch(tiny_swin(), preset="paper")  # the paper drops tokens; a Swin skips whole windows
 
 
 @pytest.mark.parametrize("name,kwargs,rows", [

@@ -6,8 +6,7 @@ import timm
 import torch
 
 import trilevel
-from trilevel.vit import (default_prune_layers, get_keep_ratios, get_trilevel_info, is_patched, patch_vit,
-                          set_keep_ratios, unpatch_vit)
+from trilevel import default_prune_layers, get_keep_ratios, get_trilevel_info, is_patched, set_keep_ratios
 
 from _contract import parameters_without_gradient
 from _models import images, tiny_vit
@@ -31,7 +30,7 @@ def make(variant, **kw):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_ratio_one_equals_stock(variant, mode):
     stock = make(variant, drop_path_rate=0.1)
-    patched = patch_vit(copy.deepcopy(stock), keep_ratio=1.0, attn_keep_ratio=1.0)
+    patched = trilevel.patch(copy.deepcopy(stock), preset="paper", keep_ratio=1.0, attn_keep_ratio=1.0)
     getattr(stock, mode)(), getattr(patched, mode)()
     x = images()
     torch.manual_seed(5)
@@ -44,9 +43,9 @@ def test_ratio_one_equals_stock(variant, mode):
 
 
 def test_prefix_tokens_read_from_model():
-    m = patch_vit(make("deit_distilled"))
+    m = trilevel.patch(make("deit_distilled"), preset="paper")
     assert all(b.num_prefix_tokens == 2 for b in m.blocks)
-    r = patch_vit(make("registers"))
+    r = trilevel.patch(make("registers"), preset="paper")
     assert all(b.num_prefix_tokens == 3 for b in r.blocks)
 
 
@@ -98,13 +97,13 @@ def test_matches_reference_semantics(variant, keep, attn_keep, fused):
     x = images(batch=2)
     with torch.no_grad():
         ref = _reference_logits(model, x, (1, 3, 4), keep, attn_keep)
-        patch_vit(model, prune_layers=(1, 3, 4), keep_ratio=keep, attn_keep_ratio=attn_keep)
+        trilevel.patch(model, preset="paper", prune_layers=(1, 3, 4), keep_ratio=keep, attn_keep_ratio=attn_keep)
         out = model(x)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
 
 
 def test_token_counts_compound_and_positions():
-    model = patch_vit(tiny_vit(), keep_ratio=0.7, attn_keep_ratio=0.3).eval()
+    model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.7, attn_keep_ratio=0.3).eval()
     x = images(batch=4)
     model(x)
     info = get_trilevel_info(model)
@@ -128,23 +127,23 @@ def test_kept_tokens_are_those_with_highest_cls_attention():
         q, k, _ = blk.attn.qkv(h).reshape(B, N, 3, blk.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         cls = ((q @ k.transpose(-2, -1)) * blk.attn.scale).softmax(-1).mean(1)[:, 0, 1:]
         expected = cls.topk(25, dim=1).indices.sort(dim=1).values
-        patch_vit(model, prune_layers=(0,), keep_ratio=0.5, attn_keep_ratio=1.0)
+        trilevel.patch(model, preset="paper", prune_layers=(0,), keep_ratio=0.5, attn_keep_ratio=1.0)
         model(x)
     assert torch.equal(get_trilevel_info(model).kept_positions[0], expected)
 
 
 @pytest.mark.parametrize("keep,attn_keep,fuse", [(0.7, 0.3, False), (0.6, 1.0, True), (1.0, 0.5, False)])
 def test_gradients_reach_every_parameter(keep, attn_keep, fuse):
-    model = patch_vit(tiny_vit(depth=6, drop_path_rate=0.1), keep_ratio=keep, attn_keep_ratio=attn_keep,
-                      token_fate="fuse" if fuse else "drop").train()
+    model = trilevel.patch(tiny_vit(depth=6, drop_path_rate=0.1), preset="paper", keep_ratio=keep,
+                           attn_keep_ratio=attn_keep, token_fate="fuse" if fuse else "drop").train()
     out = model(images(batch=4))
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
     assert parameters_without_gradient(model) == []
 
 
 def test_fuse_fate_adds_one_token():
-    model = patch_vit(tiny_vit(depth=4), prune_layers=(1, 2), keep_ratio=0.5, attn_keep_ratio=0.5,
-                      token_fate="fuse").eval()
+    model = trilevel.patch(tiny_vit(depth=4), preset="paper", prune_layers=(1, 2), keep_ratio=0.5,
+                           attn_keep_ratio=0.5, token_fate="fuse").eval()
     model(images())
     info = get_trilevel_info(model)
     # 49 -> 25 kept + 1 fused; then 26 -> 13 kept + 1 fused
@@ -153,7 +152,7 @@ def test_fuse_fate_adds_one_token():
 
 
 def test_set_get_unpatch():
-    model = patch_vit(tiny_vit(), keep_ratio=0.7, attn_keep_ratio=0.3)
+    model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.7, attn_keep_ratio=0.3)
     assert is_patched(model) and get_keep_ratios(model) == (0.7, 0.3)
     set_keep_ratios(model, keep_ratio=0.9)
     assert get_keep_ratios(model) == (0.9, 0.3)
@@ -161,7 +160,7 @@ def test_set_get_unpatch():
     assert get_keep_ratios(model) == (0.9, 0.5)
     model.eval()
     ref = copy.deepcopy(model)
-    unpatch_vit(model)
+    trilevel.unpatch(model)
     assert not is_patched(model) and type(model) is timm.models.vision_transformer.VisionTransformer
     assert type(model.blocks[0]) is timm.models.vision_transformer.Block
     set_keep_ratios(ref, 1.0, 1.0)
@@ -172,28 +171,17 @@ def test_set_get_unpatch():
 def test_default_prune_layers():
     assert default_prune_layers(12) == (3, 6, 9)
     assert default_prune_layers(24) == (6, 12, 18)
-    m = patch_vit(tiny_vit())
+    m = trilevel.patch(tiny_vit(), preset="paper")
     assert [i for i, b in enumerate(m.blocks) if b.trilevel_prune] == [3, 6, 9]
-
-
-def test_public_api_names():
-    model = trilevel.patch_vit(tiny_vit(), prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3)
-    assert model is not None
-    trilevel.set_keep_ratios(model, keep_ratio=0.9, attn_keep_ratio=0.5)
-    assert model(images()).shape == (3, 10)
 
 
 def test_unsupported_models_raise_type_error():
     cnn = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    with pytest.raises(TypeError, match="ResNet"):
-        patch_vit(cnn)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=24,
-                             depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-    with pytest.raises(TypeError, match="SwinTransformer"):
-        patch_vit(swin)
+    with pytest.raises(TypeError, match="ResNet is not a supported model; supported families: vit, eva, swin"):
+        trilevel.patch(cnn, preset="paper")
     no_cls = tiny_vit(class_token=False, global_pool="avg")
     with pytest.raises(TypeError, match="CLS"):
-        patch_vit(no_cls)
+        trilevel.patch(no_cls, preset="paper")
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -205,13 +193,13 @@ def test_unsupported_models_raise_type_error():
 ])
 def test_bad_input_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        patch_vit(tiny_vit(), **kwargs)
+        trilevel.patch(tiny_vit(), preset="paper", **kwargs)
 
 
 def test_set_keep_ratios_errors():
     with pytest.raises(ValueError, match="not patched"):
         set_keep_ratios(tiny_vit(), 0.5)
-    model = patch_vit(tiny_vit())
+    model = trilevel.patch(tiny_vit(), preset="paper")
     with pytest.raises(ValueError, match="keep_ratio"):
         set_keep_ratios(model, keep_ratio=0.0)
     assert get_keep_ratios(model) == (0.7, 0.3)  # unchanged after the error

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from trilevel.flops import forward_flops, tokens_per_block
+import trilevel
+from trilevel import forward_flops, get_trilevel_info, tokens_per_block
 from trilevel.token_pruning import cls_attention_scores, num_kept_tokens
-from trilevel.vit import get_trilevel_info, patch_vit, unpatch_vit
 
 from _contract import counted_flops
 from _models import images, tiny_vit, unfused
@@ -20,8 +20,8 @@ from _models import images, tiny_vit, unfused
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_ratio_one_equals_stock_for_every_fate(fate, score, mode):
     stock = tiny_vit(drop_path_rate=0.1)
-    patched = patch_vit(copy.deepcopy(stock), keep_ratio=1.0, attn_keep_ratio=1.0, token_fate=fate,
-                        token_score=score)
+    patched = trilevel.patch(copy.deepcopy(stock), preset="paper", keep_ratio=1.0, attn_keep_ratio=1.0,
+                             token_fate=fate, token_score=score)
     getattr(stock, mode)(), getattr(patched, mode)()
     torch.manual_seed(3)
     a = stock(images())
@@ -35,7 +35,8 @@ def test_bypass_is_exact():
     value they had after block 1's attention residual and come back in their places."""
     model = unfused(tiny_vit(depth=4)).eval()
     ref = copy.deepcopy(model)
-    patch_vit(model, prune_layers=[1], keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass", rejoin_layer=3)
+    trilevel.patch(model, preset="paper", prune_layers=[1], keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass",
+                   rejoin_layer=3)
     x = images(batch=2)
     with torch.no_grad():
         got = model(x)
@@ -67,8 +68,8 @@ def test_bypass_is_exact():
     ("drop", "random", 1.0), ("fuse", "cls-attention", 0.5),
 ])
 def test_gradients_reach_every_parameter(fate, score, attn_keep):
-    model = patch_vit(tiny_vit(depth=6), prune_layers=[1, 3], keep_ratio=0.5, attn_keep_ratio=attn_keep,
-                      token_fate=fate, token_score=score).train()
+    model = trilevel.patch(tiny_vit(depth=6), preset="paper", prune_layers=[1, 3], keep_ratio=0.5,
+                           attn_keep_ratio=attn_keep, token_fate=fate, token_score=score).train()
     model(images()).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
@@ -82,21 +83,21 @@ def test_gradients_reach_every_parameter(fate, score, attn_keep):
     ("drop", "random", 1.0), ("drop", "cls-attention", 0.3),
 ])
 def test_flop_count_matches_the_flop_counter(fate, score, attn_keep):
-    model = unfused(patch_vit(tiny_vit(), keep_ratio=0.6, attn_keep_ratio=attn_keep, token_fate=fate,
-                              token_score=score)).eval()
+    model = unfused(trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.6, attn_keep_ratio=attn_keep,
+                                   token_fate=fate, token_score=score)).eval()
     assert forward_flops(model) == pytest.approx(counted_flops(model, images(batch=2)), rel=1e-6)
 
 
 def test_bypass_token_counts_and_rejoin_default():
-    model = patch_vit(tiny_vit(), keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
+    model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
     assert model.trilevel_rejoin_layer == 11
     counts = tokens_per_block(model)
     assert counts[2] == (50, 50) and counts[3] == (50, 26) and counts[10] == (8, 8) and counts[11] == (50, 50)
 
 
 def test_random_selection_is_random_and_keeps_the_count():
-    model = patch_vit(tiny_vit(), prune_layers=[2], keep_ratio=0.5, attn_keep_ratio=1.0,
-                      token_score="random").eval()
+    model = trilevel.patch(tiny_vit(), preset="paper", prune_layers=[2], keep_ratio=0.5, attn_keep_ratio=1.0,
+                           token_score="random").eval()
     kept = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -106,7 +107,7 @@ def test_random_selection_is_random_and_keeps_the_count():
     assert kept[0].shape == kept[1].shape == (1, 25)
     assert not torch.equal(kept[0], kept[1])
     # no scoring pass: the FLOPs are those of the pruned token counts alone
-    cls = patch_vit(tiny_vit(), prune_layers=[2], keep_ratio=0.5, attn_keep_ratio=1.0)
+    cls = trilevel.patch(tiny_vit(), preset="paper", prune_layers=[2], keep_ratio=0.5, attn_keep_ratio=1.0)
     assert forward_flops(model) < forward_flops(cls)
 
 
@@ -119,21 +120,22 @@ def test_random_selection_is_random_and_keeps_the_count():
 ])
 def test_bad_fate_arguments(kwargs, words):
     with pytest.raises(ValueError) as info:
-        patch_vit(tiny_vit(), **kwargs)
+        trilevel.patch(tiny_vit(), preset="paper", **kwargs)
     for w in words:
         assert w in str(info.value)
 
 
 def test_unpatch_restores_stock_after_bypass():
-    model = patch_vit(tiny_vit(), keep_ratio=0.5, token_fate="bypass", token_score="random")
-    unpatch_vit(model)
+    model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.5, token_fate="bypass", token_score="random")
+    trilevel.unpatch(model)
     assert not hasattr(model, "trilevel_rejoin_layer") and not hasattr(model.blocks[0], "token_fate")
 
 
 def test_bypass_default_pruning_blocks_stop_before_the_rejoin_block():
     # depth 4: the default blocks are 1, 2, 3; block 3 is the rejoin block, so bypass prunes in 1 and 2
-    model = patch_vit(tiny_vit(depth=4), keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
+    model = trilevel.patch(tiny_vit(depth=4), preset="paper", keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
     assert tuple(model.trilevel_prune_layers) == (1, 2) and model.trilevel_rejoin_layer == 3
     with pytest.raises(ValueError, match="rejoin_layer"):  # blocks the user names are kept as named
-        patch_vit(tiny_vit(depth=4), prune_layers=[1, 2, 3], token_fate="bypass")
-    assert tuple(patch_vit(tiny_vit(depth=12), token_fate="bypass").trilevel_prune_layers) == (3, 6, 9)
+        trilevel.patch(tiny_vit(depth=4), preset="paper", prune_layers=[1, 2, 3], token_fate="bypass")
+    deep = trilevel.patch(tiny_vit(depth=12), preset="paper", token_fate="bypass")
+    assert tuple(deep.trilevel_prune_layers) == (3, 6, 9)

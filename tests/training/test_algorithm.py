@@ -114,7 +114,7 @@ def test_speedup_picks_the_keep_ratio_its_flop_model_gives():
 
     cfg = TriLevelConfig(attn_keep_ratio=1.0, selector="none", ratio_schedule="grow", ratio_warmup=0.0,
                          ratio_decay_end=0.8, ratio_curve="linear", token_fate="bypass", speedup=1.3)
-    model = trilevel.patch_vit(tiny_vit(), keep_ratio=1.0, attn_keep_ratio=1.0, token_fate="bypass")
+    model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=1.0, attn_keep_ratio=1.0, token_fate="bypass")
     resolved = resolve_speedup(model, cfg)
     dense = trilevel.forward_flops(model, 1.0, attn_keep_ratio=1.0)
     assert dense / schedule_flops(model, resolved, resolved.keep_ratio) >= 1.3

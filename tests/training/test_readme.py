@@ -57,3 +57,20 @@ def test_readme_fine_tuning_example_loads_the_file_and_patches(tmp_path, monkeyp
     model = scope["model"]
     assert trilevel.is_patched(model) and model.head.weight.shape == (10, 192)
     assert torch.equal(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
+
+
+def test_readme_models_block_runs_on_each_verb(monkeypatch):
+    text = README.read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text.split("### Models", 1)[1], re.S).group(1)
+    assert "trilevel.patch(model" in code and "trilevel.unpatch(model)" in code
+    model, seen = tiny_vit(), {}
+    count = trilevel.forward_flops
+
+    def forward_flops(m, *args, **kwargs):  # the model as the block leaves it before unpatching
+        seen.update(ratios=trilevel.get_keep_ratios(m), settings=m.trilevel_settings)
+        return count(m, *args, **kwargs)
+
+    monkeypatch.setattr(trilevel, "forward_flops", forward_flops)
+    exec(compile(code, str(README), "exec"), {"trilevel": trilevel, "model": model})
+    assert seen["ratios"] == (0.9, 0.3) and seen["settings"].prune_layers == (3, 6, 9)  # the paper's; keep set
+    assert seen["settings"].token_fate == "drop" and not trilevel.is_patched(model)

@@ -166,6 +166,22 @@ def test_speedup_and_the_trainer_s_flop_meter_use_the_family_s_count(toy_family)
     assert trilevel.models.describe_model(model).startswith("toy: 3 blocks, width 8")
 
 
+def test_visualize_and_the_trainer_ask_the_family(toy_family, monkeypatch):
+    from trilevel.training.factory import patch_side
+    from trilevel.viz.pruning import pruning_figure
+    from trilevel.viz.trace import trace_pruning
+
+    model = trilevel.patch(toy_model(), keep_ratio=0.5, **TOY)
+    assert not toy_family.traces_tokens and trilevel.family_of(tiny_vit()).traces_tokens
+    with pytest.raises(ValueError, match="a toy model does not record"):
+        trace_pruning(model, toy_images())
+    fig = pruning_figure(model, toy_images(batch=2), 0.0, 1.0)  # drawn from the family's survival masks
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["input", "block 1: 50% ran"]
+    assert patch_side(model) == 1 and patch_side(tiny_vit()) == 4  # the toy's Linear embedding has no patch_size
+    monkeypatch.setattr(ToyFamily, "patch_size", lambda self, m: 4)
+    assert patch_side(model) == 4
+
+
 def test_family_of_an_unknown_model_names_the_registered_families(toy_family):
     with pytest.raises(TypeError, match=r"torch\.nn\.modules\.conv\.Conv2d is not a supported model") as err:
         trilevel.family_of(nn.Conv2d(1, 1, 1))
@@ -284,13 +300,27 @@ def test_patch_settings_from_a_preset():
         paper, keep_ratio=0.5, prune_layers=(1, 2))
 
 
-def test_patch_defaults_to_fast_and_the_aliases_to_paper():
+def test_patch_defaults_to_fast_and_takes_the_paper_preset():
     fast, paper = tiny_vit(), tiny_vit()
     trilevel.patch(fast)
-    trilevel.patch_vit(paper)
+    trilevel.patch(paper, preset="paper")
     assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_settings.token_fate == "bypass"
     assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_settings.token_fate == "drop"
-    assert trilevel.patch(tiny_vit(), preset="paper").trilevel_settings == paper.trilevel_settings
+    assert paper.trilevel_settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
+                                                    token_fate="drop", token_score="cls-attention")
+
+
+def test_one_entry_per_verb():
+    """The per-family functions, Swin's parallel API and the alias modules are gone: one registry API."""
+    import importlib
+
+    for name in ("patch_vit", "patch_eva", "patch_swin", "unpatch_vit", "unpatch_eva", "unpatch_swin",
+                 "set_swin_keep_ratios", "get_swin_keep_ratios", "get_swin_info", "swin_forward_flops"):
+        assert not hasattr(trilevel, name) and not hasattr(trilevel.models, name), name
+    with pytest.raises(ImportError):
+        importlib.import_module("trilevel.vit")
+    flops = importlib.import_module("trilevel.flops")  # no lazy alias of the registry's counts
+    assert not hasattr(flops, "forward_flops") and not hasattr(flops, "tokens_per_block")
 
 
 # ------------------------------------------------------------------------------------- the docs show this code

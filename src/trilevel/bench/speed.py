@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..models import PatchSettings, family_of, forward_flops, patch, patch_vit, tokens_per_block
+from ..models import PatchSettings, family_of, forward_flops, patch, tokens_per_block
 
 __all__ = [
     "SpeedConfig", "SpeedResult", "DEFAULT_SPEED_CONFIGS", "Variant", "benchmark_speed", "compare_speed",
@@ -158,8 +158,8 @@ def benchmark_speed(make_model: Callable[[], nn.Module], configs: Sequence[Speed
     def patcher(cfg: SpeedConfig) -> Optional[Callable[[nn.Module], Any]]:
         if cfg.keep_ratio is None:
             return None
-        return lambda m: patch_vit(m, prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
-                                   attn_keep_ratio=cfg.attn_keep_ratio, token_fate=cfg.token_fate)
+        return lambda m: patch(m, preset="paper", prune_layers=prune_layers, keep_ratio=cfg.keep_ratio,
+                               attn_keep_ratio=cfg.attn_keep_ratio, token_fate=cfg.token_fate)
 
     variants = [(c.name, c.keep_ratio, c.attn_keep_ratio, patcher(c)) for c in configs]
     return compare_speed(make_model, variants, batch_size, input_shape, num_classes, device, rounds,

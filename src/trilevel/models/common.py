@@ -76,8 +76,8 @@ def stage_ratios(name: str, value: Union[float, Sequence[float]], num_stages: in
 def patched_class(mixin: type, cls: type) -> type:
     """The subclass ``TriLevel<cls>`` of ``(mixin, cls)``, created once per pair.
 
-    The stock class is kept as the class attribute ``_trilevel_base`` (the convention of
-    :mod:`trilevel.vit`, so :func:`trilevel.unpatch_vit` can restore it too).
+    The stock class is kept as the class attribute ``_trilevel_base``, which :func:`restore_class`
+    (a family's ``unpatch``, reached through :func:`trilevel.unpatch`) puts back.
     """
     if issubclass(cls, mixin):
         return cls

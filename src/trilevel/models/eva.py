@@ -3,12 +3,12 @@
 EVA-02 (Fang et al., "EVA-02: A Visual Representation for Neon Genesis", 2023) is a ViT with
 SwiGLU MLPs, sub-LayerNorm in attention and 2-D rotary position embeddings (RoPE) on the patch
 tokens' queries and keys. The token and attention levels of Kong et al. (AAAI 2023) apply as in
-:mod:`trilevel.vit`: :func:`patch_eva` swaps the classes of the model and of its blocks for
-subclasses of the ViT mixins (:class:`trilevel.vit.TriLevelViTMixin`,
-:class:`trilevel.vit.TriLevelBlockMixin`), so the block arithmetic (scores, token fates, connection
-masks) is that of the ViT patch, and :func:`trilevel.set_keep_ratios`,
-:func:`trilevel.get_trilevel_info`, :func:`trilevel.is_patched` and
-:func:`trilevel.flops.forward_flops` work on a patched Eva as on a patched ViT.
+:mod:`trilevel.models.vit`: :class:`EvaFamily` (registered; reached through :func:`trilevel.patch`)
+swaps the classes of the model and of its blocks for subclasses of the ViT mixins
+(:class:`trilevel.models.vit.TriLevelViTMixin`, :class:`trilevel.models.vit.TriLevelBlockMixin`), so
+the block arithmetic (scores, token fates, connection masks) is that of the ViT patch, and
+:func:`trilevel.set_keep_ratios`, :func:`trilevel.get_trilevel_info`, :func:`trilevel.is_patched` and
+:func:`trilevel.forward_flops` work on a patched Eva as on a patched ViT.
 
 What is Eva-specific:
 
@@ -24,34 +24,28 @@ Supported: ``Eva`` with ``EvaBlock`` (pre-norm) and ``EvaAttention``, with or wi
 (``rope_type='cat'``), [CLS] and register tokens, QK-norm, gated attention, PatchDropout.
 Not supported (``TypeError``): post-norm blocks, ``AttentionRope`` (``attn_type='rope'``,
 e.g. the PE/DINOv3 models), depth-dependent ``rope_type='mixed'``. The FLOP count of
-:func:`trilevel.flops.forward_flops` leaves out ``global_pool='map'`` attention pooling.
+:func:`trilevel.forward_flops` leaves out ``global_pool='map'`` attention pooling.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..presets import patch_defaults
-from .registry import PatchSettings, register_family, unwrap_model
+from .registry import register_family
 from .vit import TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, ViTFamily, rejoin_tokens
 
-__all__ = ["EvaFamily", "patch_eva", "unpatch_eva", "is_eva", "gather_rope"]
+__all__ = ["EvaFamily", "gather_rope"]
 
 
 def _eva_classes():
     from timm.models.eva import Eva, EvaAttention, EvaBlock
 
     return Eva, EvaBlock, EvaAttention
-
-
-def is_eva(model: nn.Module) -> bool:
-    """True if ``model`` (wrappers looked through) is a timm ``Eva``."""
-    return isinstance(unwrap_model(model), _eva_classes()[0])
 
 
 def gather_rope(rope: Optional[torch.Tensor], positions: torch.Tensor) -> Optional[torch.Tensor]:
@@ -146,13 +140,14 @@ class TriLevelEvaMixin(TriLevelViTMixin):
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
-        """The tri-level forward of :class:`trilevel.vit.TriLevelViTMixin`, rotary rows following the tokens.
+        """The tri-level forward of :class:`trilevel.models.vit.TriLevelViTMixin`, rotary rows following the tokens.
 
         Images ``(B, C, H, W)`` in, tokens ``(B, N', C)`` after the final norm out (``N'``: the
         tokens left after pruning). ``attn_mask``/``is_causal`` raise ``ValueError`` (no pruning with them).
         """
         if attn_mask is not None or is_causal:
-            raise ValueError("attn_mask/is_causal are not supported by a patched Eva; call trilevel.unpatch_eva first")
+            raise ValueError("attn_mask/is_causal are not supported by a patched Eva; "
+                             "call trilevel.unpatch(model) first")
         x, full_rope = self._pos_embed(self.patch_embed(x))
         x = self.norm_pre(x)
         B, N, _ = x.shape
@@ -186,7 +181,6 @@ class EvaFamily(ViTFamily):
     """timm ``Eva`` (EVA-02 and the RoPE ViTs built on it): the ViT family's levels, rotary rows following tokens."""
 
     name = "eva"
-    alias = "patch_eva"
     model_mixin = TriLevelEvaMixin
     block_mixin = TriLevelEvaBlockMixin
 
@@ -197,11 +191,11 @@ class EvaFamily(ViTFamily):
         _, EvaBlock, EvaAttention = self.classes()
         for i, blk in enumerate(model.blocks):
             if not isinstance(blk, EvaBlock) or not isinstance(blk.attn, EvaAttention):
-                raise TypeError(f"block {i} is a {type(blk).__name__} with {type(blk.attn).__name__}; patch_eva "
-                                "supports pre-norm EvaBlock with EvaAttention only (no use_post_norm, no "
+                raise TypeError(f"block {i} is a {type(blk).__name__} with {type(blk.attn).__name__}; the eva "
+                                "family supports pre-norm EvaBlock with EvaAttention only (no use_post_norm, no "
                                 "attn_type='rope')")
         if getattr(model, "rope_mixed", False):
-            raise TypeError("patch_eva does not support rope_type='mixed' (per-block rotary embeddings)")
+            raise TypeError("the eva family does not support rope_type='mixed' (per-block rotary embeddings)")
 
     def patch_dropout_class(self) -> Optional[type]:
         from timm.layers import PatchDropoutWithIndices  # Eva gathers its rotary rows by the kept indices
@@ -218,58 +212,3 @@ class EvaFamily(ViTFamily):
 
 EVA = register_family(EvaFamily())
 
-
-def patch_eva(
-    model: nn.Module,
-    prune_layers: Optional[Sequence[int]] = None,
-    keep_ratio: float = patch_defaults("paper")["keep_ratio"],
-    attn_keep_ratio: float = patch_defaults("paper")["attn_keep_ratio"],
-    token_fate: str = patch_defaults("paper")["token_fate"],
-    token_score: str = patch_defaults("paper")["token_score"],
-    rejoin_layer: Optional[int] = None,
-) -> nn.Module:
-    """:func:`trilevel.patch` for a timm ``Eva`` (EVA-02), with the ``paper`` preset's defaults, in place.
-
-    The settings mean what they mean for :func:`trilevel.patch_vit`; kept tokens carry their own
-    rotary embeddings. No module or parameter is added: ``state_dict`` keys are unchanged.
-    Patching again replaces the earlier settings; :func:`unpatch_eva` restores the stock classes.
-    :func:`trilevel.patch` defaults to the ``fast-patchdrop`` preset's settings instead.
-
-    Args:
-        model: A timm ``Eva`` (e.g. ``eva02_tiny_patch14_224``), possibly DDP/compile-wrapped.
-        prune_layers: 0-based pruning blocks; None: ``(depth//4, depth//2, 3*depth//4)`` (paper).
-        keep_ratio: Kept fraction of patch tokens per pruning block, in (0, 1] (paper: 0.7).
-        attn_keep_ratio: Kept fraction of connections per query row, in (0, 1]; 1.0 turns the
-            attention level off (authors' default 0.3).
-        token_fate: ``drop`` (the paper), ``fuse`` (EViT) or ``bypass`` (random-LTD; tokens rejoin
-            at ``rejoin_layer``).
-        token_score: ``cls-attention`` (the paper) or ``random``.
-        rejoin_layer: ``bypass`` only: the block where bypassed tokens come back; None: the last.
-
-    Returns:
-        The same model object, patched.
-
-    Raises:
-        TypeError: If the model is not a supported ``Eva`` (post-norm blocks, ``AttentionRope``,
-            ``rope_type='mixed'``), or has no [CLS] token while ``token_score='cls-attention'``.
-        ValueError: For a ratio outside (0, 1], bad ``prune_layers``, an unknown ``token_fate`` or
-            ``token_score``, or a ``rejoin_layer`` that is not after every pruning block.
-
-    Sources: Kong et al., "Peeling the Onion", AAAI 2023 (token and attention levels); Fang et al.,
-    "EVA-02", 2023 (the architecture, RoPE on patch tokens).
-    """
-    from .registry import patch, wrong_family
-
-    base = unwrap_model(model)
-    if not EVA.matches(base):
-        raise wrong_family("patch_eva supports timm Eva models (eva02_*, vit_*_rope_*)", base)
-    layers = tuple(prune_layers) if isinstance(prune_layers, (list, tuple)) else prune_layers
-    return patch(model, PatchSettings(prune_layers=layers, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio,
-                                      token_fate=token_fate, token_score=token_score, rejoin_layer=rejoin_layer))
-
-
-def unpatch_eva(model: nn.Module) -> nn.Module:
-    """Restore the stock timm classes of a model patched by :func:`patch_eva`, in place (weights untouched)."""
-    from .registry import unpatch
-
-    return unpatch(model)

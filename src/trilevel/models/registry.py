@@ -17,7 +17,7 @@ Everything else goes through the functions here: :func:`patch`, :func:`unpatch`,
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ from ..presets import DEFAULT_PRESET, PATCH_KEYS, patch_defaults
 __all__ = [
     "PatchSettings", "ModelFamily", "register_family", "families", "family_of", "find_family", "unwrap_model",
     "patch", "unpatch", "is_patched", "set_keep_ratios", "get_keep_ratios", "get_trilevel_info", "forward_flops",
-    "tokens_per_block", "describe_model", "wrong_family",
+    "tokens_per_block", "describe_model", "timm_patch_size",
 ]
 
 
@@ -59,7 +59,8 @@ class PatchSettings:
     Attributes:
         prune_layers: 0-based pruning blocks; None: the family's default (ViT: ``depth//4,
             depth//2, 3*depth//4``, the paper's 3/6/9 of 12).
-        keep_ratio: Kept fraction of patch tokens (Swin: of windows) per pruning block, in (0, 1].
+        keep_ratio: Kept fraction of patch tokens (Swin: of windows) per pruning block, in (0, 1]
+            (Swin also takes one per stage, a tuple).
         attn_keep_ratio: Kept fraction of attention connections per query row, in (0, 1]; 1.0
             turns the attention level off.
         token_fate: A registered :class:`~trilevel.token_pruning.TokenFate` name.
@@ -101,19 +102,22 @@ class ModelFamily:
 
     Attributes:
         name: Short name (``vit``, ``eva``, ``swin``), used in messages and summaries.
-        alias: The family's own patch function, if any (``patch_vit``), named in messages.
         supports_attention_level: Whether ``attn_keep_ratio < 1`` is implemented.
         token_fates: Fates this family implements (None: every registered one).
         token_scores: Scores this family implements (None: every registered one).
         modes: The family's variants (first: the default), for :attr:`PatchSettings.mode`.
+        traces_tokens: Whether :meth:`info` is a :class:`~trilevel.models.vit.TriLevelInfo` whose
+            ``kept_positions``, ``cls_scores`` and ``connection_masks`` cover every pruning block on
+            the patch grid: what :func:`trilevel.viz.trace.trace_pruning` reads and ``visualize``
+            draws as tokens and connections. False: ``visualize`` draws :meth:`survival_masks`.
     """
 
     name: str = ""
-    alias: str = ""
     supports_attention_level: bool = True
     token_fates: Optional[Tuple[str, ...]] = None
     token_scores: Optional[Tuple[str, ...]] = None
     modes: Tuple[str, ...] = ()
+    traces_tokens: bool = False
 
     # -------------------------------------------------------------- what subclasses implement
     def matches(self, model: nn.Module) -> bool:
@@ -168,6 +172,12 @@ class ModelFamily:
     def default_prune_layers(self, model: nn.Module) -> Tuple[int, ...]:
         """The pruning blocks used when ``prune_layers`` is None."""
         return ()
+
+    def patch_size(self, model: nn.Module) -> int:
+        """The side in pixels of the model's square patches (input sides are multiples of it; the
+        resolution curriculum steps by it). By default timm's ``patch_embed.patch_size``
+        (:func:`timm_patch_size`)."""
+        return timm_patch_size(model)
 
     def patch_dropout_class(self) -> Optional[type]:
         """The timm layer the family's constructor puts in ``model.patch_drop`` for ``patch_drop_rate``
@@ -255,15 +265,6 @@ def find_family(model: nn.Module) -> Optional[ModelFamily]:
     return None
 
 
-def wrong_family(expected: str, model: nn.Module) -> TypeError:
-    """The ``TypeError`` of a family-specific patch function given a model of another family."""
-    base = unwrap_model(model)
-    found = find_family(base)
-    hint = (f"it is a {found.name} model: use trilevel.patch(model) or trilevel.{found.alias}" if found is not None
-            else "use a model of a supported family: " + ", ".join(f.name for f in _FAMILIES))
-    return TypeError(f"{expected}; got {type(base).__module__}.{type(base).__name__} ({hint})")
-
-
 def family_of(model: nn.Module) -> ModelFamily:
     """The family of ``model`` (wrappers looked through).
 
@@ -336,24 +337,29 @@ def _patched_family(model: nn.Module) -> ModelFamily:
     return family
 
 
-def set_keep_ratios(model: nn.Module, keep_ratio: Optional[float] = None,
+def set_keep_ratios(model: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None,
                     attn_keep_ratio: Optional[float] = None) -> None:
     """Set the token and/or attention keep ratio of every pruning block (e.g. from a schedule).
 
     Args:
         model: A patched model (wrappers allowed).
-        keep_ratio: New kept fraction of tokens (Swin: windows), in (0, 1]; None leaves it.
+        keep_ratio: New kept fraction of tokens (Swin: windows), in (0, 1]; a Swin also takes one
+            per stage (a sequence); None leaves it.
         attn_keep_ratio: New kept fraction of connections per query, in (0, 1]; None leaves it.
 
     Raises:
-        ValueError: If the model is not patched, a ratio is outside (0, 1], or the family has no
-            attention level and ``attn_keep_ratio != 1``.
+        ValueError: If the model is not patched, a ratio is outside (0, 1], a per-stage sequence
+            has the wrong length, or the family has no attention level and ``attn_keep_ratio != 1``
+            (nothing is changed then).
     """
     _patched_family(model).set_keep_ratios(unwrap_model(model), keep_ratio, attn_keep_ratio)
 
 
 def get_keep_ratios(model: nn.Module) -> Tuple[float, float]:
-    """``(keep_ratio, attn_keep_ratio)`` of a patched model; ``(1.0, 1.0)`` for a stock or unknown model."""
+    """``(keep_ratio, attn_keep_ratio)`` of a patched model; ``(1.0, 1.0)`` for a stock or unknown model.
+
+    A Swin reports its first stage's keep ratio (the same in every stage unless set per stage).
+    """
     family = find_family(model)
     return (1.0, 1.0) if family is None else family.get_keep_ratios(unwrap_model(model))
 
@@ -367,7 +373,7 @@ def get_trilevel_info(model: nn.Module) -> Any:
     return _patched_family(model).info(unwrap_model(model))
 
 
-def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training: bool = False,
+def forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None, training: bool = False,
                   attn_keep_ratio: Optional[float] = None, settings: Optional[PatchSettings] = None,
                   img_size: Optional[int] = None) -> float:
     """FLOPs (multiply-add = 2) of one forward pass of one image, from the family's analytic model.
@@ -376,14 +382,19 @@ def forward_flops(model: nn.Module, keep_ratio: Optional[float] = None, training
 
     Args:
         model: A model of a registered family, patched or not (wrappers allowed).
-        keep_ratio: Token keep ratio to assume; None: the model's current one.
+        keep_ratio: Token keep ratio to assume (a Swin also takes one per stage); None: the model's
+            current one.
         training: Count a training forward (timm's PatchDropout active).
         attn_keep_ratio: Attention keep ratio to assume; None: the model's current one.
         settings: Patch settings to assume (e.g. before patching); None: the model's own.
         img_size: Input side in pixels; None: the model's.
 
+    Returns:
+        FLOPs of one image.
+
     Raises:
         TypeError: For a model of no registered family.
+        ValueError: A bad ratio, or an ``img_size`` the family's model cannot count (named).
     """
     family = family_of(model)
     return float(family.forward_flops(unwrap_model(model), keep_ratio, attn_keep_ratio, training, settings, img_size))
@@ -418,6 +429,13 @@ def describe_model(model: nn.Module) -> str:
     n = sum(p.numel() for p in base.parameters())
     what = family.describe(base) if family is not None else type(base).__name__
     return f"{what}, {n / 1e6:.2f}M parameters"
+
+
+def timm_patch_size(model: nn.Module) -> int:
+    """The first side of timm's ``model.patch_embed.patch_size`` in pixels; 1 for a model without one
+    (e.g. a CNN), which then takes any input side."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))
+    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
 
 def check_indices(values: Optional[Sequence[int]], depth: int, name: str = "prune_layers") -> Optional[Tuple[int, ...]]:

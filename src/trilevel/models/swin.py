@@ -2,7 +2,8 @@
 
 Swin (Liu et al., ICCV 2021) attends inside local windows, shifted every other block, and merges
 2x2 patches between stages, so its token grid cannot lose single tokens without breaking windows.
-:func:`patch_swin` offers two modes:
+:class:`SwinFamily` (registered; reached through :func:`trilevel.patch`) offers two modes
+(``mode=``):
 
 * ``mode="window"`` (default; window-level activation pruning after SparseViT, Chen et al.,
   CVPR 2023, scored as Kong et al., AAAI 2023 score tokens): each block keeps, per image, the
@@ -13,13 +14,14 @@ Swin (Liu et al., ICCV 2021) attends inside local windows, shifted every other b
   patch merging work as before. Selection is recomputed in every block, on that block's (shifted)
   windows. The model's first block runs dense (there are no scores yet); the first block of a
   later stage uses the previous stage's scores summed over the 2x2 patches that merged. Tokens
-  of skipped windows keep their last scores. This saves compute (see :func:`swin_forward_flops`).
+  of skipped windows keep their last scores. This saves compute (:func:`trilevel.forward_flops`).
 * ``mode="mask"`` (fidelity to the authors' Swin variant, no saving): tokens outside the top
   ``ceil(keep_ratio * H * W)`` by the attention they received in the previous block are masked
   as keys inside every window's softmax (a query always keeps its own key, so no row is empty);
   shapes never shrink.
 
-Keep ratios may differ per stage. The attention level (per-query connection masks) is not
+Keep ratios may differ per stage (``keep_ratio`` a tuple, one per stage, for :func:`trilevel.patch` and
+:func:`trilevel.set_keep_ratios`). The attention level (per-query connection masks) is not
 implemented for Swin: ``attn_keep_ratio`` must be 1.0. Blocks that neither prune nor score for
 the next block run timm's own forward; pruning or scoring blocks run the unfused window
 attention (they need its probabilities). No module or parameter is added.
@@ -28,7 +30,7 @@ attention (they need its probabilities). No module or parameter is added.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,13 +40,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..token_pruning import num_kept_tokens
 from .common import check_ratio, conv_flops, linear_macs, restore_class, stage_ratios, swap_class
-from .registry import ModelFamily, PatchSettings, register_family, unwrap_model
+from .registry import ModelFamily, PatchSettings, register_family
 
-__all__ = [
-    "SwinFamily", "SWIN_MODES", "SwinTriLevelInfo", "patch_swin", "unpatch_swin", "is_swin", "is_swin_patched",
-    "set_swin_keep_ratios", "get_swin_keep_ratios", "get_swin_info", "window_grid", "merge_scores",
-    "swin_forward_flops", "swin_survival_masks",
-]
+__all__ = ["SwinFamily", "SWIN_MODES", "SwinTriLevelInfo", "window_grid", "merge_scores"]
 
 SWIN_MODES = ("window", "mask")
 """``window``: skip low-scoring windows (saves compute); ``mask``: mask low-scoring keys (no saving)."""
@@ -105,7 +103,7 @@ def _top_tokens(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
 class TriLevelSwinBlockMixin:
     """Window pruning / key masking for a timm ``SwinTransformerBlock`` (mixed into its class).
 
-    Attributes set by :func:`patch_swin`: ``keep_ratio`` (this block's stage) and
+    Attributes set by :func:`trilevel.patch`: ``keep_ratio`` (this block's stage) and
     ``trilevel_mode`` (``window`` or ``mask``).
     """
 
@@ -246,16 +244,6 @@ class TriLevelSwinMixin:
         return self.norm(x)
 
 
-def is_swin(model: nn.Module) -> bool:
-    """True if ``model`` (wrappers looked through) is a timm ``SwinTransformer``."""
-    return isinstance(unwrap_model(model), _swin_classes()[0])
-
-
-def is_swin_patched(model: nn.Module) -> bool:
-    """True if :func:`patch_swin` was applied to ``model`` (wrappers looked through)."""
-    return isinstance(unwrap_model(model), TriLevelSwinMixin)
-
-
 def _stages(base: nn.Module) -> List[List[nn.Module]]:
     return [list(stage.blocks) for stage in base.layers]
 
@@ -265,7 +253,7 @@ def _check_swin(base: nn.Module) -> None:
     for s, blocks in enumerate(_stages(base)):
         for blk in blocks:
             if not isinstance(blk, SwinTransformerBlock) or not isinstance(blk.attn, WindowAttention):
-                raise TypeError(f"stage {s} holds a {type(blk).__name__}; patch_swin supports timm "
+                raise TypeError(f"stage {s} holds a {type(blk).__name__}; the swin family supports timm "
                                 "SwinTransformerBlock with WindowAttention only")
 
 
@@ -283,11 +271,15 @@ class SwinFamily(ModelFamily):
     [CLS] token: the analogue of Kong et al.'s [CLS] score), so ``token_score`` is
     ``cls-attention`` only; skipped windows pass the block unchanged and are back in the next
     one, so the fate is ``bypass`` only. No attention level. Every block but the model's first
-    prunes (``prune_layers`` must be None).
+    prunes (``prune_layers`` must be None). ``keep_ratio`` is a float for every stage or a tuple,
+    one per stage (:func:`trilevel.patch`, :func:`trilevel.set_keep_ratios`,
+    :func:`trilevel.forward_flops`).
+
+    Sources: Chen et al., "SparseViT", CVPR 2023 (window-level activation pruning); Kong et al.,
+    "Peeling the Onion", AAAI 2023 (scores from the attention a token receives).
     """
 
     name = "swin"
-    alias = "patch_swin"
     supports_attention_level = False
     token_fates = ("bypass",)
     token_scores = ("cls-attention",)
@@ -300,15 +292,24 @@ class SwinFamily(ModelFamily):
         _check_swin(model)
 
     def resolve(self, model: nn.Module, settings: PatchSettings) -> PatchSettings:
+        """``settings`` checked; a per-stage ``keep_ratio`` (list or tuple) becomes a tuple of floats.
+
+        Raises:
+            ValueError: ``prune_layers`` or ``rejoin_layer`` given, a ratio outside (0, 1], a per-stage
+                sequence of the wrong length, ``attn_keep_ratio != 1``, or an unknown ``mode`` (named).
+        """
         if settings.prune_layers is not None:
             raise ValueError(f"prune_layers={settings.prune_layers!r}: a Swin prunes in every block but the first "
                              "(its keep ratio is per stage); leave prune_layers None")
         if settings.rejoin_layer is not None:
             raise ValueError("rejoin_layer does not apply to Swin (skipped windows are back in the next block)")
-        return super().resolve(model, settings)
+        if not isinstance(settings.keep_ratio, (list, tuple)):
+            return super().resolve(model, settings)
+        ratios = stage_ratios("keep_ratio", settings.keep_ratio, len(model.layers))
+        return replace(super().resolve(model, replace(settings, keep_ratio=1.0)), keep_ratio=ratios)
 
     def patch(self, model: nn.Module, settings: PatchSettings) -> None:
-        _swap_swin(model, (settings.keep_ratio,) * len(model.layers), settings.mode, settings)
+        _swap_swin(model, stage_ratios("keep_ratio", settings.keep_ratio, len(model.layers)), settings.mode, settings)
 
     def unpatch(self, model: nn.Module) -> None:
         for blocks in _stages(model):
@@ -319,32 +320,69 @@ class SwinFamily(ModelFamily):
     def is_patched(self, model: nn.Module) -> bool:
         return isinstance(model, TriLevelSwinMixin)
 
-    def set_keep_ratios(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float]) -> None:
+    def set_keep_ratios(self, model: nn.Module, keep_ratio: Union[None, float, Sequence[float]],
+                        attn_keep_ratio: Optional[float]) -> None:
+        """Set the keep ratio of every stage (a float) or of each stage (a sequence); nothing changes on an error."""
         if attn_keep_ratio is not None and check_ratio("attn_keep_ratio", attn_keep_ratio) != 1.0:
             raise ValueError(f"attn_keep_ratio={attn_keep_ratio!r}: the attention level is not implemented for "
                              "Swin; use attn_keep_ratio=1.0")
         if keep_ratio is not None:
-            set_swin_keep_ratios(model, keep_ratio)
+            ratios = stage_ratios("keep_ratio", keep_ratio, len(model.layers))
+            for ratio, blocks in zip(ratios, _stages(model)):
+                for blk in blocks:
+                    blk.keep_ratio = ratio
 
     def get_keep_ratios(self, model: nn.Module) -> Tuple[float, float]:
-        return get_swin_keep_ratios(model)[0], 1.0
+        return _stage_keep_ratios(model)[0], 1.0
 
-    def forward_flops(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float],
-                      training: bool, settings: Optional[PatchSettings], img_size: Optional[int] = None) -> float:
+    def forward_flops(self, model: nn.Module, keep_ratio: Union[None, float, Sequence[float]],
+                      attn_keep_ratio: Optional[float], training: bool, settings: Optional[PatchSettings],
+                      img_size: Optional[int] = None) -> float:
         if img_size is not None and tuple(model.patch_embed.img_size) != (img_size, img_size):
             raise ValueError("the Swin FLOP model counts the model's own input size only")
         if settings is None and not self.is_patched(model):
-            return swin_forward_flops(model, 1.0)
+            return _swin_flops(model, 1.0)
         mode = settings.mode if settings is not None else model.trilevel_mode
         if keep_ratio is None and settings is not None and not self.is_patched(model):
             keep_ratio = settings.keep_ratio
-        return swin_forward_flops(model, keep_ratio, mode=mode)
+        return _swin_flops(model, keep_ratio, mode=mode)
 
     def info(self, model: nn.Module) -> Optional[SwinTriLevelInfo]:
         return model.trilevel_info
 
     def survival_masks(self, model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
-        return swin_survival_masks(model)
+        """After a forward of a patched Swin: per stage, the tokens of the windows its blocks ran.
+
+        For each stage, a ``(B, H_s, W_s)`` bool map on that stage's token grid: True where the
+        token's window ran in every pruning block of the stage (shifted windows mapped back to the
+        grid). Blocks that ran every window (and ``mask`` mode) mark everything.
+
+        Returns:
+            ``[("stage s", mask), ...]`` on the CPU.
+        """
+        info = model.trilevel_info
+        out = []
+        i = 0
+        H, W = model.patch_embed.grid_size
+        for s, stage in enumerate(model.layers):
+            if not isinstance(stage.downsample, nn.Identity):
+                H, W = (H + 1) // 2, (W + 1) // 2
+            alive = None
+            for blk in stage.blocks:
+                kept = info.kept_windows[i]
+                i += 1
+                if kept is None:
+                    continue
+                B = kept.shape[0]
+                _, _, nW = window_grid(blk, H, W)
+                flags = torch.zeros(B, nW, dtype=torch.float32).scatter_(1, kept.detach().cpu(), 1.0)
+                tokens = flags.view(B, nW, 1, 1).expand(B, nW, blk.window_area, 1)
+                grid = blk.from_windows(tokens, H, W).squeeze(-1) > 0
+                alive = grid if alive is None else alive & grid
+            if alive is None:
+                alive = torch.ones(1, H, W, dtype=torch.bool)
+            out.append((f"stage {s}", alive))
+        return out
 
     def describe(self, model: nn.Module) -> str:
         gh, gw = model.patch_embed.grid_size
@@ -356,128 +394,13 @@ class SwinFamily(ModelFamily):
 SWIN = register_family(SwinFamily())
 
 
-def patch_swin(
-    model: nn.Module,
-    keep_ratio: Union[float, Sequence[float]] = 0.7,
-    attn_keep_ratio: float = 1.0,
-    mode: str = "window",
-) -> nn.Module:
-    """Add window pruning (or key masking) to a timm ``SwinTransformer``, in place (:func:`trilevel.patch` for Swin).
-
-    Args:
-        model: A timm ``SwinTransformer`` (e.g. ``swin_tiny_patch4_window7_224``), possibly wrapped.
-        keep_ratio: Kept fraction of windows per image in each block (``window``) or of tokens
-            (``mask``), in (0, 1]; a float for every stage or one per stage.
-        attn_keep_ratio: Must be 1.0: the attention level is not implemented for Swin.
-        mode: ``window`` (skip low-scoring windows; SparseViT-style) or ``mask`` (mask low-scoring
-            keys inside the softmax; no saving).
-
-    Returns:
-        The same model object, patched. Patching again replaces the earlier settings.
-
-    Raises:
-        TypeError: If the model is not a timm ``SwinTransformer`` with ``SwinTransformerBlock`` and
-            ``WindowAttention``.
-        ValueError: For a ratio outside (0, 1], a per-stage sequence of the wrong length,
-            ``attn_keep_ratio != 1.0`` or an unknown ``mode``.
-
-    Sources: Chen et al., "SparseViT", CVPR 2023 (window-level activation pruning); Kong et al.,
-    "Peeling the Onion", AAAI 2023 (scores from the attention a token receives).
-    """
-    from .registry import patch, wrong_family
-
-    base = unwrap_model(model)
-    if not SWIN.matches(base):
-        raise wrong_family("patch_swin supports timm SwinTransformer models", base)
-    if not isinstance(keep_ratio, (list, tuple)):
-        return patch(model, PatchSettings(keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio, mode=mode))
-    _check_swin(base)
-    ratios = stage_ratios("keep_ratio", keep_ratio, len(base.layers))
-    resolved = SWIN.resolve(base, PatchSettings(keep_ratio=1.0, attn_keep_ratio=attn_keep_ratio, mode=mode))
-    _swap_swin(base, ratios, resolved.mode, resolved)
-    return model
-
-
-def unpatch_swin(model: nn.Module) -> nn.Module:
-    """Restore the stock timm classes of a model patched by :func:`patch_swin`, in place (weights untouched)."""
-    from .registry import unpatch
-
-    return unpatch(model)
-
-
-def swin_survival_masks(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """After a forward of a patched Swin: per stage, the tokens of the windows its blocks ran.
-
-    For each stage, a ``(B, H_s, W_s)`` bool map on that stage's token grid: True where the
-    token's window ran in every pruning block of the stage (shifted windows mapped back to the
-    grid). Blocks that ran every window (and ``mask`` mode) mark everything.
-
-    Returns:
-        ``[("stage s", mask), ...]`` on the CPU.
-    """
-    base = unwrap_model(model)
-    info = base.trilevel_info
-    out = []
-    i = 0
-    H, W = base.patch_embed.grid_size
-    for s, stage in enumerate(base.layers):
-        if not isinstance(stage.downsample, nn.Identity):
-            H, W = (H + 1) // 2, (W + 1) // 2
-        alive = None
-        for blk in stage.blocks:
-            kept = info.kept_windows[i]
-            i += 1
-            if kept is None:
-                continue
-            B = kept.shape[0]
-            _, _, nW = window_grid(blk, H, W)
-            flags = torch.zeros(B, nW, dtype=torch.float32).scatter_(1, kept.detach().cpu(), 1.0)
-            tokens = flags.view(B, nW, 1, 1).expand(B, nW, blk.window_area, 1)
-            grid = blk.from_windows(tokens, H, W).squeeze(-1) > 0
-            alive = grid if alive is None else alive & grid
-        if alive is None:
-            alive = torch.ones(1, H, W, dtype=torch.bool)
-        out.append((f"stage {s}", alive))
-    return out
-
-
-def _require_patched(model: nn.Module) -> nn.Module:
-    base = unwrap_model(model)
-    if not isinstance(base, TriLevelSwinMixin):
-        raise ValueError(f"model ({type(base).__name__}) is not patched; call trilevel.patch_swin(model) first")
-    return base
-
-
-def set_swin_keep_ratios(model: nn.Module, keep_ratio: Union[float, Sequence[float]]) -> None:
-    """Set the keep ratio of every stage (a float) or of each stage (a sequence), e.g. from a schedule.
-
-    Raises:
-        ValueError: If the model is not patched or a ratio is bad (nothing is changed then).
-    """
-    base = _require_patched(model)
-    ratios = stage_ratios("keep_ratio", keep_ratio, len(base.layers))
-    for ratio, blocks in zip(ratios, _stages(base)):
-        for blk in blocks:
-            blk.keep_ratio = ratio
-
-
-def get_swin_keep_ratios(model: nn.Module) -> Tuple[float, ...]:
+def _stage_keep_ratios(base: nn.Module) -> Tuple[float, ...]:
     """Per-stage keep ratios of a patched Swin; 1.0 for every stage of a stock one."""
-    base = unwrap_model(model)
     return tuple(getattr(blocks[0], "keep_ratio", 1.0) if blocks else 1.0 for blocks in _stages(base))
 
 
-def get_swin_info(model: nn.Module) -> Optional[SwinTriLevelInfo]:
-    """The :class:`SwinTriLevelInfo` of the last forward pass (None before the first one).
-
-    Raises:
-        ValueError: If the model is not patched.
-    """
-    return _require_patched(model).trilevel_info
-
-
-def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None,
-                       mode: Optional[str] = None) -> float:
+def _swin_flops(base: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None,
+                mode: Optional[str] = None) -> float:
     """FLOPs (multiply-add = 2) of one forward pass of one image through a (patched) Swin.
 
     Counted as :mod:`trilevel.flops` counts a ViT: the patch embedding, every ``nn.Linear``
@@ -488,7 +411,7 @@ def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence
     activations, the relative position bias, selection, gathers and scatters.
 
     Args:
-        model: A timm ``SwinTransformer``, patched or not (wrappers looked through).
+        base: A timm ``SwinTransformer`` (unwrapped), patched or not.
         keep_ratio: Keep ratio(s) to assume (a float or one per stage); None: the model's own.
         mode: Count as if patched in this mode (``window`` or ``mask``), e.g. before patching;
             None: the model's own (a stock model counts dense).
@@ -496,10 +419,9 @@ def swin_forward_flops(model: nn.Module, keep_ratio: Union[None, float, Sequence
     Returns:
         FLOPs of one image.
     """
-    base = unwrap_model(model)
     stages = _stages(base)
     patched = isinstance(base, TriLevelSwinMixin) or mode is not None
-    ratios = get_swin_keep_ratios(base) if keep_ratio is None else stage_ratios("keep_ratio", keep_ratio, len(stages))
+    ratios = _stage_keep_ratios(base) if keep_ratio is None else stage_ratios("keep_ratio", keep_ratio, len(stages))
     ratios = ratios if patched else (1.0,) * len(stages)
     per_block = [r for r, blocks in zip(ratios, stages) for _ in blocks]
     window_mode = not patched or (mode or base.trilevel_mode) == "window"

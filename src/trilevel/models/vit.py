@@ -1,12 +1,13 @@
 """In-place patch of timm Vision Transformers with the token and attention levels.
 
-``patch_vit`` swaps the class of a timm ``VisionTransformer`` and of its blocks for subclasses
-that add the tri-level forward; no module or parameter is added or replaced, so ``state_dict``
-keys are unchanged and checkpoints move freely between patched and stock models. Each block
-reuses its own submodules (``norm1``, ``attn`` with its ``qkv``, ``q_norm``, ``k_norm``,
-``attn_drop``, ``proj``; ``ls1``, ``drop_path1``, ``norm2``, ``mlp``, ``ls2``, ``drop_path2``),
-so LayerScale (DeiT-III) and QK-norm models work unchanged. Keep ratios are block attributes,
-set by :func:`set_keep_ratios`; nothing per-call is passed through ``forward``.
+:class:`ViTFamily` (registered; reached through :func:`trilevel.patch`) swaps the class of a timm
+``VisionTransformer`` and of its blocks for subclasses that add the tri-level forward; no module or
+parameter is added or replaced, so ``state_dict`` keys are unchanged and checkpoints move freely
+between patched and stock models. Each block reuses its own submodules (``norm1``, ``attn`` with
+its ``qkv``, ``q_norm``, ``k_norm``, ``attn_drop``, ``proj``; ``ls1``, ``drop_path1``, ``norm2``,
+``mlp``, ``ls2``, ``drop_path2``), so LayerScale (DeiT-III) and QK-norm models work unchanged.
+Keep ratios are block attributes, set by :func:`trilevel.set_keep_ratios`; nothing per-call is
+passed through ``forward``.
 
 Per pruning block (Kong et al., AAAI 2023, Sec. "Token-level" and
 "Attention-level data reduction"):
@@ -29,7 +30,7 @@ module (``TIMM_FUSED_ATTN=0`` selects the unfused reference path).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,31 +38,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..attention_sparsity import connection_mask, masked_attention
-from ..presets import patch_defaults
 from ..token_pruning import (
-    TOKEN_FATES, TOKEN_SCORES, ScoreInputs, cls_attention_scores, get_token_fate, get_token_score, num_kept_tokens,
-    select_topk_tokens,
+    ScoreInputs, cls_attention_scores, get_token_fate, get_token_score, num_kept_tokens, select_topk_tokens,
 )
 from .common import restore_class, swap_class
-from .registry import ModelFamily, PatchSettings, check_indices, register_family, unwrap_model
+from .registry import ModelFamily, PatchSettings, check_indices, register_family
 
-__all__ = [
-    "TOKEN_FATES",
-    "TOKEN_SCORES",
-    "ViTFamily",
-    "TriLevelInfo",
-    "rejoin_tokens",
-    "patch_vit",
-    "unpatch_vit",
-    "set_keep_ratios",
-    "get_keep_ratios",
-    "get_trilevel_info",
-    "is_patched",
-    "default_prune_layers",
-    "resolve_bypass",
-    "unwrap_model",
-]
-
+__all__ = ["ViTFamily", "TriLevelInfo", "rejoin_tokens", "default_prune_layers", "resolve_bypass"]
 
 
 @dataclass
@@ -143,7 +126,7 @@ def _check_ratio(name: str, value) -> float:
 class TriLevelBlockMixin:
     """Tri-level forward for a timm ``Block``; mixed into a subclass of the block's class.
 
-    Attributes set by :func:`patch_vit` / :func:`set_keep_ratios`:
+    Attributes set by :func:`trilevel.patch` / :func:`trilevel.set_keep_ratios`:
         trilevel_prune (bool): whether this block prunes tokens and recomputes the mask.
         keep_ratio (float): kept fraction of patch tokens in this block (pruning blocks).
         attn_keep_ratio (float): kept fraction of connections per query (pruning blocks).
@@ -331,7 +314,7 @@ class TriLevelViTMixin:
         """
         if attn_mask is not None or is_causal:
             raise ValueError("a tri-level patched model does not take attn_mask/is_causal; "
-                             "call trilevel.unpatch_vit(model) first")
+                             "call trilevel.unpatch(model) first")
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
@@ -377,7 +360,7 @@ class ViTFamily(ModelFamily):
     """
 
     name = "vit"
-    alias = "patch_vit"
+    traces_tokens = True
     model_mixin: type = None  # set below (the mixins are defined in this module)
     block_mixin: type = None
 
@@ -396,10 +379,11 @@ class ViTFamily(ModelFamily):
         _, Block, Attention = self.classes()
         for i, blk in enumerate(model.blocks):
             if not isinstance(blk, Block):
-                raise TypeError(f"block {i} is a {type(blk).__name__}; patch_vit supports timm Block only")
+                raise TypeError(f"block {i} is a {type(blk).__name__}; the {self.name} family supports timm "
+                                "Block only")
             if not isinstance(blk.attn, Attention):
-                raise TypeError(f"block {i} attention is a {type(blk.attn).__name__}; patch_vit supports timm "
-                                "Attention only")
+                raise TypeError(f"block {i} attention is a {type(blk.attn).__name__}; the {self.name} family "
+                                "supports timm Attention only")
 
     def default_prune_layers(self, model: nn.Module) -> Tuple[int, ...]:
         return default_prune_layers(len(model.blocks))
@@ -498,102 +482,3 @@ ViTFamily.model_mixin = TriLevelViTMixin
 ViTFamily.block_mixin = TriLevelBlockMixin
 VIT = register_family(ViTFamily())
 
-
-def patch_vit(
-    model: nn.Module,
-    prune_layers: Optional[Sequence[int]] = None,
-    keep_ratio: float = patch_defaults("paper")["keep_ratio"],
-    attn_keep_ratio: float = patch_defaults("paper")["attn_keep_ratio"],
-    token_fate: str = patch_defaults("paper")["token_fate"],
-    token_score: str = patch_defaults("paper")["token_score"],
-    rejoin_layer: Optional[int] = None,
-) -> nn.Module:
-    """:func:`trilevel.patch` for a timm Vision Transformer, with the ``paper`` preset's defaults.
-
-    The paper's token- and attention-level patch (Kong et al., AAAI 2023): keep ratio 0.7 and
-    attention keep ratio 0.3 in blocks ``(depth//4, depth//2, 3*depth//4)``, pruned tokens
-    dropped. :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig` default to the
-    ``fast-patchdrop`` preset's settings instead (:data:`trilevel.presets.PRESETS`). Works on timm's ``VisionTransformer``
-    family whose blocks are timm ``Block`` with timm ``Attention``: ViT, DeiT, DeiT distilled (two
-    prefix tokens), register tokens, LayerScale (DeiT-III), QK-norm. Patching again replaces the
-    earlier settings.
-
-    Args:
-        model: A timm ``VisionTransformer`` (or a subclass such as ``VisionTransformerDistilled``).
-        prune_layers: 0-based indices of the pruning blocks; None picks
-            ``(depth//4, depth//2, 3*depth//4)`` = (3, 6, 9) at depth 12, the paper's choice (with
-            ``token_fate='bypass'``, those before the rejoin block).
-        keep_ratio: Kept fraction of patch tokens per pruning block, in (0, 1]; compounds
-            across stages (paper: 0.7).
-        attn_keep_ratio: Kept fraction of attention connections per query row, in (0, 1]
-            (authors' default 0.3); 1.0 turns the attention level off.
-        token_fate: A registered fate (:data:`trilevel.token_pruning.TOKEN_FATES`): ``drop`` (the
-            paper), ``fuse`` (EViT) or ``bypass`` (random-LTD; they come back at ``rejoin_layer``).
-        token_score: A registered score (:data:`trilevel.token_pruning.TOKEN_SCORES`):
-            ``cls-attention`` (the paper) or ``random`` (random-LTD, PatchDropout).
-        rejoin_layer: ``bypass`` only: the block where the bypassed tokens come back; None: the
-            last block. Must come after every pruning block.
-
-    Returns:
-        The same model object, patched.
-
-    Raises:
-        TypeError: If the model or one of its blocks/attention modules is not a supported timm
-            class (the message names the class), or it has no [CLS] token to score by.
-        ValueError: If a ratio is outside (0, 1], ``prune_layers`` has an index outside the
-            model's depth, a duplicate, a non-integer, or is empty, ``token_fate`` or ``token_score``
-            is unknown, or ``rejoin_layer`` is not after every pruning block.
-
-    Source: Kong et al., "Peeling the Onion", AAAI 2023, Secs. on token- and attention-level
-    data reduction.
-    """
-    from .registry import patch, wrong_family
-
-    base = unwrap_model(model)
-    if not VIT.matches(base):
-        raise wrong_family("patch_vit supports timm VisionTransformer models (ViT, DeiT, DeiT-III, ...)", base)
-    layers = prune_layers
-    if layers is not None and not isinstance(layers, (str, bytes)) and isinstance(layers, Iterable):
-        layers = tuple(layers)
-    return patch(model, PatchSettings(prune_layers=layers, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio,
-                                      token_fate=token_fate, token_score=token_score, rejoin_layer=rejoin_layer))
-
-
-def unpatch_vit(model: nn.Module) -> nn.Module:
-    """Restore the stock timm classes of a patched ViT (or EVA-02), in place (weights untouched)."""
-    from .registry import unpatch
-
-    return unpatch(model)
-
-
-def is_patched(model: nn.Module) -> bool:
-    """True if the token/attention patch was applied to ``model`` (any family; wrappers looked through)."""
-    from .registry import is_patched as patched
-
-    return patched(model)
-
-
-def set_keep_ratios(model: nn.Module, keep_ratio: Optional[float] = None,
-                    attn_keep_ratio: Optional[float] = None) -> None:
-    """Alias of :func:`trilevel.set_keep_ratios` (any family)."""
-    from .registry import set_keep_ratios as setter
-
-    setter(model, keep_ratio, attn_keep_ratio)
-
-
-def get_keep_ratios(model: nn.Module) -> Tuple[float, float]:
-    """Alias of :func:`trilevel.get_keep_ratios`."""
-    from .registry import get_keep_ratios as getter
-
-    return getter(model)
-
-
-def get_trilevel_info(model: nn.Module) -> Optional[TriLevelInfo]:
-    """Alias of :func:`trilevel.get_trilevel_info`: the last forward's :class:`TriLevelInfo`.
-
-    Raises:
-        ValueError: If the model is not patched.
-    """
-    from .registry import get_trilevel_info as getter
-
-    return getter(model)

@@ -150,9 +150,17 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, img_size: 
 
 
 def patch_side(model: nn.Module) -> int:
-    """The side of the model's patches in pixels (1 for a model without a ``patch_embed``)."""
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))
-    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    """The side of the model's patches in pixels, as its family gives it (``ModelFamily.patch_size``).
+
+    A model of no registered family (a dense run of, e.g., a CNN) gets timm's ``patch_embed.patch_size``,
+    or 1 without one (:func:`trilevel.models.registry.timm_patch_size`).
+    """
+    from ..models import find_family, unwrap_model
+    from ..models.registry import timm_patch_size
+
+    base = unwrap_model(model)
+    family = find_family(base)
+    return timm_patch_size(base) if family is None else family.patch_size(base)
 
 
 def measured_flops(model: nn.Module, in_chans: int, img_size: int, device: torch.device) -> float:

@@ -1,7 +1,7 @@
 """Pictures of what the three levels remove, and plots of a training run.
 
 * :func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
-  of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
+  of a model patched by :func:`trilevel.patch` and which connections one query patch keeps
   at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``.
   :func:`pruning_figure` is that drawing as a figure (:func:`figure_to_rgb` renders it to pixels,
   as the live pruning picture of ``trilevel train --log-tensorboard`` does); :func:`sample_images`

@@ -1,8 +1,9 @@
 """Pictures of which patch tokens and attention connections a patched ViT keeps.
 
 :func:`pruning_figure` draws, for a few images, which patch tokens survive each pruning stage
-of a model patched by :func:`trilevel.vit.patch_vit` and which connections one query patch keeps
-at the last stage; :func:`visualize_pruning` writes that drawing as a PNG and
+of a model patched by :func:`trilevel.patch` and which connections one query patch keeps
+at the last stage (a family that records no token positions, such as Swin, gets what each stage
+ran instead); :func:`visualize_pruning` writes that drawing as a PNG and
 :func:`visualize_checkpoint` does so for a run's ``checkpoint.pt`` (``trilevel visualize``); the
 live pruning picture of ``trilevel train --log-tensorboard`` renders the same figure to pixels.
 :func:`sample_images` picks the validation images (by seed). The masks come from
@@ -123,8 +124,10 @@ def pruning_figure(
     obtained.
 
     Args:
-        model: A model patched by :func:`trilevel.vit.patch_vit`; run in eval mode with its
-            current keep ratios (its mode is restored).
+        model: A model patched by :func:`trilevel.patch`; run in eval mode with its current
+            keep ratios (its mode is restored). A family that does not trace tokens
+            (``ModelFamily.traces_tokens`` False: Swin, a registered family of your own) is drawn
+            as its ``survival_masks``: the input, then per stage the tokens that stage ran.
         images: Normalised images ``(K, C, H, W)``.
         mean: Per-channel normalisation mean (or one number), pixel values in [0, 1].
         std: Per-channel normalisation standard deviation (or one number).
@@ -147,7 +150,7 @@ def pruning_figure(
         row_labels = [str(v) for v in row_labels]
         if K is not None and len(row_labels) != K:
             raise ValueError(f"row_labels has {len(row_labels)} entries for {K} images")
-    if not hasattr(family_of(model), "model_mixin"):  # no token positions (Swin): draw what each stage ran
+    if not family_of(model).traces_tokens:  # no token positions (Swin): draw what each stage ran
         return _stage_figure(unwrap_model(model), images, mean, std, row_labels)
     trace = trace_pruning(model, images, query_patch)
     K = images.shape[0]

@@ -1,10 +1,10 @@
 """What a patched ViT keeps at the token and attention levels, as masks on the patch grid.
 
-:func:`trace_pruning` runs one eval forward of a model patched by :func:`trilevel.vit.patch_vit`
-and returns a :class:`PruningTrace`: which patches survive each pruning stage
-(:func:`stage_survival_masks`), the [CLS] attention the last pruning block ranked them by, and
-which kept patches one query patch may attend to. Nothing here plots; see
-:mod:`trilevel.viz.pruning` for the picture.
+:func:`trace_pruning` runs one eval forward of a model patched by :func:`trilevel.patch` whose
+family traces tokens (``ModelFamily.traces_tokens``: ViT/DeiT, EVA-02) and returns a
+:class:`PruningTrace`: which patches survive each pruning stage (:func:`stage_survival_masks`),
+the [CLS] attention the last pruning block ranked them by, and which kept patches one query patch
+may attend to. Nothing here plots; see :mod:`trilevel.viz.pruning` for the picture.
 
 The levels traced are those of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
 Redundancy for Efficient Vision Transformer Training", AAAI 2023 (token level: [CLS]-attention
@@ -123,15 +123,18 @@ class PruningTrace:
         return [int(v) for v in self.survival[0].flatten(1).sum(dim=1)] if len(self.survival) else []
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    from ..models import unwrap_model, is_patched
+def _patched_family(model: nn.Module):
+    """``(base, family)`` of a patched model whose family traces tokens (``ModelFamily.traces_tokens``)."""
+    from ..models import find_family, unwrap_model
 
     base = unwrap_model(model)
-    if not is_patched(base):
-        raise ValueError(
-            f"model ({type(base).__name__}) is not patched; call trilevel.patch_vit(model) first"
-        )
-    return base
+    family = find_family(base)
+    if family is None or not family.is_patched(base):
+        raise ValueError(f"model ({type(base).__name__}) is not patched; call trilevel.patch(model) first")
+    if not family.traces_tokens:
+        raise ValueError(f"trace_pruning traces kept tokens and connections, which a {family.name} model does "
+                         "not record; pruning_figure draws what each of its stages ran")
+    return base, family
 
 
 def _check_images(images: Any, base: nn.Module) -> torch.Tensor:
@@ -174,8 +177,9 @@ def trace_pruning(
     scores it pruned by) and the connection mask from ``connection_masks``.
 
     Args:
-        model: A model patched by :func:`trilevel.vit.patch_vit` (wrappers such as DDP are looked
-            through). Its training mode is restored afterwards; keep ratios are used as set.
+        model: A model patched by :func:`trilevel.patch` (wrappers such as DDP are looked
+            through) of a family that traces tokens (ViT/DeiT, EVA-02). Its training mode is
+            restored afterwards; keep ratios are used as set.
         images: Normalised images ``(K, C, H, W)`` the model accepts.
         query_patch: Patch index (row-major in the patch grid) whose connections to show, the
             same for every image; None picks, per image, the patch with the highest [CLS]
@@ -185,15 +189,18 @@ def trace_pruning(
         A :class:`PruningTrace` (CPU tensors).
 
     Raises:
-        ValueError: If the model is not patched, the images have the wrong shape, channels or
-            size, or ``query_patch`` is not an index of the patch grid.
+        ValueError: If the model is not patched or of a family that does not trace tokens (Swin),
+            the images have the wrong shape, channels or size, or ``query_patch`` is not an index
+            of the patch grid.
+
+    Source: Kong et al., "Peeling the Onion", AAAI 2023 (the token and attention levels traced).
     """
-    base = _base_model(model)
+    base, family = _patched_family(model)
     images = _check_images(images, base)
     gh, gw = _grid_hw(base.patch_embed.grid_size)
     n = gh * gw
     query_patch = _check_query(query_patch, n)
-    prune_layers = tuple(base.trilevel_prune_layers)
+    prune_layers = tuple(family.settings(base).prune_layers)
     P = int(base.num_prefix_tokens)
     was_training = base.training
     device = next(base.parameters()).device
@@ -203,9 +210,7 @@ def trace_pruning(
             logits = model(images.to(device))
     finally:
         base.train(was_training)
-    from ..models import get_trilevel_info
-
-    info = get_trilevel_info(base)
+    info = family.info(base)
     if info is None or len(info.kept_positions) != len(prune_layers):
         raise ValueError("the model did not report kept patch positions for every pruning stage")
     captured = {
