@@ -112,6 +112,7 @@ def test_cli_dense_run(tmp_path):
     assert summary["train_images"] == 256
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_eval_reproduces_final_top1(trilevel_run):
     out, _ = trilevel_run
@@ -144,6 +145,7 @@ def ddp_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @needs_data
 def test_torchrun_two_cpu_processes_share_selector_state(ddp_run):
     out = ddp_run
@@ -161,6 +163,7 @@ def test_torchrun_two_cpu_processes_share_selector_state(ddp_run):
     assert "world size 2" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
 @needs_data
 def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     out = tmp_path / "sig"
@@ -377,6 +380,7 @@ def assert_same_run(out: Path, ref: Path) -> None:
         theirs["progress"]["global_step"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
     import hashlib
@@ -436,6 +440,7 @@ def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
     assert len(list(out.glob("checkpoint-step*.pt"))) <= 3 and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @needs_data
 def test_torchrun_stop_sigterm_and_resume_match_the_straight_run(ddp_run, tmp_path, capsys):
     child = tmp_path / "child.py"

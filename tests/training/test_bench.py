@@ -101,6 +101,7 @@ def test_saved_bytes_leave_out_parameters(amp_dtype):
     assert saved_bytes_for_backward(small, torch.randn(10, 16), torch.randint(0, 4, (10,)), amp_dtype) > a
 
 
+@pytest.mark.slow
 def test_compile_path_reports_compile_figures():
     variants = [("dense", None, 1.0, None), ("drop 0.5", 0.5, 1.0, _drop(0.5))]
     rows = compare_speed(lambda: tiny_vit(depth=2), variants, batch_size=2, input_shape=(1, 28, 28), num_classes=10,

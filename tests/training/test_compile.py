@@ -19,6 +19,7 @@ def _graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+@pytest.mark.slow
 def test_a_bucketed_run_compiles_at_most_once_per_bucket():
     torch._dynamo.reset()
     model = tiny_vit(depth=4)
@@ -34,6 +35,7 @@ def test_a_bucketed_run_compiles_at_most_once_per_bucket():
     assert 1 <= _graphs() - before <= len(ratios)  # one graph per distinct ratio, not one per step
 
 
+@pytest.mark.slow
 def test_continuous_ratios_recompile():  # why the buckets exist (the check can fail)
     torch._dynamo.reset()
     model = tiny_vit(depth=4)
@@ -49,6 +51,7 @@ def test_continuous_ratios_recompile():  # why the buckets exist (the check can 
     assert len(kept) == 4 and _graphs() - before >= 3
 
 
+@pytest.mark.slow
 def test_trainer_reports_compile_seconds_apart(tmp_path, monkeypatch):
     import trilevel.algorithm as algorithm
 

@@ -246,6 +246,7 @@ def test_dense_run_is_stock_and_full_cost(tmp_path):
     stock.load_state_dict(ckpt["model"])  # same keys as the stock timm model
 
 
+@pytest.mark.slow
 def test_dense_run_of_a_cnn(tmp_path):
     summary = train(tiny(tmp_path, "cnn", model="resnet10t", embed_dim=None, depth=None, num_heads=None,
                          patch_size=None, dense=True, epochs=1, warmup_epochs=0.0, val_subset=100))
@@ -253,6 +254,7 @@ def test_dense_run_of_a_cnn(tmp_path):
     assert read_metrics(tmp_path / "cnn")[0]["mean_tokens_per_block"] is None
 
 
+@pytest.mark.slow
 def test_loss_selector_with_mixup_ema_clip_bf16(tmp_path):
     summary = train(tiny(
         tmp_path, "loss", selector="loss", example_remove=0.5, mixup=0.8, cutmix=1.0, ema_decay=0.9,
@@ -274,6 +276,7 @@ def test_loss_selector_with_mixup_ema_clip_bf16(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_epoch_one_matches_straight_run(straight, tmp_path):
     out_straight, s_straight = straight
     first = train(tiny(tmp_path, "split", stop_after_epoch=1))
@@ -307,6 +310,7 @@ def test_resume_with_a_changed_setting_is_refused(straight, tmp_path):
         train(tiny(tmp_path, "other", keep_ratio=0.5, resume=str(out / "checkpoint.pt")))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_path, monkeypatch):
     out_straight, s_straight = straight
     calls = {"n": 0}
@@ -448,6 +452,7 @@ def assert_same_run(out: Path, summary: dict, out_ref: Path, s_ref: dict) -> Non
     assert mine["selector_digest"] == ref["selector_digest"]
 
 
+@pytest.mark.slow
 def test_step_checkpoints_keep_last_and_resume_from_one_is_exact(straight, tmp_path):
     out_straight, s_straight = straight
     # 7 steps per epoch: saves at global steps 3, 6, 7 (epoch end), 9, 12, 14 (run end)
@@ -468,6 +473,7 @@ def test_step_checkpoints_keep_last_and_resume_from_one_is_exact(straight, tmp_p
     assert_same_run(tmp_path / "from12", resumed, out_straight, s_straight)
 
 
+@pytest.mark.slow
 def test_workers_sigterm_mid_epoch_resume_is_exact(straight, tmp_path, monkeypatch):
     # Augmentation is seeded per sample: 2 workers give the batches of 0 workers, and a resume
     # (here with 1 worker) continues exactly.
@@ -505,6 +511,7 @@ def test_augmentation_streams_differ_per_rank_and_ignore_workers():
     assert torch.equal(state, torch.get_rng_state())  # augmenting leaves the training stream alone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", ["torch.save", "os.replace"])
 def test_failed_checkpoint_write_keeps_the_previous_one_and_loses_nothing(straight, tmp_path, monkeypatch, broken):
     import errno
@@ -552,6 +559,7 @@ def _as_world_size(src: Path, dst: Path, world: int, step_in_epoch: int = 0) -> 
     return save_checkpoint(ckpt, dst)
 
 
+@pytest.mark.slow
 def test_world_size_change_is_an_error_unless_allowed(tmp_path, caplog):
     first = train(tiny(tmp_path, "one", stop_after_epoch=1))
     assert first["finished"] is False
@@ -626,6 +634,7 @@ def test_eva02_trains_tri_level(tmp_path):
         build_model(TrainConfig(model="resnet18"), num_classes=10, in_chans=1, img_size=28)
 
 
+@pytest.mark.slow
 def test_swin_trains_through_the_same_path_and_evaluates_and_draws(tmp_path):
     # 28x28 input, 2x2 patches, 7x7 windows: 4 windows in stage 0, pruned to 2 at keep 0.5
     swin = dict(model="swin_tiny_patch4_window7_224", img_size=28, patch_size=2, embed_dim=16, window_size=7,
@@ -645,6 +654,7 @@ def test_swin_trains_through_the_same_path_and_evaluates_and_draws(tmp_path):
                                                                     if k not in ("keep_ratio",)}))
 
 
+@pytest.mark.slow
 def test_a_validation_split_is_evaluated_and_the_test_set_reported_apart(tmp_path):
     s = train(tiny(tmp_path, "split", epochs=1, val_split=1000, val_subset=200))
     assert s["eval_set"] == "val-split" and s["val_split"] == 1000 and s["num_val"] == 200 and s["num_test"] == 10000
@@ -659,6 +669,7 @@ def test_a_validation_split_is_evaluated_and_the_test_set_reported_apart(tmp_pat
     assert d["eval_set"] == "test" and d["test_top1"] == d["val_top1"] and d["val_split"] is None
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_file_with_a_new_head_and_layer_decay(tmp_path, monkeypatch):
     import torch
 

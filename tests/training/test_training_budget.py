@@ -112,6 +112,7 @@ def test_tri_level_budget_run_gets_more_steps_within_the_same_compute(tmp_path):
     assert s["val_top1_full_tokens"] is not None  # evaluated at full tokens too (the run ends pruned)
 
 
+@pytest.mark.slow
 @needs_data
 def test_budget_run_resumes_exactly(tmp_path):
     straight = run(tmp_path, "straight", budget=2.5, keep_ratio=0.5)
@@ -189,6 +190,7 @@ def test_the_curriculum_model_takes_any_multiple_of_the_patch():
         stock(torch.zeros(2, 1, 14, 14))
 
 
+@pytest.mark.slow
 @needs_data
 def test_curriculum_epoch_run_resizes_and_costs_less(tmp_path, monkeypatch):
     import torch.nn.functional as F

@@ -544,6 +544,7 @@ def test_holdout_indices_are_disjoint_complete_and_depend_only_on_the_sizes():
             holdout_indices(1000, bad)
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_build_splits_holds_out_validation_before_the_subset():
     from trilevel.data import build_splits, holdout_indices
@@ -564,6 +565,7 @@ def test_build_splits_holds_out_validation_before_the_subset():
     assert build_splits("fashion-mnist").val is None
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_classes_keeps_and_renumbers_the_named_classes():
     from trilevel.data import build_splits

@@ -805,6 +805,7 @@ def _dist_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_identical_state(tmp_path):
     world = 2
     init_file = tmp_path / "init"
