@@ -12,6 +12,7 @@ import tyro
 from typing_extensions import Annotated
 
 from ..options import BlockList, OptionalFloat, parse_float_list
+from ..presets import PRESETS
 from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
 from .common import (
     EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, split_common_flags, usage_error,
@@ -23,7 +24,7 @@ __all__ = ["SpeedOptions", "BenchTrainOptions", "main"]
 logger = logging.getLogger("trilevel.cli")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeedOptions(ModelConfig):
     """Options of ``trilevel bench speed`` (training-step throughput, dense timm vs the tri-level patch).
 
@@ -32,8 +33,8 @@ class SpeedOptions(ModelConfig):
     Attributes:
         num_classes: Classes of the random labels.
         batch_size: Images per step.
-        keep_ratio: Token keep ratio of the pruned rows.
-        attn_keep_ratio: Attention keep ratio of the pruned rows.
+        keep_ratio: Token keep ratio of the pruned rows (the paper preset's).
+        attn_keep_ratio: Attention keep ratio of the pruned rows (the paper preset's).
         prune_layers: Pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4.
         rounds: Rounds of the alternation (the median is over rounds).
         steps_per_round: Timed steps per configuration per round.
@@ -46,8 +47,8 @@ class SpeedOptions(ModelConfig):
 
     num_classes: int = 10
     batch_size: int = 128
-    keep_ratio: float = 0.7
-    attn_keep_ratio: float = 0.3
+    keep_ratio: float = PRESETS["paper"]["keep_ratio"]
+    attn_keep_ratio: float = PRESETS["paper"]["attn_keep_ratio"]
     prune_layers: BlockList = None
     rounds: int = 5
     steps_per_round: int = 3
