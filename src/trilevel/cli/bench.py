@@ -14,10 +14,8 @@ from typing_extensions import Annotated
 from ..options import BlockList, OptionalFloat, parse_float_list
 from ..presets import PRESETS
 from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
-from .common import (
-    EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, split_common_flags, usage_error,
-)
-from .train import base_train_options
+from .common import EXIT_OK, EXIT_SIGTERM, log_outputs, parse_options, run_failed, split_common_flags, usage_error
+from .train import layered_train_config, split_source_flags
 
 __all__ = ["SpeedOptions", "BenchTrainOptions", "main"]
 
@@ -131,10 +129,9 @@ def _train(argv: Sequence[str]) -> int:
     from ..bench.train import TRAIN_PRESETS, format_seeds_table, format_train_table, parse_seeds
     from ..bench.train import run_train_bench, run_train_bench_seeds
 
-    common, rest = split_common_flags(argv)
-    base = TrainConfig.from_dict(base_train_options(common.config, flag_value(rest, "--resume"),
-                                                    flag_value(rest, "--preset")),
-                                 source=common.config or "the resumed checkpoint")
+    common, rest = split_common_flags(argv)  # the recipe is built as trilevel train builds a run's configuration
+    sources, rest = split_source_flags(rest)
+    base = layered_train_config(common.config, sources)
     opts = parse_options(
         BenchTrainOptions, rest, "trilevel bench train",
         "Train each configuration with the same recipe (the train flags below) and print a table of val top-1, "
