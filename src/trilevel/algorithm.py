@@ -26,7 +26,7 @@ import torch.nn as nn
 from .models import family_of, patch, set_keep_ratios, unwrap_model
 from .options import check_int
 from .settings import (
-    ALLOWED_SELECTORS, PRESETS, ResolvedTriLevel, TriLevelConfig, build_selector, merge_settings, preset_settings,
+    ALLOWED_SELECTORS, PRESETS, ResolvedTriLevel, TriLevelConfig, build_selector, layered_settings, preset_settings,
     resolve_config, resolve_patch_drop, resolve_speedup, schedule_flops,
 )
 
@@ -155,7 +155,7 @@ class TriLevel:
             if unknown:
                 raise ValueError(f"unknown TriLevel settings {unknown}; allowed: the fields of TriLevelConfig")
             if settings:
-                base = TriLevelConfig(**merge_settings(base.trilevel_settings(), settings))
+                base = TriLevelConfig(**layered_settings(settings, base=base.trilevel_settings()))
             resolved = resolve_config(base, model)
         self.epochs = check_int("epochs", epochs, 1)
         self.resolved = resolved

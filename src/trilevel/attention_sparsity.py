@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .options import check_ratio
+
 __all__ = ["topk_connection_mask", "connection_mask", "masked_attention"]
 
 
@@ -34,8 +36,7 @@ def topk_connection_mask(patch_probs: torch.Tensor, attn_keep_ratio: float) -> t
     Raises:
         ValueError: If ``attn_keep_ratio`` is outside (0, 1] or ``patch_probs`` is not 3-D.
     """
-    if not 0.0 < attn_keep_ratio <= 1.0:
-        raise ValueError(f"attn_keep_ratio must be in (0, 1], got {attn_keep_ratio!r}")
+    check_ratio("attn_keep_ratio", attn_keep_ratio)
     if patch_probs.dim() != 3:
         raise ValueError(f"patch_probs must be (B, n, n), got shape {tuple(patch_probs.shape)}")
     n = patch_probs.shape[-1]

@@ -7,13 +7,17 @@ aliases below name the few value kinds that are not plain numbers (``none``, com
 block indices, fractions such as ``1/30``); the parsers read them from text (the command line and
 YAML strings); the ``check_*`` functions validate a value where it enters and raise
 ``ValueError`` naming the option (as its flag), the value and what is allowed.
+:func:`check_ratio` and :func:`check_block_indices` are the one check of a keep ratio and of a list
+of block indices, for the configurations and the library functions alike (the latter name the
+argument as the caller spelled it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, List, Optional, Sequence, Union
+from collections.abc import Iterable
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "flag",
@@ -34,6 +38,8 @@ __all__ = [
     "check_choice",
     "check_bool",
     "check_path",
+    "check_ratio",
+    "check_block_indices",
 ]
 
 _NONE_WORDS = ("none", "null", "")
@@ -231,3 +237,66 @@ def check_path(name: str, value: Any, optional: bool = True) -> Optional[str]:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ValueError(f"{flag(name)} must be a path, got {value!r}")
     return os.fspath(value)
+
+
+def check_ratio(name: str, value: Any, optional: bool = False) -> Optional[float]:
+    """``value`` as a float in (0, 1]: a keep ratio (tokens, windows, attention connections, a schedule's target).
+
+    Args:
+        name: The option as the message names it: a flag (``keep-ratio``) for a configuration
+            field, the argument (``keep_ratio``) for a library call.
+        value: The value to check.
+        optional: Whether None is allowed (and returned).
+
+    Raises:
+        ValueError: Naming ``name`` and the value: not a real number (bools and strings
+            included), NaN, or outside (0, 1].
+    """
+    if value is None and optional:
+        return None
+    if not (_number(value) and 0.0 < float(value) <= 1.0):  # the comparison also rejects NaN
+        raise ValueError(f"{name} must be a number in (0, 1]{' or none' if optional else ''}, got {value!r}")
+    return float(value)
+
+
+def check_block_indices(name: str, value: Any, depth: Optional[int] = None) -> Optional[Tuple[int, ...]]:
+    """``value`` as sorted, distinct 0-based block indices (None passes through: the default blocks).
+
+    Args:
+        name: The option as the message names it (``prune-layers`` for a configuration field,
+            ``prune_layers`` for a library call).
+        value: None, a sequence of ints, or text such as ``3,6,9`` (``none``/``default``: None).
+        depth: The model's number of blocks (indices must be below it); None: not known yet.
+
+    Returns:
+        The indices as a sorted tuple, or None.
+
+    Raises:
+        ValueError: Naming ``name`` and the value: text that is not a list of integers, not a
+            sequence, empty, a non-integer entry, an index outside ``[0, depth - 1]`` (or below 0),
+            or a repeated index.
+    """
+    if isinstance(value, str):
+        try:
+            value = parse_block_list(value)
+        except ValueError:
+            raise ValueError(f"{name} must be comma-separated block indices such as 3,6,9 (or 'none' for the "
+                             f"default blocks), got {value!r}") from None
+    if value is None:
+        return None
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a sequence of block indices (or none for the default blocks), got {value!r}")
+    value = list(value)
+    if not value:
+        raise ValueError(f"{name} must name at least one block (got an empty sequence; none: the default blocks); "
+                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
+    top = "" if depth is None else f", {depth - 1}"
+    for i in value:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{name} entries must be block indices (ints), got {i!r} in {value!r}")
+        if i < 0 or (depth is not None and i >= depth):
+            where = f"the model's blocks [0{top}]" if depth is not None else "the blocks (indices are >= 0)"
+            raise ValueError(f"{name} index {i} is outside {where}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} has duplicate indices: {value!r}")
+    return tuple(sorted(int(i) for i in value))

@@ -1,7 +1,12 @@
 """Named settings of the three levels: the paper's, and the winner of our time-to-accuracy study.
 
-One table, read by :func:`trilevel.patch` (its defaults), :class:`trilevel.TriLevelConfig` (its
-defaults, and ``preset=...``), the command line (``--preset``) and the benchmarks.
+One table, the only place these values are written: the defaults of :func:`trilevel.patch`
+(:class:`~trilevel.models.PatchSettings`), :class:`trilevel.TriLevelConfig`,
+:class:`~trilevel.schedules.KeepRatioSchedule` and ``trilevel bench speed`` derive from it
+(:data:`DEFAULTS`, :data:`PRESETS`), and one function, :func:`layered_settings`, applies a preset
+wherever one is named: ``TriLevelConfig(preset=...)``, ``--preset`` (the command line builds a
+run's settings as defaults < preset < checkpoint < file < flags), the bench rows and the
+reading of old checkpoints.
 
 * ``paper``: the exact settings of Kong et al., "Peeling the Onion: Hierarchical Reduction of Data
   Redundancy for Efficient Vision Transformer Training", AAAI 2023, and of the authors' code:
@@ -18,9 +23,10 @@ defaults, and ``preset=...``), the command line (``--preset``) and the benchmark
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["PRESETS", "AUTO_PATCH_DROP", "DEFAULT_PRESET", "PATCH_KEYS", "preset_settings", "patch_defaults"]
+__all__ = ["PRESETS", "AUTO_PATCH_DROP", "DEFAULT_PRESET", "DEFAULTS", "CHECKPOINT_PRESET", "PATCH_KEYS",
+           "preset_settings", "patch_defaults", "layered_settings"]
 
 #: Named settings of the three levels (field names of :class:`trilevel.TriLevelConfig`).
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -48,6 +54,13 @@ AUTO_PATCH_DROP = 0.3
 DEFAULT_PRESET = "fast-patchdrop"
 """The preset whose values are the defaults of :func:`trilevel.patch` and :class:`trilevel.TriLevelConfig`."""
 
+DEFAULTS: Mapping[str, Any] = PRESETS[DEFAULT_PRESET]
+"""The default preset's settings: the field defaults of :class:`trilevel.TriLevelConfig` (read, never written)."""
+
+CHECKPOINT_PRESET = "paper"
+"""The preset a stored configuration is read over: an option missing from an old checkpoint is one its
+version did not have yet, and that run used the paper's value (the default until ``fast`` became it)."""
+
 PATCH_KEYS = ("prune_layers", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score", "rejoin_layer")
 """The settings that decide how a model is patched (the rest are schedules and the example level)."""
 
@@ -73,3 +86,35 @@ def patch_defaults(name: str = DEFAULT_PRESET) -> Dict[str, Any]:
     """
     settings = preset_settings(name)
     return {k: settings[k] for k in PATCH_KEYS}
+
+
+def layered_settings(*layers: Optional[Mapping[str, Any]], base: Optional[Mapping[str, Any]] = None,
+                     preset: Optional[str] = None) -> Dict[str, Any]:
+    """Settings from layers, later ones winning: ``base < preset < layers[0] < layers[1] < ...``.
+
+    The one place a preset is applied. ``trilevel train`` calls it with the resumed checkpoint's
+    configuration, the ``-c`` file's and the flags naming the sources (defaults < preset <
+    checkpoint < file < flags; the dataclass defaults, :data:`DEFAULTS`, lie below everything);
+    ``TriLevelConfig(preset=...)`` with the fields it was given; a bench row with the shared recipe
+    as ``base``; a stored configuration with ``preset=CHECKPOINT_PRESET``.
+
+    Args:
+        *layers: Mappings of field names (underscored) to values, lowest first; None or empty skipped.
+        base: The bottom layer, below the preset (e.g. a complete recipe); None: nothing.
+        preset: The preset whose values lie between ``base`` and ``layers``; None: the one named by
+            the highest layer that has a ``preset`` key (no preset when that names None, or none does).
+
+    Returns:
+        A new dict.
+
+    Raises:
+        ValueError: An unknown preset name (the known ones are listed).
+    """
+    given = [layer for layer in layers if layer]
+    if preset is None:
+        preset = next((layer["preset"] for layer in reversed(given) if "preset" in layer), None)
+    out: Dict[str, Any] = dict(base or {})
+    out.update(preset_settings(preset))
+    for layer in given:
+        out.update(layer)
+    return out

@@ -16,15 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .options import check_ratio
+from .presets import PRESETS
+
+_PAPER = PRESETS["paper"]  # the defaults of a schedule: the paper's (EViT's)
+
 __all__ = ["SCHEDULE_SHAPES", "SCHEDULE_CURVES", "KeepRatioSchedule", "ResolutionSchedule", "run_progress"]
-
-
-def _check_ratio(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return float(value)
 
 
 SCHEDULE_SHAPES = ("decay", "grow")
@@ -51,6 +48,7 @@ class KeepRatioSchedule:
 
     Args:
         target: The pruned end of the schedule, in (0, 1]. 1 keeps everything for the whole run.
+            The defaults of the others are the ``paper`` preset's (:data:`trilevel.presets.PRESETS`).
         warmup: Fraction of the run before the ratio starts to move, in [0, 1). Paper: 1/30.
         decay_end: Fraction of the run where the move ends, in [warmup, 1]. Paper: 11/30.
         shape: ``decay`` or ``grow``.
@@ -68,16 +66,16 @@ class KeepRatioSchedule:
     """
 
     target: float
-    warmup: float = 1.0 / 30.0
-    decay_end: float = 11.0 / 30.0
-    shape: str = "decay"
-    curve: str = "cosine"
+    warmup: float = _PAPER["ratio_warmup"]
+    decay_end: float = _PAPER["ratio_decay_end"]
+    shape: str = _PAPER["ratio_schedule"]
+    curve: str = _PAPER["ratio_curve"]
     stages: int = 3
-    dense_tail: float = 0.0
-    buckets: int = 0
+    dense_tail: float = _PAPER["dense_tail"]
+    buckets: int = _PAPER["ratio_buckets"]
 
     def __post_init__(self) -> None:
-        _check_ratio("target", self.target)
+        check_ratio("target", self.target)
         for name in ("warmup", "decay_end"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:

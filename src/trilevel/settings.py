@@ -20,21 +20,21 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Literal, Mapping, Optional, Tuple, get_args
+from typing import Any, Dict, Literal, Optional, Tuple, get_args
 
 import torch.nn as nn
 
 from .models import PatchSettings, family_of, find_family, forward_flops, unwrap_model
 from .options import (
-    BlockList, Fraction, OptionalFloat, OptionalInt, UpdateEvery, check_choice, check_float, check_int,
-    parse_block_list, parse_update_every,
+    BlockList, Fraction, OptionalFloat, OptionalInt, UpdateEvery, check_block_indices, check_choice, check_float,
+    check_int, check_ratio, flag, parse_update_every,
 )
-from .presets import PRESETS, preset_settings
+from .presets import DEFAULTS, PRESETS, layered_settings, preset_settings
 from .schedules import KeepRatioSchedule
 from .token_pruning import TOKEN_FATES, TOKEN_SCORES
 
 __all__ = ["ALLOWED_SELECTORS", "PRESETS", "SelectorName", "TriLevelConfig", "ResolvedTriLevel", "build_selector",
-           "has_patch_dropout_slot", "merge_settings", "preset_settings", "resolve_config", "resolve_patch_drop",
+           "has_patch_dropout_slot", "layered_settings", "preset_settings", "resolve_config", "resolve_patch_drop",
            "resolve_speedup", "schedule_flops", "track_given"]
 
 SelectorName = Literal["forgetting", "random", "loss", "none"]
@@ -50,8 +50,9 @@ def track_given(cls):
     """Class decorator for a dataclass: record which fields its constructor was given (``_given``).
 
     A config built with ``preset=...`` then takes the preset's value for every field it was not
-    given, whatever the field's default (``__post_init__`` reads ``_given``). Apply it after
-    ``@dataclass`` on every config class (a subclass's dataclass ``__init__`` is its own).
+    given, whatever the field's default (``__post_init__`` passes the given fields to
+    :func:`~trilevel.presets.layered_settings`). Apply it after ``@dataclass`` on every config class
+    (a subclass's dataclass ``__init__`` is its own).
     """
     init = cls.__init__
     names = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -65,28 +66,19 @@ def track_given(cls):
     return cls
 
 
-def merge_settings(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """``base`` (a complete settings dict, e.g. a recipe's ``to_dict()``) updated with ``overrides``.
-
-    When ``overrides`` names a preset, its settings replace the base's first, then the overrides
-    apply (a complete dict gives every field explicitly, so a preset would otherwise not apply).
-    """
-    preset = overrides.get("preset")
-    if preset is not None:
-        return {**base, **preset_settings(preset), **overrides}
-    return {**base, **overrides}
-
-
 @track_given
-@dataclass
+@dataclass(frozen=True)
 class TriLevelConfig:
     """Settings of the three levels (the method), validated on construction.
 
     Every invalid value raises ``ValueError`` naming the option (as its flag), the value and what
-    is allowed. The command line of ``trilevel train`` is generated from these fields. The
-    defaults are the ``fast-patchdrop`` preset's, the winner of the study in three regimes
-    (docs/benchmarks.md, "Study in users' regimes"); ``TriLevelConfig(preset="paper")`` (``--preset paper``) takes Kong et
-    al.'s exact settings for every option not given explicitly (:data:`PRESETS`).
+    is allowed. Frozen: a changed setting is a new config (``dataclasses.replace``). The command
+    line of ``trilevel train`` is generated from these fields. The defaults are read from the
+    preset table (:data:`~trilevel.presets.DEFAULTS`): the ``fast-patchdrop`` preset's, the winner
+    of the study in three regimes (docs/benchmarks.md, "Study in users' regimes");
+    ``TriLevelConfig(preset="paper")`` (``--preset paper``) takes Kong et al.'s exact settings for
+    every option not given explicitly (:data:`PRESETS`, applied by
+    :func:`~trilevel.presets.layered_settings`).
 
     Attributes:
         preset: Named settings the others start from: paper (Kong et al.'s exact settings), fast (the winner of our first time-to-accuracy study) or fast-patchdrop (fast on PatchDropout 0.3, the best in the long and cluttered regimes); none: the defaults below, which are the fast-patchdrop preset's (--preset paper for the paper's). Options given explicitly override the preset.
@@ -116,52 +108,56 @@ class TriLevelConfig:
     """
 
     preset: Optional[PresetName] = None
-    keep_ratio: float = 0.5
-    attn_keep_ratio: float = 1.0
-    prune_layers: BlockList = None
-    ratio_schedule: ScheduleShape = "grow"
-    ratio_warmup: Fraction = 0.0
-    ratio_decay_end: Fraction = 0.8
-    ratio_curve: ScheduleCurve = "linear"
+    keep_ratio: float = DEFAULTS["keep_ratio"]
+    attn_keep_ratio: float = DEFAULTS["attn_keep_ratio"]
+    prune_layers: BlockList = DEFAULTS["prune_layers"]
+    ratio_schedule: ScheduleShape = DEFAULTS["ratio_schedule"]
+    ratio_warmup: Fraction = DEFAULTS["ratio_warmup"]
+    ratio_decay_end: Fraction = DEFAULTS["ratio_decay_end"]
+    ratio_curve: ScheduleCurve = DEFAULTS["ratio_curve"]
     ratio_stages: int = 3
-    ratio_buckets: int = 8
-    dense_tail: float = 0.2
-    token_fate: str = "bypass"
-    token_score: str = "cls-attention"
-    rejoin_layer: OptionalInt = None
+    ratio_buckets: int = DEFAULTS["ratio_buckets"]
+    dense_tail: float = DEFAULTS["dense_tail"]
+    token_fate: str = DEFAULTS["token_fate"]
+    token_score: str = DEFAULTS["token_score"]
+    rejoin_layer: OptionalInt = DEFAULTS["rejoin_layer"]
     patch_mode: Optional[str] = None
     speedup: OptionalFloat = None
-    eval_keep_ratio: OptionalFloat = None
-    eval_attn_keep_ratio: OptionalFloat = None
-    selector: SelectorName = "forgetting"
-    example_remove: float = 0.2
-    example_swap: float = 0.05
-    example_update_every: UpdateEvery = 0.1
-    example_max_updates: int = 5
-    patch_drop: OptionalFloat = None
+    eval_keep_ratio: OptionalFloat = DEFAULTS["eval_keep_ratio"]
+    eval_attn_keep_ratio: OptionalFloat = DEFAULTS["eval_attn_keep_ratio"]
+    selector: SelectorName = DEFAULTS["selector"]
+    example_remove: float = DEFAULTS["example_remove"]
+    example_swap: float = DEFAULTS["example_swap"]
+    example_update_every: UpdateEvery = DEFAULTS["example_update_every"]
+    example_max_updates: int = DEFAULTS["example_max_updates"]
+    patch_drop: OptionalFloat = DEFAULTS["patch_drop"]
 
     def __post_init__(self) -> None:
-        if self.preset is not None:  # the preset's values, except what the caller gave explicitly
-            check_choice("preset", self.preset, tuple(PRESETS))
-            given = getattr(self, "_given", None)
-            for key, value in preset_settings(self.preset).items():
-                if given is not None and key not in given:
-                    setattr(self, key, copy.copy(value))
+        given = {name: getattr(self, name) for name in getattr(self, "_given", ())}
+        for key, value in layered_settings(given).items():  # a named preset's values under those given
+            if key not in given:
+                self._set(**{key: copy.copy(value)})
         self.validate()
 
+    def _set(self, **values: Any) -> None:
+        """Set fields of this frozen config while it is built (validation normalises values)."""
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
     def validate(self) -> None:
-        """Check and normalise the tri-level fields in place (subclasses extend it).
+        """Check and normalise the tri-level fields (subclasses extend it); run once, on construction.
 
         Raises:
             ValueError: Naming the first invalid option.
         """
         if self.preset is not None:
             check_choice("preset", self.preset, tuple(PRESETS))
-        self.keep_ratio = check_float("keep_ratio", self.keep_ratio, 0.0, 1.0, low_open=True)
-        self.attn_keep_ratio = check_float("attn_keep_ratio", self.attn_keep_ratio, 0.0, 1.0, low_open=True)
-        self.prune_layers = _check_prune_layers(self.prune_layers)
-        self.ratio_warmup = check_float("ratio_warmup", self.ratio_warmup, 0.0, 1.0, high_open=True)
-        self.ratio_decay_end = check_float("ratio_decay_end", self.ratio_decay_end, 0.0, 1.0)
+        self._set(keep_ratio=check_ratio("keep-ratio", self.keep_ratio),
+                  attn_keep_ratio=check_ratio("attn-keep-ratio", self.attn_keep_ratio))
+        layers = check_block_indices("prune-layers", self.prune_layers)
+        self._set(prune_layers=None if layers is None else list(layers))
+        self._set(ratio_warmup=check_float("ratio_warmup", self.ratio_warmup, 0.0, 1.0, high_open=True),
+                  ratio_decay_end=check_float("ratio_decay_end", self.ratio_decay_end, 0.0, 1.0))
         if self.ratio_decay_end < self.ratio_warmup:
             raise ValueError(
                 f"ratio-decay-end ({self.ratio_decay_end:g}) must be >= ratio-warmup ({self.ratio_warmup:g})"
@@ -172,33 +168,33 @@ class TriLevelConfig:
         check_int("ratio_buckets", self.ratio_buckets, 0)
         if self.ratio_buckets == 1:
             raise ValueError("ratio-buckets must be 0 (continuous) or >= 2, got 1")
-        self.dense_tail = check_float("dense_tail", self.dense_tail, 0.0, 1.0, high_open=True)
+        self._set(dense_tail=check_float("dense_tail", self.dense_tail, 0.0, 1.0, high_open=True))
         check_choice("token_fate", self.token_fate, tuple(TOKEN_FATES))
         check_choice("token_score", self.token_score, tuple(TOKEN_SCORES))
         if self.patch_mode is not None and not (isinstance(self.patch_mode, str) and self.patch_mode):
             raise ValueError(f"patch-mode must be a family's mode name (e.g. window or mask for Swin) or none, "
                              f"got {self.patch_mode!r}")
         check_int("rejoin_layer", self.rejoin_layer, 0, optional=True)
-        self.speedup = check_float("speedup", self.speedup, 1.0, float("inf"), low_open=True, high_open=True,
-                                   optional=True)
+        self._set(speedup=check_float("speedup", self.speedup, 1.0, float("inf"), low_open=True, high_open=True,
+                                      optional=True))
         if self.rejoin_layer is not None and self.token_fate != "bypass":
             raise ValueError(f"rejoin-layer is for --token-fate bypass only (token-fate is {self.token_fate!r})")
         if self.rejoin_layer is not None and self.prune_layers is not None and self.rejoin_layer <= max(self.prune_layers):
             raise ValueError(f"rejoin-layer ({self.rejoin_layer}) must come after the last pruning block "
                              f"({max(self.prune_layers)})")
         for name in ("eval_keep_ratio", "eval_attn_keep_ratio"):
-            setattr(self, name, check_float(name, getattr(self, name), 0.0, 1.0, low_open=True, optional=True))
+            self._set(**{name: check_ratio(flag(name), getattr(self, name), optional=True)})
         check_choice("selector", self.selector, ALLOWED_SELECTORS)
-        self.example_remove = check_float("example_remove", self.example_remove, 0.0, 1.0, high_open=True)
-        self.example_swap = check_float("example_swap", self.example_swap, 0.0, 1.0, high_open=True)
+        self._set(example_remove=check_float("example_remove", self.example_remove, 0.0, 1.0, high_open=True),
+                  example_swap=check_float("example_swap", self.example_swap, 0.0, 1.0, high_open=True))
         if self.selector in ("forgetting", "random") and self.example_swap > self.example_remove:
             raise ValueError(
                 f"example-swap ({self.example_swap:g}) must be <= example-remove ({self.example_remove:g}): "
                 f"the swapped examples come back from the removed pool"
             )
-        self.example_update_every = _check_update_every(self.example_update_every)
+        self._set(example_update_every=_check_update_every(self.example_update_every))
         check_int("example_max_updates", self.example_max_updates, 0)
-        self.patch_drop = check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True, optional=True)
+        self._set(patch_drop=check_float("patch_drop", self.patch_drop, 0.0, 1.0, high_open=True, optional=True))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TriLevelConfig":
@@ -239,31 +235,6 @@ class TriLevelConfig:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _check_prune_layers(value: Any) -> Optional[list]:
-    """None/``"none"``/``"default"`` -> None; ``"3,6,9"`` or ``[3, 6, 9]`` -> ``[3, 6, 9]``."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = parse_block_list(value)
-        except ValueError:
-            raise ValueError(
-                f"prune-layers must be a comma-separated list of block indices (e.g. 3,6,9) or 'none', got {value!r}"
-            ) from None
-        if value is None:
-            return None
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ValueError("prune-layers must name at least one block (or 'none' for the default blocks)")
-        for v in value:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"prune-layers entries must be block indices >= 0, got {v!r} in {list(value)!r}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"prune-layers has duplicate indices: {list(value)!r}")
-        return sorted(int(v) for v in value)
-    raise ValueError(f"prune-layers must be a list of block indices or 'none', got {value!r}")
 
 
 def _check_update_every(value: Any) -> Any:
@@ -325,8 +296,7 @@ def resolve_config(config: TriLevelConfig, model: nn.Module) -> ResolvedTriLevel
     base = unwrap_model(model)
     family.check(base)
     settings = family.resolve(base, config.patch_settings())
-    config = copy.deepcopy(config)
-    config.patch_drop = resolve_patch_drop(base, config.patch_drop)
+    config = dataclasses.replace(config, patch_drop=resolve_patch_drop(base, config.patch_drop))
     if config.speedup is not None:
         config = resolve_speedup(model, config, settings)
         settings = dataclasses.replace(settings, keep_ratio=config.keep_ratio)

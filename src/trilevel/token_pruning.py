@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from .options import check_ratio
+
 __all__ = ["num_kept_tokens", "cls_attention_scores", "select_topk_tokens", "ScoreInputs", "TokenScore",
            "TokenFate", "TOKEN_SCORES", "TOKEN_FATES", "register_token_score", "register_token_fate",
            "get_token_score", "get_token_fate"]
@@ -35,8 +37,7 @@ def num_kept_tokens(num_tokens: int, keep_ratio: float) -> int:
     Raises:
         ValueError: If ``keep_ratio`` is outside (0, 1] or ``num_tokens`` is negative.
     """
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    check_ratio("keep_ratio", keep_ratio)
     if num_tokens < 0:
         raise ValueError(f"num_tokens must be >= 0, got {num_tokens!r}")
     return min(num_tokens, math.ceil(keep_ratio * num_tokens))

@@ -138,8 +138,7 @@ def test_log_wandb_without_wandb_fails_at_startup(tmp_path, monkeypatch):
 def test_bad_live_logging_values_are_named(field, value):
     from trilevel.training import TrainConfig
 
-    cfg = TrainConfig()
-    setattr(cfg, field, value)
+    cfg = TrainConfig(**{field: value})  # the constructor leaves these to check_live_logging (a frozen config)
     with pytest.raises(ValueError, match=field.replace("_", "[-_]")):
         check_live_logging(cfg)
 

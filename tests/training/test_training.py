@@ -127,7 +127,7 @@ def test_from_dict_accepts_hyphens_and_rejects_unknown_keys():
 def test_a_config_built_with_a_preset_takes_its_values_except_those_given():
     from trilevel import TriLevelConfig
     from trilevel.presets import PRESETS
-    from trilevel.settings import merge_settings
+    from trilevel.presets import layered_settings
 
     for cls in (TriLevelConfig, TrainConfig):
         paper = cls(preset="paper")
@@ -135,8 +135,8 @@ def test_a_config_built_with_a_preset_takes_its_values_except_those_given():
         mixed = cls(preset="paper", keep_ratio=0.5)  # 0.5 is also the fast default: still given explicitly
         assert mixed.keep_ratio == 0.5 and mixed.attn_keep_ratio == 0.3 and mixed.token_fate == "drop"
     assert TrainConfig.from_dict({"preset": "paper"}).token_fate == "drop"
-    full = TrainConfig().to_dict()  # a complete dict gives every field; merge_settings lets a preset apply
-    merged = TrainConfig.from_dict(merge_settings(full, {"preset": "paper", "attn_keep_ratio": 1.0}))
+    full = TrainConfig().to_dict()  # a complete dict gives every field; layered_settings lets a preset apply
+    merged = TrainConfig.from_dict(layered_settings({"preset": "paper", "attn_keep_ratio": 1.0}, base=full))
     assert merged.token_fate == "drop" and merged.keep_ratio == 0.7 and merged.attn_keep_ratio == 1.0
 
 

@@ -67,7 +67,7 @@ def test_the_family_s_limits_are_enforced(toy_family):
         trilevel.patch(model, keep_ratio=0.5)  # the fast preset's fate
     with pytest.raises(ValueError, match=r"attention level is not implemented for toy models"):
         trilevel.patch(model, attn_keep_ratio=0.3, **TOY)
-    with pytest.raises(ValueError, match=r"prune layer index 3 is outside"):
+    with pytest.raises(ValueError, match=r"prune_layers index 3 is outside the model.s blocks \[0, 2\]"):
         trilevel.patch(model, prune_layers=[3], **TOY)
     assert not trilevel.is_patched(model)
 

@@ -26,8 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import yaml
 
 from ..checkpoint import atomic_write_json
-from ..settings import merge_settings
-from .train import TRAIN_PRESETS
+from .train import TRAIN_PRESETS, row_settings
 from .tta import BOOTSTRAP_RESAMPLES, TRAIN_FLOPS_PER_FORWARD, build_curves, interleaved_order, tta_rows
 
 __all__ = ["BUDGET_RUN_KEYS", "FIGURES_NOTE", "run_budget_bench", "format_curve_table", "format_provenance",
@@ -172,7 +171,7 @@ def run_budget_bench(
                 raise TrainingInterrupted(f"stopped by SIGTERM before bench run {n}/{len(order)}; run the same "
                                           f"command again to continue (finished runs are reused)")
             folder = os.path.join(output_dir, name, f"b{budget:g}-s{seed}")
-            cfg = {**merge_settings(base, table[name]), "budget": budget, "seed": seed, "output_dir": folder,
+            cfg = {**row_settings(base, table[name]), "budget": budget, "seed": seed, "output_dir": folder,
                    "resume": None}
             summary = _done_before(folder, training.TrainConfig.from_dict(cfg).to_dict(), allow_mixed_code)
             if summary is None:

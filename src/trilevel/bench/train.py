@@ -15,19 +15,23 @@ import os
 import statistics
 from typing import Dict, List, Mapping, Sequence
 
-from ..presets import PRESETS
-from ..settings import merge_settings
+from ..presets import layered_settings
 
 __all__ = [
-    "TRAIN_PRESETS", "run_train_bench", "format_train_table",
+    "TRAIN_PRESETS", "row_settings", "run_train_bench", "format_train_table",
     "parse_seeds", "run_train_bench_seeds", "summarize_seeds", "format_seeds_table",
 ]
 
 _LOG = logging.getLogger(__name__)
 
-_PAPER = PRESETS["paper"]
 
-#: Configurations of ``trilevel bench train``: overrides of the base training config.
+def _on_paper(**overrides) -> dict:
+    """A row on the paper preset's values that keeps the recipe's ``preset`` field (an ablation, a peer)."""
+    return layered_settings(overrides, preset="paper")
+
+
+#: Configurations of ``trilevel bench train``: overrides of the base training config, applied over
+#: it by :func:`~trilevel.presets.layered_settings` (a row naming a preset takes its values first).
 #: ``trilevel`` is the base config's own tri-level settings; ``dense-same-time`` is dense
 #: training for the wall-clock of the fastest other configuration (the honest baseline). The
 #: single-level ablations and the peers start from the paper's settings (their schedule: decaying
@@ -35,19 +39,23 @@ _PAPER = PRESETS["paper"]
 TRAIN_PRESETS: Dict[str, dict] = {
     "dense": {"dense": True},
     "trilevel": {},
-    "paper": {"dense": False, "preset": "paper", **_PAPER},
-    "fast": {"dense": False, "preset": "fast", **PRESETS["fast"]},
-    "fast-patchdrop": {"dense": False, "preset": "fast-patchdrop", **PRESETS["fast-patchdrop"], "patch_drop": 0.3},
-    "token-only": {**_PAPER, "dense": False, "attn_keep_ratio": 1.0, "selector": "none"},
-    "attention-only": {**_PAPER, "dense": False, "keep_ratio": 1.0, "selector": "none"},
-    "example-only": {**_PAPER, "dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "forgetting"},
-    "evit": {**_PAPER, "dense": False, "attn_keep_ratio": 1.0, "selector": "none", "token_fate": "fuse"},
+    "paper": {"dense": False, "preset": "paper"},
+    "fast": {"dense": False, "preset": "fast"},
+    "fast-patchdrop": {"dense": False, "preset": "fast-patchdrop", "patch_drop": 0.3},
+    "token-only": _on_paper(dense=False, attn_keep_ratio=1.0, selector="none"),
+    "attention-only": _on_paper(dense=False, keep_ratio=1.0, selector="none"),
+    "example-only": _on_paper(dense=False, keep_ratio=1.0, attn_keep_ratio=1.0, selector="forgetting"),
+    "evit": _on_paper(dense=False, attn_keep_ratio=1.0, selector="none", token_fate="fuse"),
     "patchdropout": {"dense": True, "patch_drop": 0.3},
-    "infobatch": {**_PAPER, "dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "loss",
-                  "example_remove": 0.5},
-    "random-examples": {**_PAPER, "dense": False, "keep_ratio": 1.0, "attn_keep_ratio": 1.0, "selector": "random"},
+    "infobatch": _on_paper(dense=False, keep_ratio=1.0, attn_keep_ratio=1.0, selector="loss", example_remove=0.5),
+    "random-examples": _on_paper(dense=False, keep_ratio=1.0, attn_keep_ratio=1.0, selector="random"),
     "dense-same-time": {"dense": True},
 }
+
+
+def row_settings(base: Mapping, row: Mapping) -> dict:
+    """The settings of a bench row: the shared recipe ``base`` < the preset the row names < the row."""
+    return layered_settings(row, base=base)
 
 
 def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List[dict]:
@@ -89,7 +97,7 @@ def run_train_bench(base: dict, configs: Sequence[str], output_dir: str) -> List
     rows: List[dict] = []
 
     def run(name: str, overrides: dict) -> dict:
-        cfg = {**merge_settings(base, overrides), "output_dir": os.path.join(output_dir, name), "resume": None}
+        cfg = {**row_settings(base, overrides), "output_dir": os.path.join(output_dir, name), "resume": None}
         from ..training.signals import STOP_REQUEST
         from ..training.trainer import TrainingInterrupted
 

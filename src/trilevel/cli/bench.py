@@ -12,18 +12,17 @@ import tyro
 from typing_extensions import Annotated
 
 from ..options import BlockList, OptionalFloat, parse_float_list
+from ..presets import PRESETS
 from ..training.config import AmpName, DeviceName, ModelConfig, TrainConfig
-from .common import (
-    EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, split_common_flags, usage_error,
-)
-from .train import base_train_options
+from .common import EXIT_OK, EXIT_SIGTERM, log_outputs, parse_options, run_failed, split_common_flags, usage_error
+from .train import layered_train_config, split_source_flags
 
 __all__ = ["SpeedOptions", "BenchTrainOptions", "main"]
 
 logger = logging.getLogger("trilevel.cli")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeedOptions(ModelConfig):
     """Options of ``trilevel bench speed`` (training-step throughput, dense timm vs the tri-level patch).
 
@@ -32,8 +31,8 @@ class SpeedOptions(ModelConfig):
     Attributes:
         num_classes: Classes of the random labels.
         batch_size: Images per step.
-        keep_ratio: Token keep ratio of the pruned rows.
-        attn_keep_ratio: Attention keep ratio of the pruned rows.
+        keep_ratio: Token keep ratio of the pruned rows (the paper preset's).
+        attn_keep_ratio: Attention keep ratio of the pruned rows (the paper preset's).
         prune_layers: Pruning blocks, comma-separated; none: depth//4, depth//2, 3*depth//4.
         rounds: Rounds of the alternation (the median is over rounds).
         steps_per_round: Timed steps per configuration per round.
@@ -46,8 +45,8 @@ class SpeedOptions(ModelConfig):
 
     num_classes: int = 10
     batch_size: int = 128
-    keep_ratio: float = 0.7
-    attn_keep_ratio: float = 0.3
+    keep_ratio: float = PRESETS["paper"]["keep_ratio"]
+    attn_keep_ratio: float = PRESETS["paper"]["attn_keep_ratio"]
     prune_layers: BlockList = None
     rounds: int = 5
     steps_per_round: int = 3
@@ -130,10 +129,9 @@ def _train(argv: Sequence[str]) -> int:
     from ..bench.train import TRAIN_PRESETS, format_seeds_table, format_train_table, parse_seeds
     from ..bench.train import run_train_bench, run_train_bench_seeds
 
-    common, rest = split_common_flags(argv)
-    base = TrainConfig.from_dict(base_train_options(common.config, flag_value(rest, "--resume"),
-                                                    flag_value(rest, "--preset")),
-                                 source=common.config or "the resumed checkpoint")
+    common, rest = split_common_flags(argv)  # the recipe is built as trilevel train builds a run's configuration
+    sources, rest = split_source_flags(rest)
+    base = layered_train_config(common.config, sources)
     opts = parse_options(
         BenchTrainOptions, rest, "trilevel bench train",
         "Train each configuration with the same recipe (the train flags below) and print a table of val top-1, "

@@ -23,7 +23,6 @@ __all__ = [
     "EXIT_SIGTERM",
     "CommonFlags",
     "split_common_flags",
-    "flag_value",
     "setup_logging",
     "parse_options",
     "parse_command",
@@ -84,17 +83,6 @@ def split_common_flags(argv: Sequence[str]) -> Tuple[CommonFlags, List[str]]:
             rest.append(a)
         i += 1
     return flags, rest
-
-
-def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The value given to ``--name`` in ``argv`` (``--name V`` or ``--name=V``; the last wins), else None."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(name + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 def setup_logging(verbose: bool) -> None:

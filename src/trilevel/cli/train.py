@@ -1,10 +1,13 @@
 """``trilevel train``: train a ViT with tri-level data reduction (or the dense baseline).
 
-Configuration precedence (later wins): the defaults of :class:`~trilevel.training.TrainConfig`,
-the configuration stored in the ``--resume`` checkpoint, the ``-c/--config`` YAML file, the flags.
-YAML keys are the option names with hyphens or underscores (``batch-size`` or ``batch_size``);
-unknown keys are an error. The resolved configuration is written to ``<output-dir>/config.yaml``,
-which can be passed back with ``-c``.
+Configuration precedence (later wins): the defaults of :class:`~trilevel.training.TrainConfig`
+(the default preset's), the ``--preset``, the configuration stored in the ``--resume`` checkpoint,
+the ``-c/--config`` YAML file, the flags. :func:`parse_train_config` builds it, once: the flags
+naming the sources (``-c``, ``--preset``, ``--resume``) are taken out of the arguments first,
+:func:`~trilevel.presets.layered_settings` layers the sources (the one place a preset is
+applied), and tyro parses the other flags over the result. YAML keys are the option names with
+hyphens or underscores (``batch-size`` or ``batch_size``); unknown keys are an error. The resolved
+configuration is written to ``<output-dir>/config.yaml``, which can be passed back with ``-c``.
 
 Examples::
 
@@ -17,14 +20,15 @@ Examples::
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..options import parse_none
 from .common import (
-    EXIT_OK, EXIT_SIGTERM, flag_value, log_outputs, parse_options, run_failed, setup_logging,
-    split_common_flags, usage_error,
+    EXIT_OK, EXIT_SIGTERM, log_outputs, parse_options, run_failed, setup_logging, split_common_flags, usage_error,
 )
 
-__all__ = ["PROG", "DESCRIPTION", "base_train_options", "parse_train_config", "main"]
+__all__ = ["PROG", "DESCRIPTION", "SOURCE_FLAGS", "split_source_flags", "layered_train_config", "parse_train_config",
+           "main"]
 
 logger = logging.getLogger("trilevel.cli")
 
@@ -39,50 +43,95 @@ DESCRIPTION = (
 _NOT_INHERITED = ("output_dir", "stop_after_epoch", "resume", "allow_world_size_change")
 
 
-def base_train_options(config_file: Optional[str], resume: Optional[str], preset: Optional[str] = None) -> Dict[str, Any]:
-    """The options that flags override: a preset's, the resumed checkpoint's configuration, the YAML file's.
+#: The flags (fields) that name where a run's settings come from, besides ``-c``: read first.
+SOURCE_FLAGS = ("preset", "resume")
+
+
+def split_source_flags(argv: Sequence[str]) -> Tuple[Dict[str, Optional[str]], List[str]]:
+    """Take the flags naming a run's sources (``--preset``, ``--resume``) out of ``argv``.
+
+    They decide the layers the other flags override, so they are read before tyro parses the rest
+    (as ``-c`` is, :func:`~trilevel.cli.common.split_common_flags`); each is read here only.
+
+    Args:
+        argv: The command's arguments (``--preset P`` or ``--preset=P``; the last one given wins).
+
+    Returns:
+        ``({field: value}, rest)``: the source flags given (``none`` read as None) and the other
+        arguments, in order.
+
+    Raises:
+        ValueError: A source flag without its value.
+    """
+    sources: Dict[str, Optional[str]] = {}
+    rest: List[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        field = name[2:].replace("-", "_") if name.startswith("--") else None
+        if field not in SOURCE_FLAGS:
+            rest.append(args[i])
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        sources[field] = None if parse_none(value) else value
+        i += 1
+    return sources, rest
+
+
+def layered_train_config(config_file: Optional[str], sources: Dict[str, Optional[str]]):
+    """The settings the other flags override: defaults < preset < checkpoint < file < source flags.
 
     Args:
         config_file: ``-c`` YAML file, or None.
-        resume: The ``--resume`` checkpoint (from the flags or the file), or None.
-        preset: ``--preset`` name from the flags (else the file's ``preset``), or None.
+        sources: The source flags given (:func:`split_source_flags`); a ``--resume`` (else the file's
+            ``resume``) names the checkpoint, a ``--preset`` (else the file's, else the
+            checkpoint's) the preset.
+
+    Returns:
+        A :class:`~trilevel.training.TrainConfig` (what tyro parses the other flags over).
 
     Raises:
         FileNotFoundError: Missing file or checkpoint.
-        ValueError: Unknown YAML keys or an unreadable checkpoint.
+        ValueError: Unknown YAML keys, an unknown preset, an invalid value or an unreadable checkpoint.
     """
-    from ..training.config import config_from_checkpoint, load_config_file
+    from ..presets import layered_settings
+    from ..training.config import TrainConfig, config_from_checkpoint, load_config_file
 
     from_file = load_config_file(config_file) if config_file else {}
-    resume = resume or from_file.get("resume")
-    merged: Dict[str, Any] = {}  # a config built with a preset takes its values for what is not given
-    if preset:
-        merged["preset"] = preset
+    resume = sources["resume"] if "resume" in sources else from_file.get("resume")
+    checkpoint: Dict[str, Any] = {}
     if resume:
-        merged.update(config_from_checkpoint(resume))
-        for key in _NOT_INHERITED:
-            merged.pop(key, None)
-    merged.update(from_file)
-    return merged
+        checkpoint = {k: v for k, v in config_from_checkpoint(resume).items() if k not in _NOT_INHERITED}
+    settings = layered_settings(checkpoint, from_file, sources)
+    return TrainConfig.from_dict(settings, source=config_file or "the resumed checkpoint")
 
 
 def parse_train_config(argv: Sequence[str], prog: str = PROG):
-    """Parse ``trilevel train`` arguments (``-c FILE`` and ``-v`` included) into a TrainConfig.
+    """Build the configuration of a ``trilevel train`` run from its arguments: the one place it is built.
+
+    Defaults < ``--preset`` < the ``--resume`` checkpoint's configuration < the ``-c`` file < the
+    flags: the source flags are taken out first (:func:`split_source_flags`), the sources layered
+    (:func:`layered_train_config`), then tyro parses the other flags over them.
 
     Returns:
-        A validated :class:`~trilevel.training.TrainConfig`.
+        The validated, frozen :class:`~trilevel.training.TrainConfig`.
 
     Raises:
-        ValueError: Unknown YAML keys or an invalid value in the file (the option is named).
+        ValueError: Unknown YAML keys, an unknown preset or an invalid value (the option is named).
         FileNotFoundError: Missing config file or resume checkpoint.
         SystemExit: Status 2 on a bad flag (tyro prints the message).
     """
     from ..training.config import TrainConfig
 
     common, rest = split_common_flags(argv)
-    base = base_train_options(common.config, flag_value(rest, "--resume"), flag_value(rest, "--preset"))
-    default = TrainConfig.from_dict(base, source=common.config or "the resumed checkpoint")
-    return parse_options(TrainConfig, rest, prog, DESCRIPTION, default=default)
+    sources, rest = split_source_flags(rest)
+    return parse_options(TrainConfig, rest, prog, DESCRIPTION, default=layered_train_config(common.config, sources))
 
 
 def main(argv: Sequence[str]) -> int:

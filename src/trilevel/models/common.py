@@ -13,50 +13,12 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
+from ..options import check_ratio  # the one keep-ratio check, re-exported for the families
+
 __all__ = [
-    "check_ratio", "check_block_indices", "stage_ratios", "patched_class", "swap_class", "restore_class",
+    "check_ratio", "stage_ratios", "patched_class", "swap_class", "restore_class",
     "linear_macs", "conv_flops", "survival_from_positions",
 ]
-
-
-def check_ratio(name: str, value) -> float:
-    """``value`` as a float in (0, 1].
-
-    Raises:
-        ValueError: If ``value`` is not a real number (bools and strings included) or lies
-            outside (0, 1] (NaN included); the message names ``name`` and the value.
-    """
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and 0.0 < float(value) <= 1.0):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def check_block_indices(indices: Optional[Iterable[int]], depth: int, default: Tuple[int, ...],
-                        name: str = "prune_layers") -> Tuple[int, ...]:
-    """Sorted, validated 0-based block indices; ``default`` when ``indices`` is None.
-
-    Raises:
-        ValueError: If ``indices`` is not a sequence, is empty, or holds a non-int, an index
-            outside ``[0, depth - 1]`` or a duplicate (each named in the message).
-    """
-    if indices is None:
-        return tuple(default)
-    if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
-        raise ValueError(f"{name} must be a sequence of block indices, got {indices!r}")
-    seen = []
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"{name} entries must be ints, got {i!r}")
-        if i < 0 or i >= depth:
-            raise ValueError(f"{name} index {i} is outside the model's blocks [0, {depth - 1}]")
-        if i in seen:
-            raise ValueError(f"{name} has duplicate indices [{i}]")
-        seen.append(i)
-    if not seen:
-        raise ValueError(f"{name} must name at least one block (got an empty sequence); "
-                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
-    return tuple(sorted(seen))
 
 
 def stage_ratios(name: str, value: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:

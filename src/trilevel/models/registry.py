@@ -22,7 +22,10 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..presets import DEFAULT_PRESET, PATCH_KEYS, patch_defaults
+from ..options import check_block_indices, check_ratio
+from ..presets import DEFAULT_PRESET, PATCH_KEYS, layered_settings, patch_defaults
+
+_DEFAULTS = patch_defaults()  # the default preset's patch settings: PatchSettings' defaults
 
 __all__ = [
     "PatchSettings", "ModelFamily", "register_family", "families", "family_of", "find_family", "unwrap_model",
@@ -69,12 +72,12 @@ class PatchSettings:
         mode: A family's variant (Swin: ``window`` or ``mask``); None: the family's default.
     """
 
-    prune_layers: Optional[Tuple[int, ...]] = None
-    keep_ratio: float = 0.5
-    attn_keep_ratio: float = 1.0
-    token_fate: str = "bypass"
-    token_score: str = "cls-attention"
-    rejoin_layer: Optional[int] = None
+    prune_layers: Optional[Tuple[int, ...]] = _DEFAULTS["prune_layers"]
+    keep_ratio: float = _DEFAULTS["keep_ratio"]
+    attn_keep_ratio: float = _DEFAULTS["attn_keep_ratio"]
+    token_fate: str = _DEFAULTS["token_fate"]
+    token_score: str = _DEFAULTS["token_score"]
+    rejoin_layer: Optional[int] = _DEFAULTS["rejoin_layer"]
     mode: Optional[str] = None
 
     @classmethod
@@ -84,7 +87,7 @@ class PatchSettings:
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ValueError(f"unknown patch settings {unknown}; allowed: {', '.join(sorted(allowed))}")
-        values = {**patch_defaults(preset), **overrides}
+        values = {k: v for k, v in layered_settings(overrides, preset=preset).items() if k in allowed}
         layers = values.get("prune_layers")
         if layers is not None and not isinstance(layers, (str, bytes)):
             try:
@@ -194,9 +197,7 @@ class ModelFamily:
         from ..token_pruning import get_token_fate, get_token_score
 
         for name in ("keep_ratio", "attn_keep_ratio"):
-            value = getattr(settings, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+            check_ratio(name, getattr(settings, name))
         get_token_fate(settings.token_fate)
         get_token_score(settings.token_score)
         for what, allowed, value in (("token_fate", self.token_fates, settings.token_fate),
@@ -439,26 +440,12 @@ def timm_patch_size(model: nn.Module) -> int:
 
 
 def check_indices(values: Optional[Sequence[int]], depth: int, name: str = "prune_layers") -> Optional[Tuple[int, ...]]:
-    """Sorted, validated 0-based block indices (None passes through).
+    """Sorted, validated 0-based block indices of a model of ``depth`` blocks (None passes through).
+
+    :func:`trilevel.options.check_block_indices` with the model's depth, in a family's argument order.
 
     Raises:
         ValueError: A non-sequence, an empty sequence, a non-int, an index outside ``[0, depth - 1]``
             or a duplicate (each named).
     """
-    if values is None:
-        return None
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a sequence of block indices, got {values!r}")
-    seen: List[int] = []
-    for i in values:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"{name} entries must be ints, got {i!r}")
-        if not 0 <= i < depth:
-            raise ValueError(f"prune layer index {i} is outside the model's blocks [0, {depth - 1}]")
-        if i in seen:
-            raise ValueError(f"{name} has duplicate indices [{i}]")
-        seen.append(i)
-    if not seen:
-        raise ValueError(f"{name} must name at least one block (got an empty sequence); "
-                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
-    return tuple(sorted(seen))
+    return check_block_indices(name, values, depth)

@@ -41,7 +41,7 @@ from ..attention_sparsity import connection_mask, masked_attention
 from ..token_pruning import (
     ScoreInputs, cls_attention_scores, get_token_fate, get_token_score, num_kept_tokens, select_topk_tokens,
 )
-from .common import restore_class, swap_class
+from .common import check_ratio, restore_class, swap_class
 from .registry import ModelFamily, PatchSettings, check_indices, register_family
 
 __all__ = ["ViTFamily", "TriLevelInfo", "rejoin_tokens", "default_prune_layers", "resolve_bypass"]
@@ -112,15 +112,6 @@ def resolve_bypass(layers: Tuple[int, ...], rejoin_layer: Optional[int], depth: 
             f"{depth - 1}, got {rejoin!r}"
         )
     return layers, rejoin
-
-
-def _check_ratio(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    value = float(value)
-    if not 0.0 < value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return value
 
 
 class TriLevelBlockMixin:
@@ -423,9 +414,9 @@ class ViTFamily(ModelFamily):
 
     def set_keep_ratios(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float]) -> None:
         if keep_ratio is not None:
-            keep_ratio = _check_ratio("keep_ratio", keep_ratio)
+            keep_ratio = check_ratio("keep_ratio", keep_ratio)
         if attn_keep_ratio is not None:
-            attn_keep_ratio = _check_ratio("attn_keep_ratio", attn_keep_ratio)
+            attn_keep_ratio = check_ratio("attn_keep_ratio", attn_keep_ratio)
         for blk in model.blocks:
             if keep_ratio is not None:
                 blk.keep_ratio = keep_ratio

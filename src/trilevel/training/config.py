@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, get_args
 
 import yaml
 
-from ..presets import preset_settings
+from ..presets import CHECKPOINT_PRESET, layered_settings
 from ..settings import TriLevelConfig, track_given
 from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
 from ..options import (
@@ -62,7 +62,7 @@ RUNTIME_KEYS = frozenset(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Which timm model to build, with architecture overrides (validated on construction).
 
@@ -114,14 +114,15 @@ class ModelConfig:
 
 
 @track_given
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig(TriLevelConfig, ModelConfig):
     """Every setting of one training run (the flags of ``trilevel train``, hyphens for underscores).
 
     Construction validates every field and raises ``ValueError`` naming the option, the value and
-    what is allowed. Use :meth:`from_dict` for mappings from files (hyphenated keys accepted,
-    unknown keys rejected). The model fields are those of :class:`ModelConfig`, the tri-level
-    fields those of :class:`~trilevel.algorithm.TriLevelConfig`.
+    what is allowed; the config is frozen (``dataclasses.replace`` makes a changed copy). Use
+    :meth:`from_dict` for mappings from files (hyphenated keys accepted, unknown keys rejected).
+    The model fields are those of :class:`ModelConfig`, the tri-level fields those of
+    :class:`~trilevel.algorithm.TriLevelConfig`.
 
     Attributes:
         drop_path: Stochastic-depth rate, in [0, 1) (DeiT: 0.1).
@@ -229,35 +230,35 @@ class TrainConfig(TriLevelConfig, ModelConfig):
     tensorboard_images_every: int = 5
 
     def validate(self) -> None:
-        """Check and normalise every field in place (also run on construction).
+        """Check and normalise every field (run once, on construction).
 
         Raises:
             ValueError: Naming the first invalid option, its value and what is allowed.
         """
         inf = math.inf
         ModelConfig.validate(self)
-        self.drop_path = check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        self._set(drop_path=check_float("drop_path", self.drop_path, 0.0, 1.0, high_open=True))
         check_bool("pretrained", self.pretrained)
         check_bool("reset_head", self.reset_head)
         if self.reset_head and self.init_from is None and not self.pretrained:
             raise ValueError("reset-head re-initialises the classifier of loaded weights: pass it with --init-from or "
                              "--pretrained (a randomly initialised model has a new head already)")
-        self.init_from = check_path("init_from", self.init_from)
+        self._set(init_from=check_path("init_from", self.init_from))
         if self.pretrained and self.init_from is not None:
             raise ValueError(f"pass --pretrained (timm's hub weights) or --init-from {self.init_from} (a local file), "
                              f"not both")
-        self.layer_decay = check_float("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True, optional=True)
-        self.resolution_start = check_float("resolution_start", self.resolution_start, 0.0, 1.0, low_open=True)
-        self.resolution_ramp_end = check_float("resolution_ramp_end", self.resolution_ramp_end, 0.0, 1.0,
-                                               low_open=True)
+        self._set(layer_decay=check_float("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True, optional=True))
+        self._set(resolution_start=check_float("resolution_start", self.resolution_start, 0.0, 1.0, low_open=True))
+        self._set(resolution_ramp_end=check_float("resolution_ramp_end", self.resolution_ramp_end, 0.0, 1.0,
+                                                  low_open=True))
         check_choice("dataset", self.dataset, ALLOWED_DATASETS)
         check_int("canvas_size", self.canvas_size, 28)
         check_int("clutter_fragments", self.clutter_fragments, 0)
         if self.data_dir is not None:
             if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
                 raise ValueError(f"data-dir must be a folder path, got {self.data_dir!r}")
-            self.data_dir = os.fspath(self.data_dir)
-        self.classes = _check_classes(self.classes)
+            self._set(data_dir=os.fspath(self.data_dir))
+        self._set(classes=_check_classes(self.classes))
         check_int("val_split", self.val_split, 1, optional=True)
         check_int("train_subset", self.train_subset, 1, optional=True)
         check_int("val_subset", self.val_subset, 1, optional=True)
@@ -265,35 +266,36 @@ class TrainConfig(TriLevelConfig, ModelConfig):
         check_int("workers", self.workers, 0)
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
-        self.lr = check_float("lr", self.lr, 0.0, inf, low_open=True, high_open=True)
-        self.min_lr = check_float("min_lr", self.min_lr, 0.0, inf, high_open=True)
-        self.warmup_lr = check_float("warmup_lr", self.warmup_lr, 0.0, inf, high_open=True)
-        self.budget = check_float("budget", self.budget, 0.0, inf, low_open=True, high_open=True, optional=True)
-        self.warmup_epochs = check_float("warmup_epochs", self.warmup_epochs, 0.0, inf, high_open=True, optional=True)
+        self._set(lr=check_float("lr", self.lr, 0.0, inf, low_open=True, high_open=True))
+        self._set(min_lr=check_float("min_lr", self.min_lr, 0.0, inf, high_open=True))
+        self._set(warmup_lr=check_float("warmup_lr", self.warmup_lr, 0.0, inf, high_open=True))
+        self._set(budget=check_float("budget", self.budget, 0.0, inf, low_open=True, high_open=True, optional=True))
+        self._set(warmup_epochs=check_float("warmup_epochs", self.warmup_epochs, 0.0, inf, high_open=True,
+                                            optional=True))
         length, unit = (self.budget, "budget") if self.budget is not None else (self.epochs, "epochs")
         if self.warmup_epochs is not None and self.warmup_epochs >= length:
             raise ValueError(
                 f"warmup-epochs ({self.warmup_epochs:g}) must be smaller than {unit} ({length:g}); "
                 f"pass --warmup-epochs 0 (or a fraction of an epoch), or leave it unset (1/30 of the run)"
             )
-        self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0, inf, high_open=True)
+        self._set(weight_decay=check_float("weight_decay", self.weight_decay, 0.0, inf, high_open=True))
         check_int("seed", self.seed, 0)
         check_choice("device", self.device, ALLOWED_DEVICES)
-        self.smoothing = check_float("smoothing", self.smoothing, 0.0, 1.0, high_open=True)
-        self.mixup = check_float("mixup", self.mixup, 0.0, inf, high_open=True)
-        self.cutmix = check_float("cutmix", self.cutmix, 0.0, inf, high_open=True)
-        self.clip_grad = check_float("clip_grad", self.clip_grad, 0.0, inf, high_open=True, optional=True)
+        self._set(smoothing=check_float("smoothing", self.smoothing, 0.0, 1.0, high_open=True))
+        self._set(mixup=check_float("mixup", self.mixup, 0.0, inf, high_open=True))
+        self._set(cutmix=check_float("cutmix", self.cutmix, 0.0, inf, high_open=True))
+        self._set(clip_grad=check_float("clip_grad", self.clip_grad, 0.0, inf, high_open=True, optional=True))
         if self.clip_grad == 0.0:
-            self.clip_grad = None
+            self._set(clip_grad=None)
         check_choice("amp", self.amp, ALLOWED_AMP)
         check_bool("compile", self.compile)
-        self.ema_decay = check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        self._set(ema_decay=check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True))
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ValueError(f"batch-size must be even with mixup/cutmix (timm Mixup mixes pairs), got {self.batch_size}")
         TriLevelConfig.validate(self)
         check_bool("dense", self.dense)
         for name in ("output_dir", "resume"):
-            setattr(self, name, check_path(name, getattr(self, name)))
+            self._set(**{name: check_path(name, getattr(self, name))})
         check_int("stop_after_epoch", self.stop_after_epoch, 1, optional=True)
         check_int("checkpoint_every", self.checkpoint_every, 1, optional=True)
         check_int("keep_last", self.keep_last, 0)
@@ -452,8 +454,9 @@ def config_from_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
     """The ``config`` entry of a loaded training checkpoint, as a new dict.
 
-    A tri-level option missing from it is one the writing version did not have yet: that run used
-    the paper's value (the default until the ``fast`` preset became it), which is filled in.
+    The stored values are read over the :data:`~trilevel.presets.CHECKPOINT_PRESET` (paper)
+    preset: a tri-level option missing from it is one the writing version did not have yet, and
+    that run used the paper's value (the default until the ``fast`` preset became it).
 
     Raises:
         ValueError: If the checkpoint holds no configuration.
@@ -461,13 +464,10 @@ def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
     config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     if not isinstance(config, Mapping):
         raise ValueError(f"{path} is not a trilevel training checkpoint (no 'config' entry)")
-    out = dict(config)
-    fused = bool(out.pop("fuse_inattentive", None) or out.pop("fuse-inattentive", None))  # before token-fate
-    given = {str(k).replace("-", "_") for k in out}
-    for key, value in preset_settings("paper").items():
-        if key not in given:
-            out[key] = "fuse" if key == "token_fate" and fused else value
-    return out
+    stored = {str(k).replace("-", "_"): v for k, v in config.items()}
+    if stored.pop("fuse_inattentive", None) and "token_fate" not in stored:  # before token-fate existed
+        stored["token_fate"] = "fuse"
+    return layered_settings(stored, preset=CHECKPOINT_PRESET)
 
 
 def field_defaults() -> Dict[str, Any]:

@@ -15,6 +15,7 @@ forked, so logging changes nothing in training (a resumed run stays bit-identica
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import json
@@ -130,7 +131,8 @@ class RunOutput:
     """The output folder of one run; only rank 0 writes into it.
 
     The folder is ``config.output_dir``, else the resumed checkpoint's folder, else
-    ``runs/<timestamp>`` (decided on rank 0 and broadcast); ``config.output_dir`` is set to it.
+    ``runs/<timestamp>`` (decided on rank 0 and broadcast); :attr:`config` is the run's
+    configuration with ``output_dir`` set to it.
     :meth:`open` creates it, writes ``config.yaml`` and attaches ``train.log`` to the
     ``trilevel`` logger (at INFO or finer); :meth:`close` detaches it.
 
@@ -138,12 +140,13 @@ class RunOutput:
     docstring): :meth:`log_step` every ``log_interval`` steps, :meth:`end_epoch` after each epoch.
 
     Args:
-        config: The run's configuration (``output_dir`` is resolved in place).
+        config: The run's configuration (frozen; its ``output_dir`` may be None).
         ctx: This process's distributed context.
         resumed: The loaded checkpoint this run resumes, or None (live logs continue after its
             global step).
 
     Attributes:
+        config (TrainConfig): ``config`` with ``output_dir`` resolved.
         folder (Path): The run folder.
         checkpoint (Path): ``<folder>/checkpoint.pt``.
 
@@ -164,8 +167,7 @@ class RunOutput:
         if out is None:
             out = str(Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
         out = broadcast_object(out, ctx)
-        config.output_dir = out
-        self.config = config
+        self.config = dataclasses.replace(config, output_dir=out)
         self.is_main = ctx.is_main
         self.folder = Path(out)
         self.checkpoint = self.folder / "checkpoint.pt"

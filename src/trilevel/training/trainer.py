@@ -18,7 +18,6 @@ last checkpoint) ends bit-identical to an uninterrupted one on CPU, with any num
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -61,7 +60,7 @@ class Trainer:
     """One training run (see :func:`train`); ``run()`` does the work and returns the summary.
 
     Args:
-        config: The run's configuration (``output_dir`` is resolved in place).
+        config: The run's configuration (frozen; ``output_dir`` is resolved into a copy, :attr:`cfg`).
         ctx: This process's distributed context.
     """
 
@@ -249,6 +248,7 @@ class Trainer:
             ckpt = load_checkpoint(cfg.resume)
             check_resume(cfg, ckpt, CHECKPOINT_FORMAT)
         self.output = RunOutput(cfg, self.ctx, resumed=ckpt)  # live logs (if any) continue after ckpt's step
+        self.cfg = self.given_cfg = self.output.config  # output_dir resolved
         self.out, self.ckpt_path = self.output.folder, self.output.checkpoint
         self.output.open()
         self.checkpoints = RunCheckpoints(self.out, self.ctx, cfg.checkpoint_every, cfg.keep_last)
@@ -591,8 +591,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> Dict[str, Any]:
         NonFiniteLossError: The loss became NaN/inf with ``nonfinite="stop"`` (state saved).
         TrainingInterrupted: SIGTERM was received (checkpoint saved).
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    cfg = dataclasses.replace(cfg)  # a copy: output_dir gets resolved
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)  # frozen: no copy needed
     ctx = setup_distributed(cfg.device)
     try:
         return Trainer(cfg, ctx).run()
