@@ -48,7 +48,7 @@ _TRAINING_NAMES = ("TrainConfig", "train", "evaluate", "evaluate_checkpoint", "l
 
 def __getattr__(name: str):
     if name in _TRAINING_NAMES:
-        from . import training, viz  # noqa: F401  (viz installs the live logs' pruning picture)
+        from . import training
 
         return getattr(training, name)
     raise AttributeError(f"module 'trilevel' has no attribute {name!r}")

@@ -345,12 +345,12 @@ elif kind == "step":  # SIGKILL in the middle of a step: after its backward pass
         return real_step(self, *args, **kwargs)
     torch.amp.GradScaler.step = step
 elif kind == "sigterm" and os.environ.get("RANK", "0") == "1":  # SIGTERM to rank 1 only, in its n-th step
-    real_flops = training.Trainer.flops_per_image
+    real_flops = training.State.flops_per_image
     def flops(self, *args, **kwargs):
         if due():
             os.kill(os.getpid(), signal.SIGTERM)
         return real_flops(self, *args, **kwargs)
-    training.Trainer.flops_per_image = flops
+    training.State.flops_per_image = flops
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -500,7 +500,7 @@ def test_an_error_while_training_exits_1_not_2(tmp_path, monkeypatch, capsys):
     def broken(self, *args, **kwargs):
         raise RuntimeError("the device fell over")
 
-    monkeypatch.setattr(training.Trainer, "flops_per_image", broken)
+    monkeypatch.setattr(training.State, "flops_per_image", broken)
     code = exit_status(["train", *TINY_FLAGS, "--epochs", "1", "--output-dir", str(tmp_path / "boom")])
     assert code == 1
     err = capsys.readouterr().err

@@ -323,7 +323,7 @@ def test_a_sigterm_during_a_run_stops_the_bench_before_the_next_run(tmp_path, mo
 
     def fake_train(cfg):
         started.append(cfg["output_dir"])
-        STOP_REQUEST.set()  # what Trainer._on_sigterm does
+        STOP_REQUEST.set()  # what the run's SIGTERM handler does (SigtermHandler)
         return {"finished": True, "val_top1": 50.0, "train_seconds": 1.0, "train_cpu_seconds": 1.0}
 
     from trilevel import training

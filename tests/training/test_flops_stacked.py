@@ -42,7 +42,7 @@ MODELS = {"vit": "vit_tiny_patch16_224", "eva": "eva02_tiny_patch14_224"}
 
 
 class Run:
-    """A tiny training run's model and FLOP accounting, set up in the trainer's order (``Trainer._build``).
+    """A tiny training run's model and FLOP accounting, set up in the trainer's order (``trilevel.training.build.build_run``).
 
     Attributes:
         cfg (TrainConfig): The run's settings: the defaults (the default preset) and a tiny model.

@@ -17,13 +17,19 @@ import pytest
 import torch
 
 from trilevel.checkpoint import load_checkpoint
-from trilevel.training import train
-import trilevel.viz  # noqa: F401,E402  (installs the pruning-picture renderer of the live logs)
+from trilevel.training import train as plain_train
+from trilevel.viz import render_pruning_picture
 from trilevel.training.output import (
     EPOCH_TAGS, HISTOGRAM_TAG, PICTURE_TAG, STEP_TAGS, TENSORBOARD_DIR, check_live_logging,
 )
 
 from _runs import TINY_RUN, needs_fmnist as needs_data
+
+
+def train(config, **kwargs):
+    """``trilevel.training.train`` with the live logs' pruning picture drawn, as ``trilevel train`` passes it."""
+    return plain_train(config, picture_renderer=render_pruning_picture, **kwargs)
+
 
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install trilevel[tensorboard])"

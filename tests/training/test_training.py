@@ -314,7 +314,7 @@ def test_resume_with_a_changed_setting_is_refused(straight, tmp_path):
 def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_path, monkeypatch):
     out_straight, s_straight = straight
     calls = {"n": 0}
-    original = training.Trainer.flops_per_image
+    original = training.State.flops_per_image
 
     def flops_and_signal(self, keep_ratio, training=False, attn_keep_ratio=1.0):
         calls["n"] += 1
@@ -322,7 +322,7 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio)
 
-    monkeypatch.setattr(training.Trainer, "flops_per_image", flops_and_signal)
+    monkeypatch.setattr(training.State, "flops_per_image", flops_and_signal)
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny(tmp_path, "sig"))
@@ -334,7 +334,7 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resume_is_exact(straight, tmp_pa
     p = ckpt["progress"]
     assert (p["epoch"], p["step_in_epoch"], p["global_step"]) == (1, 3, 10)
     assert "SIGTERM received" in (tmp_path / "sig" / "train.log").read_text()
-    monkeypatch.setattr(training.Trainer, "flops_per_image", original)
+    monkeypatch.setattr(training.State, "flops_per_image", original)
 
     resumed = train(tiny(tmp_path, "sig", resume=str(ckpt_path)))
     assert resumed["selector_digest"] == s_straight["selector_digest"]
@@ -427,7 +427,7 @@ def test_evaluate_checkpoint_rejects_foreign_file(tmp_path):
 def _sigterm_at_call(monkeypatch, which: int) -> None:
     """SIGTERM to this process in the ``which``-th training step (counted by FLOP lookups)."""
     calls = {"n": 0}
-    original = training.Trainer.flops_per_image
+    original = training.State.flops_per_image
 
     def flops_and_signal(self, keep_ratio, training=False, attn_keep_ratio=1.0):
         calls["n"] += 1
@@ -435,7 +435,7 @@ def _sigterm_at_call(monkeypatch, which: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, keep_ratio, training=training, attn_keep_ratio=attn_keep_ratio)
 
-    monkeypatch.setattr(training.Trainer, "flops_per_image", flops_and_signal)
+    monkeypatch.setattr(training.State, "flops_per_image", flops_and_signal)
 
 
 def assert_same_run(out: Path, summary: dict, out_ref: Path, s_ref: dict) -> None:
@@ -579,7 +579,7 @@ def test_an_error_while_training_is_a_training_failure(tmp_path, monkeypatch):
     from trilevel.training import TrainingFailedError
 
     calls = {"n": 0}
-    original = training.Trainer.flops_per_image
+    original = training.State.flops_per_image
 
     def broken(self, *args, **kwargs):
         calls["n"] += 1
@@ -587,7 +587,7 @@ def test_an_error_while_training_is_a_training_failure(tmp_path, monkeypatch):
             raise ValueError("something inside the loop")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(training.Trainer, "flops_per_image", broken)
+    monkeypatch.setattr(training.State, "flops_per_image", broken)
     with pytest.raises(TrainingFailedError, match="epoch 1.*ValueError: something inside the loop") as info:
         train(tiny(tmp_path, "boom", epochs=1, warmup_epochs=0.0))
     assert isinstance(info.value.__cause__, ValueError)

@@ -142,8 +142,8 @@ def main(argv: Sequence[str]) -> int:
     checkpoint that cannot be written, any other error), with a one-line message (the traceback
     with ``-v``); 143 after SIGTERM (checkpoint saved).
     """
-    from .. import viz  # noqa: F401  (installs the live logs' pruning picture)
     from ..training import TrainingInterrupted, train
+    from ..viz import render_pruning_picture
     from ..training.output import run_outputs
 
     try:
@@ -153,7 +153,7 @@ def main(argv: Sequence[str]) -> int:
     except (ValueError, OSError) as e:
         return usage_error(PROG, str(e))
     try:
-        summary = train(config)
+        summary = train(config, picture_renderer=render_pruning_picture)  # the live logs' pruning picture
     except TrainingInterrupted as e:
         logger.warning("%s", e)
         return EXIT_SIGTERM

@@ -10,6 +10,7 @@ accuracy are accumulated as device tensors and read once per log interval and pe
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from .distributed import DistContext, all_gather_objects, all_reduce_sum
 
-__all__ = ["RunProgress", "EpochAccumulator", "StepFlags", "FlopMeter"]
+__all__ = ["RunProgress", "EpochAccumulator", "EpochClock", "StepFlags", "FlopMeter"]
 
 
 @dataclass
@@ -171,6 +172,43 @@ class EpochAccumulator:
             self.counted = int(source["counted"])
             self.flops = float(source["flops"])
             self.skipped = int(source["skipped"])
+
+
+class EpochClock:
+    """The training clock of one epoch: wall-clock and process CPU time, minus what is not training.
+
+    What a user waits for counts (updates, data loading, selector updates); checkpoint writes and
+    steps that compiled a graph are excluded (:meth:`exclude`); evaluation runs after the clock
+    is read.
+
+    Args:
+        device: The training device (CUDA is synchronised before each :meth:`stamp`).
+        seconds_before: Training seconds of the epoch before this invocation (a mid-epoch resume).
+        cpu_before: Likewise, process CPU seconds.
+    """
+
+    def __init__(self, device: torch.device, seconds_before: float = 0.0, cpu_before: float = 0.0) -> None:
+        self.device = device
+        self.seconds_before = seconds_before
+        self.cpu_before = cpu_before
+        self.t0 = time.perf_counter()
+        self.c0 = time.process_time()
+
+    def exclude(self, seconds: float, cpu_seconds: float = 0.0) -> None:
+        """Leave ``seconds`` of wall-clock (and ``cpu_seconds`` of CPU time) out of the epoch's training time."""
+        self.t0 += seconds
+        self.c0 += cpu_seconds
+
+    def elapsed(self) -> float:
+        """Training seconds of the epoch so far (no device synchronisation)."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def stamp(self, acc: "EpochAccumulator") -> None:
+        """Write the epoch's training seconds and CPU seconds so far into ``acc`` (synchronises CUDA)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per epoch (or at a save): honest timing
+        acc.seconds = self.seconds_before + time.perf_counter() - self.t0
+        acc.cpu_seconds = self.cpu_before + time.process_time() - self.c0
 
 
 class StepFlags:

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .state import RunState
+from .state import State
 from .distributed import DistContext, all_gather_objects, broadcast_object
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriteError", "NonFiniteLossError", "TrainingInterrupted", "RunCheckpoints", "TrainingFailedError",
@@ -83,46 +83,46 @@ class TrainingInterrupted(RuntimeError):
         self.checkpoint = checkpoint
 
 
-def stateful_parts(trainer: RunState) -> Dict[str, Any]:
-    """The parts of a run (:class:`~trilevel.training.state.RunState`) that contribute their own ``state_dict``, by key."""
+def stateful_parts(state: State) -> Dict[str, Any]:
+    """The parts of a run (:class:`~trilevel.training.state.State`) that contribute their own ``state_dict``, by key."""
     parts: Dict[str, Any] = {
-        "model": trainer.model, "optimizer": trainer.optimizer, "lr_scheduler": trainer.lr_scheduler,
-        "scaler": trainer.scaler, "progress": trainer.progress,
+        "model": state.model, "optimizer": state.optimizer, "lr_scheduler": state.lr_scheduler,
+        "scaler": state.scaler, "progress": state.progress,
     }
-    if trainer.ema is not None:
-        parts["ema"] = trainer.ema
-    if trainer.algorithm is not None:
-        parts["algorithm"] = trainer.algorithm
+    if state.ema is not None:
+        parts["ema"] = state.ema
+    if state.algorithm is not None:
+        parts["algorithm"] = state.algorithm
     return parts
 
 
-def checkpoint_state(trainer: RunState, acc: Any = None) -> Dict[str, Any]:
+def checkpoint_state(state: State, acc: Any = None) -> Dict[str, Any]:
     """The checkpoint content of a run; a collective under DDP (every rank must call it).
 
     Args:
-        trainer: The run's :class:`~trilevel.training.state.RunState`.
+        state: The run's :class:`~trilevel.training.state.State`.
         acc: The running :class:`~trilevel.training.accounting.EpochAccumulator` of a partial
             epoch, or None at an epoch boundary.
     """
     from ..checkpoint import capture_rng_state
 
-    state = {name: part.state_dict() for name, part in stateful_parts(trainer).items()}
-    state.update(
+    content = {name: part.state_dict() for name, part in stateful_parts(state).items()}
+    content.update(
         format=CHECKPOINT_FORMAT,
-        config=trainer.given_cfg.to_dict(),  # as given (a --speedup's keep ratio is resolved again on resume)
-        data_info=dataclasses.asdict(trainer.info),
-        rng=all_gather_objects(capture_rng_state(), trainer.ctx),
-        world_size=trainer.ctx.world_size,
-        selector_digest=trainer.algorithm.digest() if trainer.algorithm is not None else None,
-        epoch_acc=acc.state(trainer.ctx) if acc is not None else None,
-        metrics_history=[dict(m) for m in trainer.metrics_history],
+        config=state.given_config.to_dict(),  # as given (a --speedup's keep ratio is resolved again on resume)
+        data_info=dataclasses.asdict(state.info),
+        rng=all_gather_objects(capture_rng_state(), state.ctx),
+        world_size=state.ctx.world_size,
+        selector_digest=state.algorithm.digest() if state.algorithm is not None else None,
+        epoch_acc=acc.state(state.ctx) if acc is not None else None,
+        metrics_history=[dict(m) for m in state.metrics_history],
     )
-    return state
+    return content
 
 
-def _check_world_size(trainer: RunState, ckpt: Mapping[str, Any]) -> bool:
+def _check_world_size(state: State, ckpt: Mapping[str, Any]) -> bool:
     """Whether the checkpoint was saved on this world size; raises unless a change is allowed and possible."""
-    cfg, world = trainer.cfg, trainer.ctx.world_size
+    cfg, world = state.config, state.ctx.world_size
     saved = int(ckpt.get("world_size", 1))
     if saved == world:
         return True
@@ -154,7 +154,7 @@ def _check_world_size(trainer: RunState, ckpt: Mapping[str, Any]) -> bool:
     return False
 
 
-def restore_state(trainer: RunState, ckpt: Mapping[str, Any]) -> Tuple[Optional[Mapping[str, Any]], List[Dict[str, Any]]]:
+def restore_state(state: State, ckpt: Mapping[str, Any]) -> Tuple[Optional[Mapping[str, Any]], List[Dict[str, Any]]]:
     """Load a checkpoint into a built run's parts.
 
     Returns:
@@ -167,21 +167,21 @@ def restore_state(trainer: RunState, ckpt: Mapping[str, Any]) -> Tuple[Optional[
     """
     from ..checkpoint import restore_rng_state
 
-    same_world = _check_world_size(trainer, ckpt)
-    for name, part in stateful_parts(trainer).items():
+    same_world = _check_world_size(state, ckpt)
+    for name, part in stateful_parts(state).items():
         if ckpt.get(name) is None:
-            raise ValueError(f"{trainer.cfg.resume}: the checkpoint lacks the {name!r} state")
+            raise ValueError(f"{state.config.resume}: the checkpoint lacks the {name!r} state")
         if name == "lr_scheduler" and not same_world:
             continue  # its iterations per epoch are this world size's; the LR follows the run progress
         part.load_state_dict(ckpt[name])
     rng = ckpt["rng"]
-    if trainer.ctx.rank < len(rng):  # a rank the checkpoint did not have keeps its own fresh streams
-        restore_rng_state(rng[trainer.ctx.rank])
-    if trainer.algorithm is not None and ckpt.get("selector_digest") != trainer.algorithm.digest():
-        raise ValueError(f"{trainer.cfg.resume}: the restored selector does not match its saved digest")
+    if state.ctx.rank < len(rng):  # a rank the checkpoint did not have keeps its own fresh streams
+        restore_rng_state(rng[state.ctx.rank])
+    if state.algorithm is not None and ckpt.get("selector_digest") != state.algorithm.digest():
+        raise ValueError(f"{state.config.resume}: the restored selector does not match its saved digest")
     history = ckpt.get("metrics_history")
     if history is None:  # a checkpoint from before the history was kept: only its last line is known
-        last = trainer.progress.last_metrics
+        last = state.progress.last_metrics
         history = [last] if last else []
     return ckpt.get("epoch_acc"), [dict(m) for m in history]
 

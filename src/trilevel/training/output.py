@@ -1,6 +1,7 @@
 """A run's folder: ``config.yaml``, ``train.log``, ``metrics.jsonl``, ``summary.json`` (rank 0 writes),
-and what a run shows while it happens: the progress bar, and with ``--log-tensorboard`` /
-``--log-wandb`` the same numbers live in TensorBoard (``<output_dir>/tensorboard/``, through
+and the sinks of what a run shows while it happens (what is logged when is
+:mod:`trilevel.training.callbacks.logs`): with ``--log-tensorboard`` / ``--log-wandb`` the numbers
+of the progress bar and the metrics lines live in TensorBoard (``<output_dir>/tensorboard/``, through
 PyTorch's own ``torch.utils.tensorboard.SummaryWriter``) and Weights & Biases (``<output_dir>/wandb/``).
 
 Live logging adds no host-device synchronisation: the step scalars (:data:`STEP_TAGS`) are written
@@ -23,7 +24,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional
 
 import yaml
 
@@ -31,7 +32,6 @@ from ..checkpoint import atomic_write_json, atomic_write_text
 from ..options import check_bool, check_int
 from .config import TrainConfig
 from .distributed import DistContext, broadcast_object
-from .state import RunState
 
 __all__ = ["EPOCH_TAGS", "HISTOGRAM_TAG", "PICTURE_IMAGES", "PICTURE_TAG", "RUN_FILES", "STEP_TAGS",
            "TENSORBOARD_DIR", "RunOutput", "check_live_logging", "run_outputs"]
@@ -69,18 +69,6 @@ HISTOGRAM_TAG = "examples/forgetting_counts"
 #: The pruning picture (the drawing of ``trilevel visualize``) of :data:`PICTURE_IMAGES` fixed images.
 PICTURE_TAG = "pruning/picture"
 PICTURE_IMAGES = 4
-
-
-PICTURE_RENDERER: Optional[Callable[..., Any]] = None
-"""``(model, val_set, data_info, seed, num_images) -> (H, W, 3) uint8``: draws the pruning picture of
-the live logs. Set by :mod:`trilevel.viz` when it is imported (the training layer does not import
-the layers above it); :func:`set_picture_renderer` replaces it."""
-
-
-def set_picture_renderer(renderer: Optional[Callable[..., Any]]) -> None:
-    """Install the function that draws the live logs' pruning picture (None: none)."""
-    global PICTURE_RENDERER
-    PICTURE_RENDERER = renderer
 
 
 def run_outputs(folder: Any) -> List[str]:
@@ -136,8 +124,9 @@ class RunOutput:
     :meth:`open` creates it, writes ``config.yaml`` and attaches ``train.log`` to the
     ``trilevel`` logger (at INFO or finer); :meth:`close` detaches it.
 
-    With ``log_tensorboard`` / ``log_wandb`` it also logs the run live (see the module
-    docstring): :meth:`log_step` every ``log_interval`` steps, :meth:`end_epoch` after each epoch.
+    With ``log_tensorboard`` / ``log_wandb`` it is also where the run is logged live
+    (:meth:`log_scalars`, :meth:`log_histogram`, :meth:`log_image`; what is logged when is
+    :mod:`trilevel.training.callbacks.logs`).
 
     Args:
         config: The run's configuration (frozen; its ``output_dir`` may be None).
@@ -160,7 +149,6 @@ class RunOutput:
         self._first_step = 1 + (int(progress.get("global_step", 0)) if isinstance(progress, Mapping) else 0)
         self._tensorboard: Any = None
         self._wandb: Any = None
-        self._warned_renderer = False
         out = config.output_dir
         if out is None and config.resume is not None:
             out = str(Path(config.resume).resolve().parent)
@@ -231,20 +219,6 @@ class RunOutput:
             pkg_logger.setLevel(self._old_level)
             self._old_level = None
 
-    def log_epoch(self, m: Mapping[str, Any], epochs: int, num_train: int) -> None:
-        """Log one epoch's metrics line (every rank's logger; rank 0 shows INFO)."""
-        tokens = m.get("mean_tokens_per_block")
-        logging.getLogger("trilevel.training").info(
-            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 %s%s | %.1f s, %.0f img/s | active %d/%d | "
-            "tokens/block %s | keep %.3f attn %.3f | lr %.3e",
-            m["epoch"], epochs, m["train_loss"], m["train_acc"],
-            "n/a" if m["val_top1"] is None else f"{m['val_top1']:.2f}%",
-            (f" (EMA {m['val_top1_ema']:.2f}%)" if "val_top1_ema" in m else "")
-            + (f" | test top-1 {m['test_top1']:.2f}%" if m.get("test_top1") is not None else ""),
-            m["epoch_seconds"], m["train_images_per_s"], m["active_examples"], num_train,
-            "n/a" if tokens is None else f"{tokens:.1f}", m["keep_ratio"], m["attn_keep_ratio"], m["lr"],
-        )
-
     # ------------------------------------------------------------------------------ live logging
     @property
     def live(self) -> bool:
@@ -260,7 +234,8 @@ class RunOutput:
             self._tensorboard = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=self._first_step)
         return self._tensorboard
 
-    def _log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+    def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        """Log the numeric values of ``scalars`` (tag: value; None and bools left out) at global step ``step``."""
         values = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.config.log_tensorboard:
             writer = self._writer()
@@ -269,104 +244,28 @@ class RunOutput:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
-    def log_step(self, trainer: "RunState", acc: Any, bar: Any, epoch: int, done: int, iters: int, fraction: float, *,
-                 lr: float, ratios: Tuple[float, float], tokens: Optional[float], elapsed: float) -> None:
-        """Show the progress of the epoch so far (rank 0, every ``log_interval`` steps).
+    def log_histogram(self, tag: str, values: Any, step: int) -> None:
+        """Log a histogram of ``values`` (a 1-D array) at global step ``step``."""
+        if self.config.log_tensorboard:
+            self._writer().add_histogram(tag, values, step)
+        if self._wandb is not None:
+            import wandb
 
-        Reads the running loss from the device (the loop's one host read per log interval), sets
-        the progress bar's postfix, logs a DEBUG line and, when live logging, the
-        :data:`STEP_TAGS` scalars at the current global step.
+            self._wandb.log({tag: wandb.Histogram(values)}, step=step)
 
-        Args:
-            trainer: The :class:`~trilevel.training.Trainer` (its progress, sizes and FLOP counts are read).
-            acc: The epoch's :class:`~trilevel.training.accounting.EpochAccumulator` (rank 0's sums).
-            bar: The epoch's ``tqdm`` bar.
-            epoch: 0-based epoch.
-            done: Steps done in the epoch (1-based).
-            iters: Steps in the epoch.
-            fraction: Fraction of the run done after this step, in (0, 1].
-            lr: Learning rate of the step.
-            ratios: ``(keep ratio, attention keep ratio)`` of the step.
-            tokens: Mean tokens per block of the step's forward, or None (a model without tokens).
-            elapsed: Training seconds of the epoch so far.
-        """
-        world = trainer.ctx.world_size
-        loss_now = acc.loss_sum.item() / max(1, acc.counted)
-        rate = acc.images * world / max(elapsed, 1e-9)
-        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
-        logger.debug("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch + 1, done, iters, loss_now, lr, rate)
-        if not self.live:
-            return
-        # FLOPs so far: completed epochs (all ranks) + this epoch's (rank 0's x world size).
-        dense_epochs = (trainer.progress.flops_sum + acc.flops * world) / (trainer.num_train * trainer.dense_flops)
-        length = trainer.cfg.budget if trainer.plan is not None else trainer.cfg.epochs
-        self._log_scalars({
-            "train/loss": loss_now, "train/lr": lr, "train/images_per_s": rate,
-            "pruning/keep_ratio": ratios[0], "pruning/attn_keep_ratio": ratios[1],
-            "pruning/tokens_per_block": tokens,
-            "flops/relative_so_far": dense_epochs / max(length * fraction, 1e-12),
-            "flops/dense_epochs_so_far": dense_epochs,
-        }, trainer.progress.global_step)
+    def log_image(self, tag: str, image: Any, step: int, caption: str) -> None:
+        """Log an RGB ``uint8`` image ``(H, W, 3)`` at global step ``step`` (``caption``: W&B's)."""
+        if self.config.log_tensorboard:
+            self._writer().add_image(tag, image, step, dataformats="HWC")
+        if self._wandb is not None:
+            import wandb
 
-    def end_epoch(self, trainer: "RunState", metrics: Mapping[str, Any], last: bool) -> None:
-        """Record a finished epoch: its ``metrics.jsonl`` line and, when live logging, the rest.
+            self._wandb.log({tag: wandb.Image(image, caption=caption)}, step=step)
 
-        Live (rank 0): the :data:`EPOCH_TAGS` scalars; :data:`HISTOGRAM_TAG`, the forgetting counts
-        of the active examples when the run has a forgetting selector; :data:`PICTURE_TAG`, the
-        pruning picture of :data:`PICTURE_IMAGES` fixed validation images (drawn by
-        :func:`trilevel.viz.pruning_figure` at the model's current training keep ratios) every
-        ``tensorboard_images_every`` epochs and at the run's last epoch (none for a dense run).
-        All at the run's global step.
-
-        Args:
-            trainer: The :class:`~trilevel.training.Trainer`.
-            metrics: The epoch's metrics line.
-            last: Whether this is the run's last epoch.
-        """
-        self.append_metrics(metrics)
-        if not self.live:
-            return
-        step = trainer.progress.global_step
-        self._log_scalars({tag: metrics.get(key) for tag, key in EPOCH_TAGS.items()}, step)
-        selector = getattr(trainer.algorithm, "selector", None)
-        counts = getattr(selector, "forgetting_counts", None)
-        if counts is not None:
-            values = counts.cpu()[selector.active_mask.cpu()].numpy()
-            if self.config.log_tensorboard:
-                self._writer().add_histogram(HISTOGRAM_TAG, values, step)
-            if self._wandb is not None:
-                import wandb
-
-                self._wandb.log({HISTOGRAM_TAG: wandb.Histogram(values)}, step=step)
-        every = self.config.tensorboard_images_every
-        if trainer.algorithm is not None and (last or int(metrics["epoch"]) % every == 0):
-            picture = self._pruning_picture(trainer)
-            if picture is None:
-                pass
-            elif self.config.log_tensorboard:
-                self._writer().add_image(PICTURE_TAG, picture, step, dataformats="HWC")
-            if picture is not None and self._wandb is not None:
-                import wandb
-
-                self._wandb.log({PICTURE_TAG: wandb.Image(picture, caption=f"epoch {metrics['epoch']}")}, step=step)
+    def flush(self) -> None:
+        """Flush the TensorBoard events written so far."""
         if self._tensorboard is not None:
             self._tensorboard.flush()
-
-    def _pruning_picture(self, trainer: "RunState") -> Any:
-        """The pruning picture as an RGB ``uint8`` array ``(H, W, 3)`` (None without a renderer); the global
-        RNG is left as it was."""
-        import torch
-
-        if PICTURE_RENDERER is None:
-            if not self._warned_renderer:
-                logging.getLogger("trilevel.training").warning(
-                    "no pruning-picture renderer: import trilevel.viz to log pruning pictures")
-                self._warned_renderer = True
-            return None
-        device = trainer.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return PICTURE_RENDERER(trainer.model, trainer.val_set, trainer.info, trainer.cfg.seed,
-                                    PICTURE_IMAGES)
 
     def append_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Append one epoch's line to ``metrics.jsonl`` (rank 0)."""

@@ -8,16 +8,16 @@ from typing import Any, Dict
 from ..models import describe_model
 from ..version import code_version
 from .distributed import all_gather_objects
-from .state import RunState
+from .state import State
 
 __all__ = ["run_summary"]
 
 
-def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
+def run_summary(state: State, finished: bool) -> Dict[str, Any]:
     """The summary of a run after its last epoch (a collective under DDP).
 
     Args:
-        trainer: The run's :class:`~trilevel.training.state.RunState`.
+        state: The run's :class:`~trilevel.training.state.State`.
         finished: Whether the run reached its last epoch (False after ``stop_after_epoch``).
 
     Returns:
@@ -31,23 +31,23 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         wall-clock and CPU time of training and wall-clock of evaluation and checkpoints apart,
         the tri-level settings, the selector digest on every rank, and more.
     """
-    cfg, ctx, p = trainer.cfg, trainer.ctx, trainer.progress
-    digest = trainer.algorithm.digest() if trainer.algorithm is not None else None
+    cfg, ctx, p = state.config, state.ctx, state.progress
+    digest = state.algorithm.digest() if state.algorithm is not None else None
     digests = all_gather_objects(digest, ctx)
     if len(set(digests)) > 1:
         logging.getLogger("trilevel.training").error("selector state differs between ranks: %s", digests)
     m = p.last_metrics
     epochs_done = int(m.get("epoch", 0))
-    kr_eval, akr_eval = trainer.eval_ratios
-    dense_epochs = p.flops_sum / (trainer.num_train * trainer.dense_flops)
-    plan = trainer.plan
+    kr_eval, akr_eval = state.eval_ratios
+    dense_epochs = p.flops_sum / (state.num_train * state.dense_flops)
+    plan = state.plan
     return {
         "finished": finished,
         "val_top1": m.get("val_top1"),
         "val_top1_full_tokens": m.get("val_top1_full_tokens"),
         "test_top1": m.get("test_top1"),
         "test_top1_full_tokens": m.get("test_top1_full_tokens"),
-        "eval_set": "val-split" if trainer.test_set is not None and trainer.val_set is not trainer.test_set else "test",
+        "eval_set": "val-split" if state.test_set is not None and state.val_set is not state.test_set else "test",
         "code_version": code_version(),
         "val_top1_ema": m.get("val_top1_ema"),
         "val_loss": m.get("val_loss"),
@@ -58,32 +58,32 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         "eval_seconds": p.eval_seconds,
         "checkpoint_seconds": p.checkpoint_seconds,
         "compile_seconds": p.compile_seconds,
-        "epochs": trainer.run_epochs,
+        "epochs": state.run_epochs,
         "epochs_done": epochs_done,
         "epochs_trained": p.epochs_trained,
         "budget": cfg.budget,
-        "total_steps": trainer.total_updates if plan is not None else None,
+        "total_steps": state.total_updates if plan is not None else None,
         "train_images": p.train_images,
         "relative_train_flops": dense_epochs / (cfg.budget if plan is not None else cfg.epochs),
         "dense_epochs_used": dense_epochs,
-        "dense_gflops_per_image": trainer.dense_flops / 1e9,
-        "eval_gflops_per_image": trainer.flops_per_image(kr_eval) / 1e9,
+        "dense_gflops_per_image": state.dense_flops / 1e9,
+        "eval_gflops_per_image": state.flops_per_image(kr_eval) / 1e9,
         "skipped_steps": p.skipped_steps,
         "global_steps": p.global_step,
         "model": cfg.model,
-        "params": sum(q.numel() for q in trainer.model.parameters()),
+        "params": sum(q.numel() for q in state.model.parameters()),
         "dataset": cfg.dataset,
-        "num_train": trainer.num_train,
-        "num_val": len(trainer.val_set),  # type: ignore[arg-type]
-        "num_test": len(trainer.test_set) if trainer.test_set is not None else None,  # type: ignore[arg-type]
+        "num_train": state.num_train,
+        "num_val": len(state.val_set),  # type: ignore[arg-type]
+        "num_test": len(state.test_set) if state.test_set is not None else None,  # type: ignore[arg-type]
         "val_split": cfg.val_split,
         "init_from": cfg.init_from or ("timm-hub" if cfg.pretrained else None),
         "dense": cfg.dense,
         "keep_ratio": 1.0 if cfg.dense else cfg.keep_ratio,
         "attn_keep_ratio": 1.0 if cfg.dense else cfg.attn_keep_ratio,
-        "prune_layers": None if trainer.resolved is None else list(trainer.resolved.patch.prune_layers or ()),
-        "family": None if trainer.resolved is None else trainer.resolved.family,
-        "model_description": describe_model(trainer.model),
+        "prune_layers": None if state.resolved is None else list(state.resolved.patch.prune_layers or ()),
+        "family": None if state.resolved is None else state.resolved.family,
+        "model_description": describe_model(state.model),
         "ratio_warmup": cfg.ratio_warmup,
         "ratio_decay_end": cfg.ratio_decay_end,
         "ratio_schedule": cfg.ratio_schedule,
@@ -104,8 +104,8 @@ def run_summary(trainer: RunState, finished: bool) -> Dict[str, Any]:
         "selector_digest_per_rank": digests,
         "world_size": ctx.world_size,
         "global_batch_size": cfg.batch_size * ctx.world_size,
-        "device": str(trainer.device),
+        "device": str(state.device),
         "amp": cfg.amp,
-        "output_dir": str(trainer.folder),
-        "checkpoint": str(trainer.checkpoint),
+        "output_dir": str(state.folder),
+        "checkpoint": str(state.checkpoint),
     }

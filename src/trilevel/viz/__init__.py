@@ -3,9 +3,10 @@
 * :func:`visualize_pruning` draws, for a few images, which patch tokens survive each pruning stage
   of a model patched by :func:`trilevel.patch` and which connections one query patch keeps
   at the last stage; :func:`visualize_checkpoint` does the same for a run's ``checkpoint.pt``.
-  :func:`pruning_figure` is that drawing as a figure (:func:`figure_to_rgb` renders it to pixels,
-  as the live pruning picture of ``trilevel train --log-tensorboard`` does); :func:`sample_images`
-  picks the validation images by seed.
+  :func:`pruning_figure` is that drawing as a figure (:func:`figure_to_rgb` renders it to pixels);
+  :func:`render_pruning_picture` draws the live pruning picture of ``trilevel train
+  --log-tensorboard`` (the command hands it to :func:`trilevel.training.train` as
+  ``picture_renderer``); :func:`sample_images` picks the validation images by seed.
   :func:`trace_pruning` and :func:`stage_survival_masks` compute the drawn masks (no plotting).
 * :func:`report_run` turns a run folder's ``metrics.jsonl`` (and the example selector's state in
   its ``checkpoint.pt``) into PNG plots next to it; :func:`write_report_html` gathers them, the
@@ -34,10 +35,6 @@ from .html_report import write_report_html
 from .pruning import pruning_figure, render_pruning_picture, sample_images, visualize_checkpoint, visualize_pruning
 from .report import REPORT_FILES, read_metrics, report_run
 from .trace import PruningTrace, stage_survival_masks, trace_pruning
-
-from ..training.output import set_picture_renderer as _install
-
-_install(render_pruning_picture)  # the live logs' pruning picture (training does not import viz)
 
 __all__ = [
     "render_pruning_picture",
