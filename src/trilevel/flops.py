@@ -7,7 +7,8 @@ matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is act
 dense kernel does the same arithmetic), the forward-only [CLS] row of ``Q K^T`` that scores the
 tokens when only the token level is on, the forward-only ``Q K^T`` of a pruning block whose
 attention level builds a new mask (its probabilities also serve the scores), and the classifier
-head. With a fate that
+head. A pruning block passes on the kept tokens and the tokens its fate appends
+(:meth:`~trilevel.token_pruning.TokenFate.extra_tokens`: EViT's fused token); with a fate that
 rejoins (``bypass``), the blocks from the rejoin block on see every token again. Not counted:
 norms, softmax, GELU, rotary embeddings, token selection, mask construction, gathers and
 scatters (well under 1% here).
@@ -83,8 +84,7 @@ def vit_tokens_per_block(model: nn.Module, settings: Optional[Any], keep_ratio: 
         n_in = P + n_patch
         if i in layers and keep_ratio < 1.0:
             k = num_kept_tokens(n_patch, keep_ratio)
-            fused = 1 if (fate.fuses and k < n_patch) else 0
-            n_patch = k + fused
+            n_patch = k + fate.extra_tokens(n_patch, k)  # e.g. EViT's fused token
         counts.append((n_in, P + n_patch))
     return counts
 

@@ -304,10 +304,10 @@ def test_patch_defaults_to_fast_and_takes_the_paper_preset():
     fast, paper = tiny_vit(), tiny_vit()
     trilevel.patch(fast)
     trilevel.patch(paper, preset="paper")
-    assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_settings.token_fate == "bypass"
-    assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_settings.token_fate == "drop"
-    assert paper.trilevel_settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
-                                                    token_fate="drop", token_score="cls-attention")
+    assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_state.settings.token_fate == "bypass"
+    assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_state.settings.token_fate == "drop"
+    assert paper.trilevel_state.settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
+                                                          token_fate="drop", token_score="cls-attention")
 
 
 def test_one_entry_per_verb():
