@@ -26,13 +26,10 @@ from typing import Any, List, Optional, Tuple
 
 import torch.nn as nn
 
+from .models.common import conv_flops, linear_macs
 from .token_pruning import get_token_fate, get_token_score, num_kept_tokens
 
 __all__ = ["num_patches", "vit_tokens_per_block", "vit_forward_flops"]
-
-
-def _linear_macs(module: nn.Module) -> int:
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
 def num_patches(model: nn.Module, img_size: Optional[int] = None) -> int:
@@ -104,21 +101,16 @@ def vit_forward_flops(model: nn.Module, settings: Optional[Any], keep_ratio: flo
     Returns:
         FLOPs (multiply-add = 2).
     """
-    pe = model.patch_embed
-    flops = 0.0
-    proj = getattr(pe, "proj", None)
-    if isinstance(proj, nn.Conv2d):
-        k = proj.in_channels // proj.groups * proj.kernel_size[0] * proj.kernel_size[1]
-        flops += 2.0 * num_patches(model, img_size) * proj.out_channels * k
+    flops = conv_flops(getattr(model.patch_embed, "proj", None), num_patches(model, img_size))
     layers = set(settings.prune_layers) if settings is not None else set()
     scored = settings is not None and get_token_score(settings.token_score).uses_cls_attention
     counts = vit_tokens_per_block(model, settings, keep_ratio, training, img_size)
     for i, (blk, (n_in, n_mlp)) in enumerate(zip(model.blocks, counts)):
         attn = blk.attn
         attn_dim = attn.num_heads * attn.head_dim
-        flops += 2.0 * n_in * _linear_macs(attn)
+        flops += 2.0 * n_in * linear_macs(attn)
         flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
-        flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
+        flops += 2.0 * n_mlp * linear_macs(blk.mlp)
         if i in layers and attn_keep_ratio < 1.0:
             # forward-only Q K^T for the probabilities of the attention level's mask (and the scores)
             flops += 2.0 * n_in * n_in * attn_dim

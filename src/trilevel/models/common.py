@@ -1,8 +1,9 @@
-"""Shared pieces of the in-place patches of timm families beyond ``VisionTransformer``.
+"""Shared pieces of the in-place patches of the timm families: checks, the class swap, FLOP helpers.
 
 Validation of user settings, the class swap (a subclass per patched class, cached, so that
 ``isinstance`` checks against the stock class keep working and no module or parameter is added),
-and FLOP helpers. Used by :mod:`trilevel.models.eva` and :mod:`trilevel.models.swin`.
+and FLOP helpers. Used by the families (:mod:`trilevel.models.vit`, :mod:`trilevel.models.eva`,
+:mod:`trilevel.models.swin`), the registry and :mod:`trilevel.flops`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 
 __all__ = [
-    "check_ratio", "check_block_indices", "stage_ratios", "patched_class", "swap_class", "restore_class",
+    "check_ratio", "stage_ratios", "patched_class", "swap_class", "restore_class",
     "linear_macs", "conv_flops", "survival_from_positions",
 ]
 
@@ -30,33 +31,6 @@ def check_ratio(name: str, value) -> float:
     if not (number and 0.0 < float(value) <= 1.0):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
-
-
-def check_block_indices(indices: Optional[Iterable[int]], depth: int, default: Tuple[int, ...],
-                        name: str = "prune_layers") -> Tuple[int, ...]:
-    """Sorted, validated 0-based block indices; ``default`` when ``indices`` is None.
-
-    Raises:
-        ValueError: If ``indices`` is not a sequence, is empty, or holds a non-int, an index
-            outside ``[0, depth - 1]`` or a duplicate (each named in the message).
-    """
-    if indices is None:
-        return tuple(default)
-    if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
-        raise ValueError(f"{name} must be a sequence of block indices, got {indices!r}")
-    seen = []
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"{name} entries must be ints, got {i!r}")
-        if i < 0 or i >= depth:
-            raise ValueError(f"{name} index {i} is outside the model's blocks [0, {depth - 1}]")
-        if i in seen:
-            raise ValueError(f"{name} has duplicate indices [{i}]")
-        seen.append(i)
-    if not seen:
-        raise ValueError(f"{name} must name at least one block (got an empty sequence); "
-                         "use keep_ratio=1.0, attn_keep_ratio=1.0 for a dense model")
-    return tuple(sorted(seen))
 
 
 def stage_ratios(name: str, value: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..presets import DEFAULT_PRESET, PATCH_KEYS, patch_defaults
+from .common import check_ratio
 
 __all__ = [
     "PatchSettings", "ModelFamily", "register_family", "families", "family_of", "find_family", "unwrap_model",
@@ -193,10 +194,8 @@ class ModelFamily:
         """
         from ..token_pruning import get_token_fate, get_token_score
 
-        for name in ("keep_ratio", "attn_keep_ratio"):
-            value = getattr(settings, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        keep_ratio = check_ratio("keep_ratio", settings.keep_ratio)
+        attn_keep_ratio = check_ratio("attn_keep_ratio", settings.attn_keep_ratio)
         get_token_fate(settings.token_fate)
         get_token_score(settings.token_score)
         for what, allowed, value in (("token_fate", self.token_fates, settings.token_fate),
@@ -214,8 +213,7 @@ class ModelFamily:
                 raise ValueError(f"mode must be one of {', '.join(self.modes)} for {self.name} models; got {mode!r}")
         elif mode is not None:
             raise ValueError(f"{self.name} models have no mode (got mode={mode!r})")
-        return replace(settings, keep_ratio=float(settings.keep_ratio),
-                       attn_keep_ratio=float(settings.attn_keep_ratio), mode=mode)
+        return replace(settings, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio, mode=mode)
 
     def tokens_per_block(self, model: nn.Module, keep_ratio: float, training: bool,
                          settings: Optional[PatchSettings] = None,
