@@ -1,4 +1,4 @@
-"""A toy model family and a toy token score, registered from outside the package (docs/design.md's recipes).
+"""A toy model family, token score and token fate, registered from outside the package (docs/design.md's recipes).
 
 ToyTokenModel is a 5-token model (four 4x4 patches of a 1x8x8 image and a [CLS] token); ToyFamily patches
 it with the token level, pruned tokens dropped. ``token-norm`` scores each patch token by its L2 norm. The

@@ -2,9 +2,10 @@
 
 Pure tensor functions, and the registries of token scores (how patch tokens are ranked) and token
 fates (strategies: what happens to the tokens a pruning block does not keep); the stateful part
-(which blocks prune, at what keep ratio) lives in :mod:`trilevel.models.vit`. Source: Kong et al., "Peeling the Onion", AAAI 2023, Sec. "Token-level
-data reduction", which scores tokens like EViT (Liang et al., ICLR 2022) but
-drops the inattentive tokens instead of fusing them; the optional fusion follows EViT.
+(which blocks prune, at what keep ratio) lives in :mod:`trilevel.models.vit`. Source: Kong et al.,
+"Peeling the Onion", AAAI 2023, Sec. "Token-level data reduction", which scores tokens like EViT
+(Liang et al., ICLR 2022) but drops the inattentive tokens instead of fusing them; the optional
+fusion follows EViT.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 __all__ = ["num_kept_tokens", "cls_attention_scores", "select_topk_tokens", "ScoreInputs", "TokenScore",
-           "TokenFate", "FuseFate", "BypassFate", "set_aside_tokens", "rejoin_tokens", "TOKEN_SCORES", "TOKEN_FATES", "register_token_score", "register_token_fate",
-           "get_token_score", "get_token_fate"]
+           "TokenFate", "FuseFate", "BypassFate", "set_aside_tokens", "rejoin_tokens", "TOKEN_SCORES", "TOKEN_FATES",
+           "register_token_score", "register_token_fate", "get_token_score", "get_token_fate"]
 
 
 def num_kept_tokens(num_tokens: int, keep_ratio: float) -> int:

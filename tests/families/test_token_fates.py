@@ -21,6 +21,7 @@ from trilevel.token_pruning import TOKEN_FATES, TokenFate, num_kept_tokens, regi
 
 from _contract import counted_flops, parameters_without_gradient
 from _models import images, tiny_eva, tiny_swin, tiny_vit, unfused
+from _toy import TOY, toy_model
 
 
 def test_select_appends_the_mean_of_the_pruned_tokens(mean_fate):
@@ -94,10 +95,10 @@ def test_unknown_and_undeclared_fates_are_clear_errors(mean_fate, toy_family):
         trilevel.patch(tiny_vit(), token_fate="merge")
     with pytest.raises(ValueError, match=r"token_fate 'mean' is not implemented for swin models; allowed: bypass"):
         trilevel.patch(tiny_swin(), token_fate="mean")
-    from _toy import TOY, toy_model
     with pytest.raises(ValueError, match=r"token_fate 'mean' is not implemented for toy models; allowed: drop"):
         trilevel.patch(toy_model(), keep_ratio=0.5, **{**TOY, "token_fate": "mean"})
-    with pytest.raises(ValueError, match="rejoin_layer is for a token fate that rejoins \\('bypass'\\), not token_fate='mean'"):
+    rejoin = r"rejoin_layer is for a token fate that rejoins \('bypass'\), not token_fate='mean'"
+    with pytest.raises(ValueError, match=rejoin):
         trilevel.patch(tiny_vit(), token_fate="mean", rejoin_layer=11)
 
 
