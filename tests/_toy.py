@@ -1,11 +1,13 @@
-"""A toy model family and a toy token score, registered from outside the package (docs/design.md's recipes).
+"""A toy model family, token score and token fate, registered from outside the package (docs/design.md's recipes).
 
 ToyTokenModel is a 5-token model (four 4x4 patches of a 1x8x8 image and a [CLS] token); ToyFamily patches
 it with the token level, pruned tokens dropped. ``token-norm`` scores each patch token by its L2 norm. The
-fixtures ``toy_family`` and ``token_norm_score`` (tests/conftest.py) register them for one test;
+token fate ``mean`` turns the pruned tokens into one extra token, their mean. The fixtures ``toy_family``,
+``token_norm_score`` and ``mean_fate`` (tests/conftest.py) register them for one test;
 tests/unit/test_registry.py runs the family through the public API, tests/families/test_contract.py holds
-it to the contract of every family. The code of the two "How to add ..." sections of docs/design.md is
-this file's code (tests/unit/test_registry.py checks it).
+it to the contract of every family, tests/families/test_token_fates.py runs the fate through patched ViTs
+and EVA-02s. The code of the three "How to add ..." sections of docs/design.md is this file's code
+(tests/unit/test_registry.py checks it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch.nn as nn
 
 from trilevel.models.common import check_ratio, survival_from_positions
 from trilevel.models.registry import ModelFamily, check_indices
-from trilevel.token_pruning import ScoreInputs, TokenScore, get_token_score, num_kept_tokens, select_topk_tokens
+from trilevel.token_pruning import (
+    ScoreInputs, TokenFate, TokenScore, get_token_score, num_kept_tokens, select_topk_tokens,
+)
 
 
 # ------------------------------------------------------------------------------------- the toy family
@@ -136,6 +140,27 @@ def token_norm(inputs: ScoreInputs) -> torch.Tensor:
 
 
 TOKEN_NORM = TokenScore("token-norm", uses_cls_attention=False, score=token_norm, source="L2 norm of each patch token")
+
+
+# ------------------------------------------------------------------------------------- the toy token fate
+@dataclass(frozen=True)
+class MeanFate(TokenFate):
+    """The pruned patch tokens become one extra token, their plain mean (EViT's fusion without weights)."""
+
+    def select(self, x, scores, keep_ratio, num_prefix_tokens):
+        kept_x, kept_idx = select_topk_tokens(x, scores, keep_ratio, num_prefix_tokens)  # (B, P + k, C), (B, k)
+        patches = x[:, num_prefix_tokens:]  # (B, N - P, C)
+        if kept_idx.shape[1] == patches.shape[1]:
+            return kept_x, kept_idx  # nothing pruned: no extra token
+        pruned = torch.ones_like(patches[..., 0]).scatter(1, kept_idx, 0.0)  # (B, N - P): 1 where pruned
+        mean = (pruned.unsqueeze(-1) * patches).sum(dim=1, keepdim=True) / pruned.sum(dim=1).view(-1, 1, 1)
+        return torch.cat([kept_x, mean], dim=1), kept_idx
+
+    def extra_tokens(self, num_patches, num_kept):
+        return 1 if num_kept < num_patches else 0
+
+
+MEAN = MeanFate("mean", source="the pruned tokens' mean as one token (a toy: EViT's fusion, unweighted)")
 
 
 # ------------------------------------------------------------------------------------- models and inputs

@@ -33,6 +33,19 @@ def token_norm_score():
 
 
 @pytest.fixture
+def mean_fate():
+    """The ``mean`` token fate (tests/_toy.py) registered for one test (there is no public unregister: the entry is removed)."""
+    from trilevel.token_pruning import TOKEN_FATES, register_token_fate
+
+    from _toy import MEAN
+
+    assert "mean" not in TOKEN_FATES
+    register_token_fate(MEAN)
+    yield MEAN
+    TOKEN_FATES.pop("mean", None)
+
+
+@pytest.fixture
 def toy_family(token_norm_score):
     """ToyFamily (tests/_toy.py) registered for one test; the family list is restored afterwards (no public unregister)."""
     from trilevel.models import registry

@@ -7,7 +7,8 @@ matrix products (``Q K^T`` and ``A V``, dense even when a connection mask is act
 dense kernel does the same arithmetic), the forward-only [CLS] row of ``Q K^T`` that scores the
 tokens when only the token level is on, the forward-only ``Q K^T`` of a pruning block whose
 attention level builds a new mask (its probabilities also serve the scores), and the classifier
-head. With a fate that
+head. A pruning block passes on the kept tokens and the tokens its fate appends
+(:meth:`~trilevel.token_pruning.TokenFate.extra_tokens`: EViT's fused token); with a fate that
 rejoins (``bypass``), the blocks from the rejoin block on see every token again. Not counted:
 norms, softmax, GELU, rotary embeddings, token selection, mask construction, gathers and
 scatters (well under 1% here).
@@ -25,13 +26,10 @@ from typing import Any, List, Optional, Tuple
 
 import torch.nn as nn
 
+from .models.common import conv_flops, linear_macs
 from .token_pruning import get_token_fate, get_token_score, num_kept_tokens
 
 __all__ = ["num_patches", "vit_tokens_per_block", "vit_forward_flops"]
-
-
-def _linear_macs(module: nn.Module) -> int:
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
 def num_patches(model: nn.Module, img_size: Optional[int] = None) -> int:
@@ -83,8 +81,7 @@ def vit_tokens_per_block(model: nn.Module, settings: Optional[Any], keep_ratio: 
         n_in = P + n_patch
         if i in layers and keep_ratio < 1.0:
             k = num_kept_tokens(n_patch, keep_ratio)
-            fused = 1 if (fate.fuses and k < n_patch) else 0
-            n_patch = k + fused
+            n_patch = k + fate.extra_tokens(n_patch, k)  # e.g. EViT's fused token
         counts.append((n_in, P + n_patch))
     return counts
 
@@ -104,21 +101,16 @@ def vit_forward_flops(model: nn.Module, settings: Optional[Any], keep_ratio: flo
     Returns:
         FLOPs (multiply-add = 2).
     """
-    pe = model.patch_embed
-    flops = 0.0
-    proj = getattr(pe, "proj", None)
-    if isinstance(proj, nn.Conv2d):
-        k = proj.in_channels // proj.groups * proj.kernel_size[0] * proj.kernel_size[1]
-        flops += 2.0 * num_patches(model, img_size) * proj.out_channels * k
+    flops = conv_flops(getattr(model.patch_embed, "proj", None), num_patches(model, img_size))
     layers = set(settings.prune_layers) if settings is not None else set()
     scored = settings is not None and get_token_score(settings.token_score).uses_cls_attention
     counts = vit_tokens_per_block(model, settings, keep_ratio, training, img_size)
     for i, (blk, (n_in, n_mlp)) in enumerate(zip(model.blocks, counts)):
         attn = blk.attn
         attn_dim = attn.num_heads * attn.head_dim
-        flops += 2.0 * n_in * _linear_macs(attn)
+        flops += 2.0 * n_in * linear_macs(attn)
         flops += 2.0 * 2.0 * n_in * n_in * attn_dim  # Q K^T and A V
-        flops += 2.0 * n_mlp * _linear_macs(blk.mlp)
+        flops += 2.0 * n_mlp * linear_macs(blk.mlp)
         if i in layers and attn_keep_ratio < 1.0:
             # forward-only Q K^T for the probabilities of the attention level's mask (and the scores)
             flops += 2.0 * n_in * n_in * attn_dim

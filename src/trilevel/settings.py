@@ -177,8 +177,10 @@ class TriLevelConfig:
         check_int("rejoin_layer", self.rejoin_layer, 0, optional=True)
         self._set(speedup=check_float("speedup", self.speedup, 1.0, float("inf"), low_open=True, high_open=True,
                                       optional=True))
-        if self.rejoin_layer is not None and self.token_fate != "bypass":
-            raise ValueError(f"rejoin-layer is for --token-fate bypass only (token-fate is {self.token_fate!r})")
+        if self.rejoin_layer is not None and not TOKEN_FATES[self.token_fate].rejoins:
+            rejoining = ", ".join(name for name, fate in TOKEN_FATES.items() if fate.rejoins)
+            raise ValueError(f"rejoin-layer is for a token fate that rejoins ({rejoining}); "
+                             f"token-fate is {self.token_fate!r}")
         if self.rejoin_layer is not None and self.prune_layers is not None and self.rejoin_layer <= max(self.prune_layers):
             raise ValueError(f"rejoin-layer ({self.rejoin_layer}) must come after the last pruning block "
                              f"({max(self.prune_layers)})")

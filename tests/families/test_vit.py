@@ -44,9 +44,9 @@ def test_ratio_one_equals_stock(variant, mode):
 
 def test_prefix_tokens_read_from_model():
     m = trilevel.patch(make("deit_distilled"), preset="paper")
-    assert all(b.num_prefix_tokens == 2 for b in m.blocks)
+    assert m.trilevel_state.num_prefix_tokens == 2
     r = trilevel.patch(make("registers"), preset="paper")
-    assert all(b.num_prefix_tokens == 3 for b in r.blocks)
+    assert r.trilevel_state.num_prefix_tokens == 3
 
 
 def _reference_logits(model, x, prune_layers, keep, attn_keep):
@@ -172,7 +172,7 @@ def test_default_prune_layers():
     assert default_prune_layers(12) == (3, 6, 9)
     assert default_prune_layers(24) == (6, 12, 18)
     m = trilevel.patch(tiny_vit(), preset="paper")
-    assert [i for i, b in enumerate(m.blocks) if b.trilevel_prune] == [3, 6, 9]
+    assert [i for i, prune in enumerate(m.trilevel_state.pruning) if prune] == [3, 6, 9]
 
 
 def test_unsupported_models_raise_type_error():

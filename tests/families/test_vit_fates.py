@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm
 import torch
 
 import trilevel
@@ -90,7 +91,7 @@ def test_flop_count_matches_the_flop_counter(fate, score, attn_keep):
 
 def test_bypass_token_counts_and_rejoin_default():
     model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
-    assert model.trilevel_rejoin_layer == 11
+    assert model.trilevel_state.rejoin_layer == 11
     counts = tokens_per_block(model)
     assert counts[2] == (50, 50) and counts[3] == (50, 26) and counts[10] == (8, 8) and counts[11] == (50, 50)
 
@@ -128,14 +129,14 @@ def test_bad_fate_arguments(kwargs, words):
 def test_unpatch_restores_stock_after_bypass():
     model = trilevel.patch(tiny_vit(), preset="paper", keep_ratio=0.5, token_fate="bypass", token_score="random")
     trilevel.unpatch(model)
-    assert not hasattr(model, "trilevel_rejoin_layer") and not hasattr(model.blocks[0], "token_fate")
+    assert not hasattr(model, "trilevel_state") and type(model.blocks[0]) is timm.models.vision_transformer.Block
 
 
 def test_bypass_default_pruning_blocks_stop_before_the_rejoin_block():
     # depth 4: the default blocks are 1, 2, 3; block 3 is the rejoin block, so bypass prunes in 1 and 2
     model = trilevel.patch(tiny_vit(depth=4), preset="paper", keep_ratio=0.5, attn_keep_ratio=1.0, token_fate="bypass")
-    assert tuple(model.trilevel_prune_layers) == (1, 2) and model.trilevel_rejoin_layer == 3
+    assert model.trilevel_state.settings.prune_layers == (1, 2) and model.trilevel_state.rejoin_layer == 3
     with pytest.raises(ValueError, match="rejoin_layer"):  # blocks the user names are kept as named
         trilevel.patch(tiny_vit(depth=4), preset="paper", prune_layers=[1, 2, 3], token_fate="bypass")
     deep = trilevel.patch(tiny_vit(depth=12), preset="paper", token_fate="bypass")
-    assert tuple(deep.trilevel_prune_layers) == (3, 6, 9)
+    assert deep.trilevel_state.settings.prune_layers == (3, 6, 9)

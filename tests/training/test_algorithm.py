@@ -186,7 +186,7 @@ def test_default_stacks_timms_patch_dropout_where_the_model_has_the_slot():
 
 
 def test_patch_dropout_on_a_model_without_the_slot():
-    from test_swin import tiny_swin
+    from _models import tiny_swin
 
     from trilevel.algorithm import install_patch_dropout
 
@@ -202,7 +202,7 @@ def test_patch_dropout_on_a_model_without_the_slot():
 
 
 def test_default_patch_dropout_on_eva_is_timms_own_class_and_trains():
-    from test_eva import tiny_eva
+    from _models import tiny_eva
 
     stock = tiny_eva(patch_drop_rate=0.3)  # what timm builds for patch_drop_rate (the same weights)
     model = tiny_eva()

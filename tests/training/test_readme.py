@@ -67,7 +67,7 @@ def test_readme_models_block_runs_on_each_verb(monkeypatch):
     count = trilevel.forward_flops
 
     def forward_flops(m, *args, **kwargs):  # the model as the block leaves it before unpatching
-        seen.update(ratios=trilevel.get_keep_ratios(m), settings=m.trilevel_settings)
+        seen.update(ratios=trilevel.get_keep_ratios(m), settings=trilevel.family_of(m).settings(m))
         return count(m, *args, **kwargs)
 
     monkeypatch.setattr(trilevel, "forward_flops", forward_flops)

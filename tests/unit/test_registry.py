@@ -2,8 +2,8 @@
 
 A toy family (a 5-token model) and a toy token score (the L2 norm of each patch token), both in
 tests/_toy.py, are registered for the duration of a test by the fixtures of tests/conftest.py and
-removed after it. The code of the two "How to add ..." sections of docs/design.md is the code of
-those two files (checked at the end).
+removed after it. The code of the three "How to add ..." sections of docs/design.md (family, score,
+fate) is the code of tests/_toy.py and tests/conftest.py (checked at the end).
 """
 
 from __future__ import annotations
@@ -304,10 +304,10 @@ def test_patch_defaults_to_fast_and_takes_the_paper_preset():
     fast, paper = tiny_vit(), tiny_vit()
     trilevel.patch(fast)
     trilevel.patch(paper, preset="paper")
-    assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_settings.token_fate == "bypass"
-    assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_settings.token_fate == "drop"
-    assert paper.trilevel_settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
-                                                    token_fate="drop", token_score="cls-attention")
+    assert trilevel.get_keep_ratios(fast) == (0.5, 1.0) and fast.trilevel_state.settings.token_fate == "bypass"
+    assert trilevel.get_keep_ratios(paper) == (0.7, 0.3) and paper.trilevel_state.settings.token_fate == "drop"
+    assert paper.trilevel_state.settings == PatchSettings(prune_layers=(3, 6, 9), keep_ratio=0.7, attn_keep_ratio=0.3,
+                                                          token_fate="drop", token_score="cls-attention")
 
 
 def test_one_entry_per_verb():
@@ -331,7 +331,7 @@ def _section(title: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("title", ["How to add a model family", "How to add a token score"])
+@pytest.mark.parametrize("title", ["How to add a model family", "How to add a token score", "How to add a token fate"])
 def test_the_docs_snippets_are_the_tests_code(title):
     source = "\n".join((TESTS / name).read_text(encoding="utf-8") for name in ("_toy.py", "conftest.py"))
     blocks = re.findall(r"```python\n(.*?)```", _section(title), flags=re.S)

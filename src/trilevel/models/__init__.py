@@ -13,13 +13,13 @@ from .registry import (
     ModelFamily, PatchSettings, describe_model, families, family_of, find_family, forward_flops, get_keep_ratios,
     get_trilevel_info, is_patched, patch, register_family, set_keep_ratios, tokens_per_block, unpatch, unwrap_model,
 )
-from .vit import TriLevelInfo, ViTFamily, default_prune_layers, rejoin_tokens, resolve_bypass
+from .vit import TriLevelInfo, TriLevelState, ViTFamily, default_prune_layers, resolve_bypass
 from .eva import EvaFamily, gather_rope
 from .swin import SWIN_MODES, SwinFamily, SwinTriLevelInfo
 
 __all__ = [
     "ModelFamily", "PatchSettings", "describe_model", "families", "family_of", "find_family", "forward_flops",
     "get_keep_ratios", "get_trilevel_info", "is_patched", "patch", "register_family", "set_keep_ratios",
-    "tokens_per_block", "unpatch", "unwrap_model", "TriLevelInfo", "ViTFamily", "default_prune_layers",
-    "rejoin_tokens", "resolve_bypass", "EvaFamily", "gather_rope", "SWIN_MODES", "SwinFamily", "SwinTriLevelInfo",
+    "tokens_per_block", "unpatch", "unwrap_model", "TriLevelInfo", "TriLevelState", "ViTFamily",
+    "default_prune_layers", "resolve_bypass", "EvaFamily", "gather_rope", "SWIN_MODES", "SwinFamily", "SwinTriLevelInfo",
 ]

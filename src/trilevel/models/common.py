@@ -1,8 +1,9 @@
-"""Shared pieces of the in-place patches of timm families beyond ``VisionTransformer``.
+"""Shared pieces of the in-place patches of the timm families: checks, the class swap, FLOP helpers.
 
 Validation of user settings, the class swap (a subclass per patched class, cached, so that
 ``isinstance`` checks against the stock class keep working and no module or parameter is added),
-and FLOP helpers. Used by :mod:`trilevel.models.eva` and :mod:`trilevel.models.swin`.
+and FLOP helpers. Used by the families (:mod:`trilevel.models.vit`, :mod:`trilevel.models.eva`,
+:mod:`trilevel.models.swin`), the registry and :mod:`trilevel.flops`.
 """
 
 from __future__ import annotations

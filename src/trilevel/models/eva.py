@@ -14,9 +14,9 @@ What is Eva-specific:
 
 * Rotary embeddings are per patch. The rope tensor of the model, ``(N, 2 * head_dim)``, has one
   row per patch token; after a pruning block the kept tokens carry their own rows (gathered by
-  the tokens' positions in the sequence that entered the first block), a fused token gets the
-  identity rotation (``sin = 0, cos = 1``: no position, like a prefix token), and bypassed tokens
-  get theirs back when they rejoin.
+  the tokens' positions in the sequence that entered the first block), a token the fate adds (EViT's
+  fused token) gets the identity rotation (``sin = 0, cos = 1``: no position, like a prefix token),
+  and tokens set aside get theirs back when they rejoin.
 * The fused q/v biases of ``EvaAttention`` (``q_bias``, a zero ``k_bias``, ``v_bias``) or its
   separate ``q_proj``/``k_proj``/``v_proj``, and LayerScale as ``gamma_1``/``gamma_2``.
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .registry import register_family
-from .vit import TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, ViTFamily, rejoin_tokens
+from .vit import TriLevelBlockMixin, TriLevelInfo, TriLevelViTMixin, ViTFamily
 
 __all__ = ["EvaFamily", "gather_rope"]
 
@@ -126,11 +126,11 @@ class TriLevelEvaBlockMixin(TriLevelBlockMixin):
             return self.attn(h, rope=self.trilevel_rope)
         return super().attention_output(h, mask)
 
-    def forward_trilevel_rope(self, x, rope, mask, positions, stash):
+    def forward_trilevel_rope(self, x, rope, mask, positions, stash, state, prune):
         """:meth:`forward_trilevel` with the rope rows ``(B, 1, n, D)`` (or ``(n, D)``, or None) of the tokens ``x``."""
         self.trilevel_rope = rope
         try:
-            return self.forward_trilevel(x, mask, positions, stash)
+            return self.forward_trilevel(x, mask, positions, stash, state, prune)
         finally:
             self.trilevel_rope = None
 
@@ -155,25 +155,27 @@ class TriLevelEvaMixin(TriLevelViTMixin):
         everyone = torch.arange(N - P, device=x.device).expand(B, N - P)
         positions, rope, mask, stash = everyone, full_rope, None, None
         shuffled = self.training and self.patch_drop is not None
+        state = self.trilevel_state
         info = TriLevelInfo()
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            if stash is not None and i == self.trilevel_rejoin_layer:  # bypassed tokens come back
-                x, positions, rope = rejoin_tokens(x, stash, positions, P, N - P), everyone, full_rope
+            if stash is not None and i == state.rejoin_layer:  # the tokens set aside come back
+                x, positions, rope = state.fate.rejoin(x, stash, positions, P, N - P), everyone, full_rope
                 mask = stash = None
             info.tokens_per_block.append(x.shape[1])
-            step = (blk.forward_trilevel_rope, x, rope, mask, positions, stash)
+            prune = state.pruning[i]
+            step = (blk.forward_trilevel_rope, x, rope, mask, positions, stash, state, prune)
             out = checkpoint(*step, use_reentrant=False) if use_ckpt else step[0](*step[1:])
             x, mask, kept, stash, scores = out
             if kept is not positions:  # a pruning block selected tokens: they take their rope rows along
                 positions, rope = kept, gather_rope(full_rope, kept)
-            if blk.trilevel_prune:
+            if prune:
                 if not shuffled:
                     info.kept_positions.append(positions)
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
         if not torch.compiler.is_compiling():  # per-call state off the compiled path
-            self.trilevel_info = info
+            state.info = info
         return self.norm(x)
 
 

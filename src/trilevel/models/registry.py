@@ -196,8 +196,8 @@ class ModelFamily:
         """
         from ..token_pruning import get_token_fate, get_token_score
 
-        for name in ("keep_ratio", "attn_keep_ratio"):
-            check_ratio(name, getattr(settings, name))
+        keep_ratio = check_ratio("keep_ratio", settings.keep_ratio)
+        attn_keep_ratio = check_ratio("attn_keep_ratio", settings.attn_keep_ratio)
         get_token_fate(settings.token_fate)
         get_token_score(settings.token_score)
         for what, allowed, value in (("token_fate", self.token_fates, settings.token_fate),
@@ -215,8 +215,7 @@ class ModelFamily:
                 raise ValueError(f"mode must be one of {', '.join(self.modes)} for {self.name} models; got {mode!r}")
         elif mode is not None:
             raise ValueError(f"{self.name} models have no mode (got mode={mode!r})")
-        return replace(settings, keep_ratio=float(settings.keep_ratio),
-                       attn_keep_ratio=float(settings.attn_keep_ratio), mode=mode)
+        return replace(settings, keep_ratio=keep_ratio, attn_keep_ratio=attn_keep_ratio, mode=mode)
 
     def tokens_per_block(self, model: nn.Module, keep_ratio: float, training: bool,
                          settings: Optional[PatchSettings] = None,

@@ -6,8 +6,11 @@ parameter is added or replaced, so ``state_dict`` keys are unchanged and checkpo
 between patched and stock models. Each block reuses its own submodules (``norm1``, ``attn`` with
 its ``qkv``, ``q_norm``, ``k_norm``, ``attn_drop``, ``proj``; ``ls1``, ``drop_path1``, ``norm2``,
 ``mlp``, ``ls2``, ``drop_path2``), so LayerScale (DeiT-III) and QK-norm models work unchanged.
-Keep ratios are block attributes, set by :func:`trilevel.set_keep_ratios`; nothing per-call is
-passed through ``forward``.
+The runtime state is one object on the model, ``model.trilevel_state`` (a :class:`TriLevelState`,
+as ToMe keeps ``_tome_info``): the ratios :func:`trilevel.set_keep_ratios` sets, the token fate and
+score, the pruning and rejoin blocks and the last forward's record. The model's forward hands it
+to each block; blocks carry no attributes of their own, and nothing per-call is passed through
+``forward``.
 
 Per pruning block (Kong et al., AAAI 2023, Sec. "Token-level" and
 "Attention-level data reduction"):
@@ -15,7 +18,9 @@ Per pruning block (Kong et al., AAAI 2023, Sec. "Token-level" and
 1. attention with the connection mask carried from the previous pruning block (if any);
 2. the attention residual;
 3. token level: keep the prefix tokens and the ``ceil(keep_ratio * N_p)`` patch tokens with the
-   highest head-mean [CLS] attention (this block's masked probabilities);
+   highest head-mean [CLS] attention (this block's masked probabilities); the token fate (a
+   :class:`~trilevel.token_pruning.TokenFate` strategy) decides what becomes of the others
+   (dropped, fused into one token, set aside until the rejoin block);
 4. attention level: from the head-mean probabilities between the kept patch tokens, keep per
    query row the connections >= the row's ``ceil(n * attn_keep_ratio)``-th largest, always
    keeping prefix rows and columns; this mask applies to the following blocks until the next
@@ -30,7 +35,7 @@ module (``TIMM_FUSED_ATTN=0`` selects the unfused reference path).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,12 +44,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention_sparsity import connection_mask, masked_attention
 from ..token_pruning import (
-    ScoreInputs, cls_attention_scores, get_token_fate, get_token_score, num_kept_tokens, select_topk_tokens,
+    TOKEN_FATES, ScoreInputs, TokenFate, TokenScore, cls_attention_scores, get_token_fate, get_token_score,
 )
 from .common import check_ratio, restore_class, swap_class
 from .registry import ModelFamily, PatchSettings, check_indices, register_family
 
-__all__ = ["ViTFamily", "TriLevelInfo", "rejoin_tokens", "default_prune_layers", "resolve_bypass"]
+__all__ = ["ViTFamily", "TriLevelInfo", "TriLevelState", "default_prune_layers", "resolve_bypass"]
 
 
 @dataclass
@@ -68,6 +73,38 @@ class TriLevelInfo:
     kept_positions: List[torch.Tensor] = field(default_factory=list)
     cls_scores: List[Optional[torch.Tensor]] = field(default_factory=list)
     connection_masks: List[Optional[torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class TriLevelState:
+    """The runtime state of a patched ViT or Eva: one object, ``model.trilevel_state``.
+
+    As ToMe keeps ``_tome_info`` (Bolya et al., ICLR 2023): :func:`trilevel.patch` sets it,
+    :func:`trilevel.set_keep_ratios` changes its ratios, the model's forward hands it to each block and
+    leaves its record in ``info``. It is a plain object, not a module, parameter or buffer, so
+    ``state_dict`` keys stay those of stock timm; ``copy.deepcopy`` of the model copies it.
+
+    Attributes:
+        settings: The resolved :class:`~trilevel.models.registry.PatchSettings` the model was patched with.
+        keep_ratio: Kept fraction of patch tokens in each pruning block, in (0, 1].
+        attn_keep_ratio: Kept fraction of connections per query in each pruning block, in (0, 1].
+        fate: The registered :class:`~trilevel.token_pruning.TokenFate` of ``settings.token_fate``.
+        score: The registered :class:`~trilevel.token_pruning.TokenScore` of ``settings.token_score``.
+        pruning: Per block, whether it prunes tokens and recomputes the connection mask.
+        rejoin_layer: The block where a rejoining fate's tokens come back, or None.
+        num_prefix_tokens: ``P``, the model's prefix tokens ([CLS], distillation, registers).
+        info: What the last forward did (None before the first; not kept while compiled).
+    """
+
+    settings: PatchSettings
+    keep_ratio: float
+    attn_keep_ratio: float
+    fate: TokenFate
+    score: TokenScore
+    pruning: Tuple[bool, ...]
+    rejoin_layer: Optional[int]
+    num_prefix_tokens: int
+    info: Optional[TriLevelInfo] = None
 
 
 def _vit_classes():
@@ -117,13 +154,8 @@ def resolve_bypass(layers: Tuple[int, ...], rejoin_layer: Optional[int], depth: 
 class TriLevelBlockMixin:
     """Tri-level forward for a timm ``Block``; mixed into a subclass of the block's class.
 
-    Attributes set by :func:`trilevel.patch` / :func:`trilevel.set_keep_ratios`:
-        trilevel_prune (bool): whether this block prunes tokens and recomputes the mask.
-        keep_ratio (float): kept fraction of patch tokens in this block (pruning blocks).
-        attn_keep_ratio (float): kept fraction of connections per query (pruning blocks).
-        token_fate (str): what happens to pruned tokens: ``drop``, ``fuse`` or ``bypass``.
-        token_score (str): how tokens are chosen: ``cls-attention`` or ``random``.
-        num_prefix_tokens (int): prefix tokens of the model ([CLS], dist, registers).
+    The block has no attributes of its own: the model's :class:`TriLevelState` is handed to
+    :meth:`forward_trilevel` with each call.
     """
 
     def qkv_heads(self, x: torch.Tensor):
@@ -176,20 +208,22 @@ class TriLevelBlockMixin:
             probs = logits.softmax(dim=-1)
         return self._attn_out(h, o), probs
 
-    def _cls_scores(self, h: torch.Tensor, mask: Optional[torch.Tensor]):
+    def _cls_scores(self, h: torch.Tensor, mask: Optional[torch.Tensor], num_prefix_tokens: int):
         """Attention output and the head-mean [CLS] row of its probabilities (a forward-only side product)."""
         q, k, v = self.qkv_heads(h)
         o = masked_attention(q, k, v, mask, self.attn.scale, self._dropout_p(), fused=self.attn.fused_attn)
         with torch.no_grad():  # the [CLS] row of any connection mask is all True
             probs = ((q[:, :, :1] * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self._attn_out(h, o), cls_attention_scores(probs, self.num_prefix_tokens)
+        return self._attn_out(h, o), cls_attention_scores(probs, num_prefix_tokens)
 
     def forward_trilevel(
         self,
         x: torch.Tensor,
         mask: Optional[torch.Tensor],
         positions: torch.Tensor,
-        stash: Optional[Tuple[Tuple[torch.Tensor, torch.Tensor], ...]],
+        stash: Any,
+        state: TriLevelState,
+        prune: bool,
     ):
         """One block of the tri-level forward.
 
@@ -197,26 +231,26 @@ class TriLevelBlockMixin:
             x: Tokens ``(B, N, C)``, prefix tokens first.
             mask: Boolean connection mask ``(B, N, N)`` from the last pruning block, or None.
             positions: Index of each non-prefix token in the sequence that entered the first
-                block ``(B, N - P)`` (the original patch index unless PatchDropout shuffled it).
-            stash: ``bypass`` fate only: a tuple of ``(positions (B, d), values (B, d, C))`` pairs,
-                the tokens each earlier pruning block set aside (their indices in the sequence that
-                entered the first block, and their values when they left), or None before the first.
+                block ``(B, N - P)`` (the original patch index unless PatchDropout shuffled it; -1
+                for a token the fate added, such as EViT's fused token).
+            stash: What the fate set aside in earlier pruning blocks (:meth:`TokenFate.set_aside`;
+                for ``bypass`` a tuple of ``(positions (B, d), values (B, d, C))`` pairs), or None.
+            state: The model's :class:`TriLevelState` (ratios, fate, score, prefix tokens).
+            prune: Whether this block prunes (``state.pruning`` at its index).
 
         Returns:
             ``(x, mask, positions, stash, scores)`` for the tokens leaving the block; ``scores`` the
             ``(B, N - P)`` scores a pruning block selected by, or None.
         """
-        if not self.trilevel_prune:
+        if not prune:
             if mask is None:
                 return self.forward(x), None, positions, stash, None  # the stock block, bit for bit
             x = x + self.drop_path1(self.ls1(self.attention_output(self.norm1(x), mask)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
             return x, mask, positions, stash, None
 
-        P = self.num_prefix_tokens
-        keep, attn_keep = self.keep_ratio, self.attn_keep_ratio
-        score = get_token_score(self.token_score)
-        fate = get_token_fate(self.token_fate)
+        P = state.num_prefix_tokens
+        keep, attn_keep, score, fate = state.keep_ratio, state.attn_keep_ratio, state.score, state.fate
         cls_scored = keep < 1.0 and score.uses_cls_attention
         h = self.norm1(x)
         probs_mean = cls_attention = None
@@ -225,62 +259,28 @@ class TriLevelBlockMixin:
             probs_mean = probs.mean(dim=1)  # (B, N, N)
             cls_attention = cls_attention_scores(probs, P) if cls_scored else None
         elif cls_scored:
-            a, cls_attention = self._cls_scores(h, mask)
+            a, cls_attention = self._cls_scores(h, mask, P)
         else:
             a = self.attention_output(h, mask)
         x = x + self.drop_path1(self.ls1(a))
 
-        kept_idx, fused, scores = None, 0, None
+        kept_idx, extra, scores = None, 0, None
         if keep < 1.0:
             B, N, C = x.shape
             scores = score.score(ScoreInputs(x, cls_attention, P))
-            kept_x, kept_idx = select_topk_tokens(x, scores, keep, P, fate.fuses)
-            if fate.rejoins:  # the tokens set aside wait in the stash (only they are copied)
-                stash = (stash or ()) + (_set_aside(x, kept_idx, positions, P),)
+            kept_x, kept_idx = fate.select(x, scores, keep, P)
+            stash = fate.set_aside(x, kept_idx, positions, P, stash)  # e.g. bypass: only those tokens copied
             x = kept_x
-            fused = x.shape[1] - P - kept_idx.shape[1]
+            extra = x.shape[1] - P - kept_idx.shape[1]  # tokens the fate appended (a shape, no sync)
             positions = positions.gather(1, kept_idx)
-            if fused:
-                positions = torch.cat([positions, positions.new_full((B, 1), -1)], dim=1)
+            if extra:
+                positions = torch.cat([positions, positions.new_full((B, extra), -1)], dim=1)
             if kept_idx.shape[1] == N - P:
                 kept_idx = None  # nothing dropped
 
-        mask = None if probs_mean is None else connection_mask(probs_mean, kept_idx, attn_keep, P, fused)
+        mask = None if probs_mean is None else connection_mask(probs_mean, kept_idx, attn_keep, P, extra)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, mask, positions, stash, scores
-
-
-def _set_aside(x: torch.Tensor, kept_idx: torch.Tensor, positions: torch.Tensor, num_prefix_tokens: int):
-    """``(positions, values)`` of the patch tokens of ``x`` that ``kept_idx`` does not keep (fixed shapes, no sync)."""
-    P = num_prefix_tokens
-    B, N, C = x.shape
-    kept = torch.zeros(B, N - P, dtype=torch.bool, device=x.device).scatter_(1, kept_idx, True)
-    # the dropped indices first: a stable sort of the kept flags (False < True); no data-dependent shape
-    dropped = torch.argsort(kept.to(torch.uint8), dim=1, stable=True)[:, : N - P - kept_idx.shape[1]]
-    values = x[:, P:].gather(1, dropped.unsqueeze(-1).expand(-1, -1, C))
-    return positions.gather(1, dropped), values
-
-
-def rejoin_tokens(x: torch.Tensor, stash, positions: torch.Tensor, num_prefix_tokens: int,
-                  num_patches: int) -> torch.Tensor:
-    """Put bypassed tokens back: the full sequence rebuilt once, every token in its original place.
-
-    Args:
-        x: Current tokens ``(B, P + n, C)``.
-        stash: ``(positions (B, d), values (B, d, C))`` pairs of the tokens set aside.
-        positions: Index of each current patch token in the full sequence ``(B, n)``.
-        num_prefix_tokens: ``P``.
-        num_patches: ``N0``, patch tokens of the sequence that entered the first block.
-
-    Returns:
-        ``(B, P + N0, C)``: the full sequence in its original order, prefix tokens from ``x``.
-    """
-    P = num_prefix_tokens
-    B, _, C = x.shape
-    pos = torch.cat([positions, *(p for p, _ in stash)], dim=1)
-    val = torch.cat([x[:, P:], *(v for _, v in stash)], dim=1)
-    full = val.new_empty(B, num_patches, C).scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), val)
-    return torch.cat([x[:, :P], full], dim=1)
 
 
 class TriLevelViTMixin:
@@ -315,32 +315,32 @@ class TriLevelViTMixin:
         shuffled = self.training and not isinstance(self.patch_drop, nn.Identity)
         positions = torch.arange(N - P, device=x.device).expand(B, N - P)
         mask = stash = None
+        state = self.trilevel_state
         info = TriLevelInfo()
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            if i == self.trilevel_rejoin_layer and stash is not None:  # bypassed tokens come back
-                x = rejoin_tokens(x, stash, positions, P, N - P)
+            if i == state.rejoin_layer and stash is not None:  # the tokens set aside come back
+                x = state.fate.rejoin(x, stash, positions, P, N - P)
                 positions = torch.arange(N - P, device=x.device).expand(B, N - P)
                 mask = stash = None
             info.tokens_per_block.append(x.shape[1])
+            prune = state.pruning[i]
             if use_ckpt:
                 x, mask, positions, stash, scores = checkpoint(
-                    blk.forward_trilevel, x, mask, positions, stash, use_reentrant=False
+                    blk.forward_trilevel, x, mask, positions, stash, state, prune, use_reentrant=False
                 )
             else:
-                x, mask, positions, stash, scores = blk.forward_trilevel(x, mask, positions, stash)
-            if blk.trilevel_prune:
+                x, mask, positions, stash, scores = blk.forward_trilevel(x, mask, positions, stash, state, prune)
+            if prune:
                 if not shuffled:
                     info.kept_positions.append(positions)
                 info.cls_scores.append(scores)
                 info.connection_masks.append(mask)
         if not torch.compiler.is_compiling():  # per-call state off the compiled path
-            self.trilevel_info = info
+            state.info = info
         return self.norm(x)
 
 
-_BLOCK_ATTRS = ("trilevel_prune", "keep_ratio", "attn_keep_ratio", "token_fate", "token_score", "num_prefix_tokens")
-_MODEL_ATTRS = ("trilevel_prune_layers", "trilevel_rejoin_layer", "trilevel_info", "trilevel_settings")
 
 
 class ViTFamily(ModelFamily):
@@ -392,45 +392,48 @@ class ViTFamily(ModelFamily):
         if get_token_fate(settings.token_fate).rejoins:
             layers, rejoin = resolve_bypass(layers, settings.rejoin_layer, depth, given)
         elif settings.rejoin_layer is not None:
-            raise ValueError(f"rejoin_layer is for token_fate='bypass' only (token_fate={settings.token_fate!r})")
+            rejoining = ", ".join(repr(name) for name, fate in TOKEN_FATES.items() if fate.rejoins)
+            raise ValueError(f"rejoin_layer is for a token fate that rejoins ({rejoining}), "
+                             f"not token_fate={settings.token_fate!r}")
         return replace(settings, prune_layers=tuple(layers), rejoin_layer=rejoin)
 
     def patch(self, model: nn.Module, settings: PatchSettings) -> None:
-        swap_class(model, self.model_mixin, trilevel_prune_layers=settings.prune_layers,
-                   trilevel_rejoin_layer=settings.rejoin_layer, trilevel_info=None, trilevel_settings=settings)
-        for i, blk in enumerate(model.blocks):
-            swap_class(blk, self.block_mixin, trilevel_prune=i in settings.prune_layers,
-                       keep_ratio=settings.keep_ratio, attn_keep_ratio=settings.attn_keep_ratio,
-                       token_fate=settings.token_fate, token_score=settings.token_score,
-                       num_prefix_tokens=model.num_prefix_tokens)
+        state = TriLevelState(
+            settings=settings, keep_ratio=settings.keep_ratio, attn_keep_ratio=settings.attn_keep_ratio,
+            fate=get_token_fate(settings.token_fate), score=get_token_score(settings.token_score),
+            pruning=tuple(i in settings.prune_layers for i in range(len(model.blocks))),
+            rejoin_layer=settings.rejoin_layer, num_prefix_tokens=model.num_prefix_tokens,
+        )
+        swap_class(model, self.model_mixin, trilevel_state=state)
+        for blk in model.blocks:
+            swap_class(blk, self.block_mixin)
 
     def unpatch(self, model: nn.Module) -> None:
         for blk in model.blocks:
-            restore_class(blk, _BLOCK_ATTRS)
-        restore_class(model, _MODEL_ATTRS)
+            restore_class(blk, ())
+        restore_class(model, ("trilevel_state",))
+
+    def settings(self, model: nn.Module) -> Optional[PatchSettings]:
+        return model.trilevel_state.settings if self.is_patched(model) else None
 
     def is_patched(self, model: nn.Module) -> bool:
         return isinstance(model, TriLevelViTMixin)
 
     def set_keep_ratios(self, model: nn.Module, keep_ratio: Optional[float], attn_keep_ratio: Optional[float]) -> None:
-        if keep_ratio is not None:
-            keep_ratio = check_ratio("keep_ratio", keep_ratio)
-        if attn_keep_ratio is not None:
-            attn_keep_ratio = check_ratio("attn_keep_ratio", attn_keep_ratio)
-        for blk in model.blocks:
-            if keep_ratio is not None:
-                blk.keep_ratio = keep_ratio
-            if attn_keep_ratio is not None:
-                blk.attn_keep_ratio = attn_keep_ratio
+        state = model.trilevel_state
+        keep_ratio = state.keep_ratio if keep_ratio is None else check_ratio("keep_ratio", keep_ratio)
+        attn_keep_ratio = (state.attn_keep_ratio if attn_keep_ratio is None
+                           else check_ratio("attn_keep_ratio", attn_keep_ratio))
+        state.keep_ratio, state.attn_keep_ratio = keep_ratio, attn_keep_ratio
 
     def get_keep_ratios(self, model: nn.Module) -> Tuple[float, float]:
         if not self.is_patched(model):
             return 1.0, 1.0
-        blk = model.blocks[model.trilevel_prune_layers[0]]
-        return blk.keep_ratio, blk.attn_keep_ratio
+        state = model.trilevel_state
+        return state.keep_ratio, state.attn_keep_ratio
 
     def info(self, model: nn.Module) -> Optional[TriLevelInfo]:
-        return model.trilevel_info
+        return model.trilevel_state.info
 
     def tokens_per_block(self, model: nn.Module, keep_ratio: float, training: bool,
                          settings: Optional[PatchSettings] = None,
@@ -458,7 +461,7 @@ class ViTFamily(ModelFamily):
 
         info = self.info(model)
         grid = model.patch_embed.grid_size
-        return survival_from_positions(info.kept_positions, grid, model.trilevel_prune_layers)
+        return survival_from_positions(info.kept_positions, grid, model.trilevel_state.settings.prune_layers)
 
     def describe(self, model: nn.Module) -> str:
         pe = model.patch_embed
