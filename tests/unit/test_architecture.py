@@ -1,4 +1,4 @@
-"""The package's shape: no import cycles, no use of another module's private names, small modules.
+"""The package's shape: no import cycles, no use of another module's private names, small modules and functions.
 
 Imports are read from the source with ``ast`` (function-level imports included, since a lazy
 import still ties two modules together).
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "trilevel"
-MAX_LINES = 600
+MAX_LINES = 500
+MAX_FUNCTION_CODE_LINES = 80  # docstring, blank and comment lines not counted
 
 
 def _module_name(path: Path) -> str:
@@ -144,10 +145,79 @@ def test_no_module_uses_another_modules_private_names():
     assert _private_uses() == []
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_modules_stay_small(name):
-    lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines (at most {MAX_LINES})"
+def _oversized_modules(modules, limit=MAX_LINES):
+    """``"<path> has N lines"`` for every module of ``{name: path}`` over ``limit`` lines."""
+    found = []
+    for name, path in sorted(modules.items()):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > limit:
+            found.append(f"{path} has {lines} lines (at most {limit})")
+    return found
+
+
+def test_modules_stay_small():
+    assert _oversized_modules(MODULES) == []
+
+
+def test_the_module_size_check_can_fail(tmp_path):
+    small, big = tmp_path / "small.py", tmp_path / "big.py"
+    small.write_text("x = 1\n" * 3)
+    big.write_text("x = 1\n" * 4)
+    assert _oversized_modules({"small": small, "big": big}, limit=3) == [f"{big} has 4 lines (at most 3)"]
+
+
+def _code_lines(node, lines):
+    """Lines of code of a function: its decorators, signature and body, without its docstring, blank
+    lines and comment lines (nested functions count towards the function that holds them)."""
+    skip = set()
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return sum(1 for i in range(start, node.end_lineno + 1)
+               if i not in skip and lines[i - 1].strip() and not lines[i - 1].strip().startswith("#"))
+
+
+def _long_functions(source, where, limit=MAX_FUNCTION_CODE_LINES):
+    """``"<where>:<line> <function> has N lines of code"`` for every function of ``source`` over ``limit``."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = _code_lines(node, lines)
+            if n > limit:
+                found.append(f"{where}:{node.lineno} {node.name} has {n} lines of code (at most {limit})")
+    return found
+
+
+def test_functions_stay_small():
+    found = []
+    for name, path in sorted(MODULES.items()):
+        found += _long_functions(path.read_text(encoding="utf-8"), name)
+    assert found == []
+
+
+def test_the_function_size_check_can_fail():
+    source = '''
+def short(a):
+    """A docstring
+
+    over lines, not counted.
+    """
+    # a comment, not counted
+
+    return a
+
+
+@decorator
+def long(a):
+    b = a
+    c = b
+    return c
+'''
+    assert _long_functions(source, "m", limit=4) == ["m:13 long has 5 lines of code (at most 4)"]  # decorator included
+    assert _long_functions(source, "m", limit=5) == []  # short has 2
 
 
 def test_the_layers_contract_of_pyproject_holds():

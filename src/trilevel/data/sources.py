@@ -13,6 +13,8 @@ transforms of :mod:`trilevel.data.transforms`. Sources:
   ``CIFAR10``/``CIFAR100``.
 * ImageFolder: torchvision's ``ImageFolder`` layout (one subfolder per class), normalised with
   ImageNet's mean and std.
+
+The validation hold-out, the training subset and the kept classes are :mod:`trilevel.data.splits`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torchvision
@@ -30,6 +32,9 @@ from torch.utils.data import Dataset, Subset
 from .cluttered import cluttered_split
 from .datasets import CheckedImageFolder, DataInfo, DatasetNotFoundError, TensorImageDataset
 from .idx import load_idx, uint8_mean_std
+from .splits import (
+    VAL_SPLIT_SEED, DataSplits, check_classes, check_subset, holdout_indices, keep_classes, warn_if_classes_missing,
+)
 from .transforms import imagefolder_transforms, tensor_transforms
 
 __all__ = [
@@ -103,76 +108,6 @@ def _resolve_in_chans(name: str, native: int, in_chans: object) -> int:
     return in_chans
 
 
-def _check_subset(train_subset: object, num_train: int) -> int | None:
-    if train_subset is None:
-        return None
-    if (
-        isinstance(train_subset, bool)
-        or not isinstance(train_subset, int)
-        or not 1 <= train_subset <= num_train
-    ):
-        raise ValueError(
-            f"train_subset must be None or an integer in [1, {num_train}] (the training set "
-            f"size), got {train_subset!r}"
-        )
-    return train_subset
-
-
-#: Seed of the generator that picks the held-out validation images (:func:`holdout_indices`): a constant,
-#: so the split is the same for every run, seed and configuration.
-VAL_SPLIT_SEED = 0x7A11DA7E
-
-
-def holdout_indices(num_examples: int, val_split: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which training examples are held out as the validation split, and which remain for training.
-
-    The choice depends only on ``num_examples`` and ``val_split`` (a generator seeded with
-    :data:`VAL_SPLIT_SEED`), never on a run's seed: every run and configuration that holds out the
-    same number of images from the same training set validates on the same images.
-
-    Args:
-        num_examples: Size of the full training set.
-        val_split: Number of examples to hold out, in ``[1, num_examples - 1]``.
-
-    Returns:
-        ``(train, val)``: ``int64`` index tensors of shapes ``(num_examples - val_split,)`` and
-        ``(val_split,)``, each in increasing order, disjoint, together ``range(num_examples)``.
-
-    Raises:
-        ValueError: If ``val_split`` is not an integer in ``[1, num_examples - 1]``.
-    """
-    if isinstance(val_split, bool) or not isinstance(val_split, int) or not 1 <= val_split < num_examples:
-        raise ValueError(
-            f"val_split must be an integer in [1, {num_examples - 1}] (training images to hold out for "
-            f"validation; the training set has {num_examples}), got {val_split!r}"
-        )
-    g = torch.Generator().manual_seed(VAL_SPLIT_SEED)
-    held = torch.zeros(num_examples, dtype=torch.bool)
-    held[torch.randperm(num_examples, generator=g)[:val_split]] = True
-    return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
-
-
-def _check_classes(classes: object, num_classes: int) -> tuple[int, ...] | None:
-    if classes is None:
-        return None
-    if (not isinstance(classes, (list, tuple)) or not classes
-            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes for c in classes)
-            or len(set(classes)) != len(classes)):
-        raise ValueError(
-            f"classes must be distinct class indices in [0, {num_classes - 1}] (at least one), got {classes!r}"
-        )
-    return tuple(classes)
-
-
-def _keep_classes(x: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The examples of ``classes`` only, labels renumbered ``classes[i] -> i``."""
-    lookup = torch.full((max(int(y.max()) + 1, max(classes) + 1),), -1, dtype=torch.int64)
-    lookup[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes))
-    new = lookup[y]
-    keep = new >= 0
-    return x[keep].clone(), new[keep].clone()
-
-
 def _data_dir_or_raise(name: str, data_dir: str | os.PathLike | None, hint: str) -> Path:
     if data_dir is None:
         raise DatasetNotFoundError(
@@ -186,15 +121,6 @@ def _data_dir_or_raise(name: str, data_dir: str | os.PathLike | None, hint: str)
 
 # --------------------------------------------------------------------------------------------
 # Builders per source
-
-
-def _warn_if_classes_missing(name: str, targets: torch.Tensor, num_classes: int) -> None:
-    present = int(torch.unique(targets).numel())
-    if present < num_classes:
-        logger.warning(
-            "%s training subset holds only %d of %d classes (the subset is the first examples "
-            "in the dataset's order)", name, present, num_classes,
-        )
 
 
 def _build_in_memory(
@@ -223,10 +149,10 @@ def _build_in_memory(
             f"aug='deit' needs 3-channel images but {name!r} gives in_chans={chans}; "
             "pass in_chans=3 (grayscale is repeated) or use aug='light' or 'none'"
         )
-    kept = _check_classes(classes, num_classes)
+    kept = check_classes(classes, num_classes)
     if kept is not None:
-        train_x, train_y = _keep_classes(train_x, train_y, kept)
-        val_x, val_y = _keep_classes(val_x, val_y, kept)
+        train_x, train_y = keep_classes(train_x, train_y, kept)
+        val_x, val_y = keep_classes(val_x, val_y, kept)
         num_classes = len(kept)
     train_tf, val_tf = tensor_transforms(native_h, native_chans, size, chans, aug, mean, std,
                                          hflip=HFLIP_KEEPS_LABEL[name])
@@ -235,11 +161,11 @@ def _build_in_memory(
         rest, hold = holdout_indices(len(train_x), val_split)
         held = TensorImageDataset(train_x[hold].clone(), train_y[hold].clone(), val_tf)
         train_x, train_y = train_x[rest].clone(), train_y[rest].clone()
-    n = _check_subset(train_subset, len(train_x))
+    n = check_subset(train_subset, len(train_x))
     if n is not None:
         # clone: a slice would keep (and pickle) the whole storage.
         train_x, train_y = train_x[:n].clone(), train_y[:n].clone()
-        _warn_if_classes_missing(name, train_y, num_classes)
+        warn_if_classes_missing(name, train_y, num_classes)
     train = TensorImageDataset(train_x, train_y, train_tf)
     test = TensorImageDataset(val_x, val_y, val_tf)
     out_mean = mean * 3 if chans != native_chans else mean
@@ -368,10 +294,10 @@ def _build_imagefolder(
     if val_split is not None:  # held out of the full training set, before any train_subset
         rest, hold = holdout_indices(len(train_ds), val_split)
         held = Subset(CheckedImageFolder(str(root / "train"), transform=val_tf, bad_images=bad_images), hold.tolist())
-    n = _check_subset(train_subset, len(rest))
+    n = check_subset(train_subset, len(rest))
     if n is not None:
         rest = rest[:n]
-        _warn_if_classes_missing(name, torch.as_tensor(train_ds.targets)[rest], num_classes)
+        warn_if_classes_missing(name, torch.as_tensor(train_ds.targets)[rest], num_classes)
     if n is not None or val_split is not None:
         train = Subset(train_ds, rest.tolist())
     info = DataInfo(
@@ -381,22 +307,6 @@ def _build_imagefolder(
         val_split=val_split,
     )
     return DataSplits(train, held, val_ds, info)
-
-
-class DataSplits(NamedTuple):
-    """The datasets of one source, as :func:`build_splits` builds them.
-
-    Attributes:
-        train: The training set (augmented; ``train_subset`` applied).
-        val: The validation split held out of the training set (no augmentation), or None.
-        test: The test set (no augmentation): report on it, never choose on it.
-        info: What the model and the loop need to know (:class:`DataInfo`).
-    """
-
-    train: Dataset
-    val: Optional[Dataset]
-    test: Dataset
-    info: DataInfo
 
 
 def build_splits(

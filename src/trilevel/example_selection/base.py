@@ -6,30 +6,24 @@ Hierarchical Reduction of Data Redundancy for Efficient Vision Transformer Train
 examples while the rest wait in a *removed pool*. :class:`ExampleSelector` is the interface every
 selector implements (:class:`~trilevel.example_selection.ForgettingSelector`,
 :class:`~trilevel.example_selection.RandomSelector`, :class:`~trilevel.example_selection.LossSelector`);
-it owns the active set, the statistics tensors and their device, the validation and cross-rank
-gathering of :meth:`ExampleSelector.record` (free of host-device synchronisation), the
-``state_dict`` / ``load_state_dict`` layout and the digest, and calls public hook methods that the
-subclasses define.
+it owns the active set, the statistics tensors and their device, and calls public hook methods that
+the subclasses define. What :meth:`ExampleSelector.record` does before a hook sees a batch
+(validation, correctness, cross-rank gathering, free of host-device synchronisation) is
+:mod:`~trilevel.example_selection.recording`; the ``state_dict`` layout, its checks and the digest
+are :mod:`~trilevel.example_selection.selector_state`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, ClassVar, Sequence
 
 import torch
-import torch.distributed as dist
 
-from .collective import gather_batch
-from .syncfree import host_any, host_bounds, is_host, move, redirect
-from .validation import check_batch, check_int, check_seed
+from .recording import prepare_batch
+from .selector_state import STATE_VERSION, check_state, state_digest
+from .validation import check_int, check_seed
 
 __all__ = ["ExampleSelector"]
-
-_STATE_VERSION = 1
-
-# Per-example status codes of ExampleSelector.record (uint8).
-_INCORRECT, _CORRECT, _BAD_LABEL, _IGNORED = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +322,9 @@ class ExampleSelector:
                 rows are sent to the dummy slot meanwhile, so no memory outside the statistics is
                 touched.
         """
-        idx, correct, loss_s, tb_s = self._prepare(indices, logits, targets, loss, tie_break, valid)
+        idx, correct, loss_s, tb_s = prepare_batch(
+            indices, logits, targets, loss, tie_break, valid, num_examples=self.num_examples, device=self._device,
+            needs_loss_of=type(self).__name__ if self.needs_loss else None)
         self.observe(idx, correct, loss_s, tb_s)
         return self.reweighted(idx, indices, loss)
 
@@ -373,93 +369,6 @@ class ExampleSelector:
         """
         return None
 
-    def _index_error(self, idx: torch.Tensor) -> str | None:
-        """The out-of-range message for host-resident ``idx`` (exact), None if fine or not on the host."""
-        if not is_host(idx) or idx.numel() == 0:
-            return None
-        lo, hi = host_bounds(idx)
-        if lo >= 0 and hi < self.num_examples:
-            return None
-        bad = idx[(idx < 0) | (idx >= self.num_examples)]  # error path only
-        return (f"indices must lie in [0, num_examples) = [0, {self.num_examples}), got "
-                f"{bad[:8].tolist()} out of range")
-
-    @staticmethod
-    def _label_error(status: torch.Tensor, label: torch.Tensor, num_classes: int) -> str | None:
-        """The out-of-range message for host-resident ``status`` (exact), None if fine or not on the host."""
-        if not is_host(status) or not host_any(status == _BAD_LABEL):
-            return None
-        local_bad = label[(label < 0) | (label >= num_classes)].to("cpu")  # error path only
-        detail = local_bad[:8].tolist() if local_bad.numel() else "values on another rank"
-        return f"targets must be class indices in [0, K) = [0, {num_classes}), got {detail} out of range"
-
-    def _assert_indices(self, idx: torch.Tensor) -> None:
-        """Queue the range check of accelerator-resident ``idx`` (``torch._assert_async``, no sync)."""
-        if not is_host(idx):
-            ok = ((idx >= 0) & (idx < self.num_examples)).all()
-            torch._assert_async(ok, f"indices must lie in [0, num_examples) = [0, {self.num_examples}), "
-                                    f"got values out of range")
-
-    def _assert_on_device(self, idx: torch.Tensor, status: torch.Tensor, num_classes: int) -> None:
-        """Queue the range checks of accelerator-resident tensors (``torch._assert_async``, no sync)."""
-        self._assert_indices(idx)
-        if not is_host(status):
-            torch._assert_async((status != _BAD_LABEL).all(),
-                                f"targets must be class indices in [0, K) = [0, {num_classes}), "
-                                f"got values out of range")
-
-    def _prepare(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor, targets: torch.Tensor,
-                 loss: torch.Tensor | None, tie_break: torch.Tensor | None,
-                 valid: torch.Tensor | None) -> tuple:
-        """Validate one batch, judge correctness, gather across ranks, redirect what must not count.
-
-        Returns tensors on :attr:`device` covering the whole (global) batch: ``(scatter targets int64
-        in [0, num_examples], correct bool, loss float32|None, tie_break float32|None)``.
-        """
-        indices, num_classes = check_batch(indices, logits, targets, loss, tie_break, valid,
-                                           type(self).__name__ if self.needs_loss else None)
-
-        # Correctness on the logits' device: the label's logit attains the maximum of the logits
-        # (amax + gather: ~10x cheaper than argmax on the CPU; an exact tie for the maximum counts as
-        # correct). For soft (mixup/cutmix, label-smoothed) targets the label is argmax(targets), the
-        # class with the larger mixing weight (the first such class on an exact tie). The status code
-        # also carries an ignored batch (3) and a label outside [0, K) (2, an error), so that rows
-        # keep a fixed shape and nothing is read on the host.
-        scores = logits.detach()
-        device = scores.device
-        label = targets.detach().argmax(dim=1) if targets.dim() == 2 else targets.detach()
-        label = move(label, device, torch.int64)
-        safe = label.clamp(0, num_classes - 1)
-        picked = scores.gather(1, safe.unsqueeze(1)).squeeze(1)
-        status = (picked >= scores.amax(dim=1)).to(torch.uint8)
-        if valid is not None:
-            status = torch.where(move(valid, device), status, _IGNORED)
-        status = torch.where(safe == label, status, _BAD_LABEL)
-
-        # Range checks: exact for tensors in host memory (raised before any state changes), queued
-        # with torch._assert_async for tensors on an accelerator.
-        error = self._index_error(indices) or self._label_error(status, label, num_classes)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # Gather first, so that the other ranks see the bad rows too and raise as well.
-            idx, status, loss, tie_break = gather_batch(indices, status, loss, tie_break, device)
-            error = error or self._index_error(idx) or self._label_error(status, label, num_classes)
-        else:
-            idx = indices
-        if error is not None:
-            raise ValueError(error)
-        self._assert_on_device(idx, status, num_classes)
-
-        checked = is_host(idx)  # its range was checked exactly above
-        target = self._device
-        idx = move(idx.detach(), target, torch.int64)
-        status = move(status, target)
-        loss_s = None if loss is None else move(loss.detach(), target, torch.float32)
-        tb_s = None if tie_break is None else move(tie_break.detach(), target, torch.float32)
-        recorded = status <= _CORRECT
-        if not checked:  # until the asynchronous assert fires, send out-of-range rows to the dummy slot
-            recorded = recorded & (idx >= 0) & (idx < self.num_examples)
-        return redirect(idx, recorded, self.num_examples), status == _CORRECT, loss_s, tb_s
-
     # ----------------------------------------------------------------------------- state
     def config(self) -> dict[str, Any]:  # pragma: no cover - overridden
         """Hook: the configuration that a loaded state must match, and that ``repr`` shows.
@@ -497,7 +406,7 @@ class ExampleSelector:
         """
         state: dict[str, Any] = {
             "kind": type(self).__name__,
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "config": dict(self.config()),
             "active_mask": self._active_mask.to("cpu", copy=True),
             "stats": {k: v.to("cpu", copy=True) for k, v in self.stat_tensors().items()},
@@ -521,41 +430,13 @@ class ExampleSelector:
                 different configuration (the mismatching key is named), or has tensors of the wrong
                 size or dtype.
         """
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from state_dict(), got {type(state).__name__}")
-        kind = state.get("kind")
-        if kind != type(self).__name__:
-            raise ValueError(f"state is for {kind!r}, cannot load it into {type(self).__name__}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"state version {state.get('version')!r} is not supported (expected {_STATE_VERSION})")
-        mine = self.config()
-        theirs = state.get("config", {})
-        for key, value in mine.items():
-            if theirs.get(key) != value:
-                raise ValueError(
-                    f"state was saved with {key}={theirs.get(key)!r} but this selector has {key}={value!r}"
-                )
-        mask = state["active_mask"]
-        if not isinstance(mask, torch.Tensor) or mask.shape != (self.num_examples,) or mask.dtype != torch.bool:
-            raise ValueError(f"state['active_mask'] must be a bool tensor of shape ({self.num_examples},)")
         current = self.stat_tensors()
-        saved_stats = state.get("stats")
-        if not isinstance(saved_stats, dict):
-            raise ValueError("state['stats'] must be a dict of statistics tensors from state_dict()")
+        check_state(state, type(self).__name__, self.config(), self.num_examples, current)
         for name, tensor in current.items():
-            saved = saved_stats.get(name)
-            if not isinstance(saved, torch.Tensor) or saved.shape != tensor.shape or saved.dtype != tensor.dtype:
-                raise ValueError(
-                    f"state['stats'][{name!r}] must be a {tensor.dtype} tensor of shape {tuple(tensor.shape)}"
-                )
-        generator_state = state.get("generator_state")
-        if not isinstance(generator_state, torch.Tensor) or generator_state.dtype != torch.uint8:
-            raise ValueError("state['generator_state'] must be the uint8 tensor of Generator.get_state()")
-        for name, tensor in current.items():
-            tensor.copy_(saved_stats[name])
-        self.set_active_mask(mask.to(self._device, copy=True))
+            tensor.copy_(state["stats"][name])
+        self.set_active_mask(state["active_mask"].to(self._device, copy=True))
         self.last_epoch = int(state["last_epoch"])
-        self._generator.set_state(generator_state.to("cpu", copy=True))
+        self._generator.set_state(state["generator_state"].to("cpu", copy=True))
         self.load_extra_state(state)
 
     def digest(self) -> str:
@@ -568,14 +449,8 @@ class ExampleSelector:
         Returns:
             The first 16 hex characters of the SHA-256.
         """
-        h = hashlib.sha256()
         active, removed = self.index_sets()
-        tensors = [("active", active), ("removed", removed), *self.stat_tensors().items()]
-        for name, tensor in tensors:
-            h.update(name.encode())
-            h.update(str(tensor.dtype).encode())
-            h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return state_digest(active, removed, self.stat_tensors())
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

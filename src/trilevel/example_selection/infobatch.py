@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from .base import ExampleSelector
+from .recording import assert_indices, index_error
 from .syncfree import move
 from .validation import check_fraction, check_int
 
@@ -145,10 +146,10 @@ class LossSelector(ExampleSelector):
             raise ValueError(f"indices must have shape (B,), got shape {tuple(local.shape)}")
         if local.dtype.is_floating_point or local.dtype.is_complex or local.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor, got dtype {local.dtype}")
-        error = self._index_error(local)
+        error = index_error(local, self.num_examples)
         if error is not None:
             raise ValueError(error)
-        self._assert_indices(local)
+        assert_indices(local, self.num_examples)
         local = move(local.detach(), self.device, torch.int64)
         return self.weights.index_select(0, local.clamp(0, self.num_examples - 1))
 

@@ -4,7 +4,8 @@
 with the training recipe (DeiT's, Touvron et al., ICML 2021, through timm), data, and runtime
 settings. Construction validates every field; the command line is generated from the fields
 (:mod:`trilevel.cli.train`), YAML files use the same names (hyphens or underscores), and the
-resolved configuration is written to the run folder and checked on resume.
+resolved configuration is written to the run folder and checked on resume (reading it back from a
+checkpoint and the resume check are :mod:`trilevel.training.checkpoint_config`, re-exported here).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, get_args
 
 import yaml
 
-from ..presets import CHECKPOINT_PRESET, layered_settings
 from ..settings import TriLevelConfig, track_given
 from ..data import ALLOWED_AUGS, ALLOWED_BAD_IMAGES
 from ..options import (
     BlockList, Fraction, OptionalFloat, OptionalInt, check_bool, check_choice, check_float, check_int, check_path, flag,
     parse_fraction,
 )
+from .checkpoint_config import RUNTIME_KEYS, check_resume, config_from_checkpoint, defaults_of, stored_config
 
 __all__ = [
     "ModelConfig",
@@ -38,6 +39,7 @@ __all__ = [
     "normalize_keys",
     "check_resume",
     "field_defaults",
+    "stored_config",
 ]
 
 DatasetName = Literal["fashion-mnist", "cluttered-fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
@@ -53,14 +55,6 @@ ALLOWED_DEVICES: Tuple[str, ...] = get_args(DeviceName)
 ALLOWED_NONFINITE: Tuple[str, ...] = get_args(NonFiniteName)
 if get_args(AugName) != tuple(ALLOWED_AUGS) or get_args(BadImagesName) != tuple(ALLOWED_BAD_IMAGES):
     raise ImportError("trilevel.training.config is out of step with trilevel.data's allowed values")
-
-#: Configuration keys that may differ between a checkpoint and the run resuming it.
-RUNTIME_KEYS = frozenset(
-    {"resume", "output_dir", "workers", "log_interval", "device", "nonfinite", "data_dir", "stop_after_epoch",
-     "bad_images", "eval_every", "checkpoint_every", "keep_last", "allow_world_size_change", "log_tensorboard",
-     "log_wandb", "tensorboard_images_every", "compile"}
-)
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -438,72 +432,7 @@ def load_config_file(path: str | os.PathLike) -> Dict[str, Any]:
     return options
 
 
-def config_from_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """The configuration stored in a checkpoint written by :func:`trilevel.train`, as a dict.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        trilevel.checkpoint.CheckpointError: If it is not a readable checkpoint.
-        ValueError: If it holds no trilevel training configuration.
-    """
-    from ..checkpoint import load_checkpoint
-
-    return stored_config(load_checkpoint(path), path)
-
-
-def stored_config(ckpt: Mapping[str, Any], path: Any) -> Dict[str, Any]:
-    """The ``config`` entry of a loaded training checkpoint, as a new dict.
-
-    The stored values are read over the :data:`~trilevel.presets.CHECKPOINT_PRESET` (paper)
-    preset: a tri-level option missing from it is one the writing version did not have yet, and
-    that run used the paper's value (the default until the ``fast`` preset became it).
-
-    Raises:
-        ValueError: If the checkpoint holds no configuration.
-    """
-    config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{path} is not a trilevel training checkpoint (no 'config' entry)")
-    stored = {str(k).replace("-", "_"): v for k, v in config.items()}
-    if stored.pop("fuse_inattentive", None) and "token_fate" not in stored:  # before token-fate existed
-        stored["token_fate"] = "fuse"
-    return layered_settings(stored, preset=CHECKPOINT_PRESET)
-
-
 def field_defaults() -> Dict[str, Any]:
     """Every :class:`TrainConfig` field with a plain default, ``{name: default}``: the value a run of
     a version that did not have the option yet ran with (used to compare stored configurations)."""
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-
-
-def check_resume(config: TrainConfig, ckpt: Mapping[str, Any], checkpoint_format: int) -> None:
-    """Check that ``config`` may resume the loaded training checkpoint ``ckpt``.
-
-    Only :data:`RUNTIME_KEYS` may differ between the two configurations.
-
-    Args:
-        config: The resuming run's configuration (``resume`` names the checkpoint).
-        ckpt: The loaded checkpoint.
-        checkpoint_format: The layout version this code writes and reads.
-
-    Raises:
-        ValueError: Naming every setting that differs, or an unsupported checkpoint layout.
-    """
-    stored = stored_config(ckpt, config.resume)
-    # An option the checkpoint's version did not have yet ran at its default.
-    defaults = field_defaults()
-    diffs = [
-        f"{flag(k)}: checkpoint {stored.get(k, defaults.get(k))!r}, now {v!r}"
-        for k, v in config.to_dict().items()
-        if k not in RUNTIME_KEYS and stored.get(k, defaults.get(k)) != v
-    ]
-    if diffs:
-        raise ValueError(
-            f"cannot resume {config.resume}: the configuration differs from the checkpoint's in "
-            f"{'; '.join(diffs)} (only {', '.join(sorted(flag(k) for k in RUNTIME_KEYS))} may change)"
-        )
-    if ckpt.get("format") != checkpoint_format:
-        raise ValueError(
-            f"{config.resume}: training-checkpoint format {ckpt.get('format', ckpt.get('engine_format'))!r} "
-            f"cannot be resumed by this version (format {checkpoint_format}); it can still be evaluated"
-        )
+    return defaults_of(TrainConfig)

@@ -19,7 +19,8 @@ pretrained_cfg_overlay=dict(file=...), **kwargs)``, so the weights go through ti
 What timm does not check, this module does: a width, depth or head layout that does not fit is a
 ``ValueError`` naming the tensors and both shapes (timm raises a ``RuntimeError``, or, once it has
 dropped the classifier and loads with ``strict=False``, silently leaves missing blocks random).
-Afterwards the model's tensors are compared with the file's into a :class:`LoadReport`.
+Afterwards the model's tensors are compared with the file's into a :class:`LoadReport`. Reading the
+file itself (which layouts, which weights of a checkpoint) is :mod:`trilevel.training.weight_files`.
 
 Fine-tuning a model pretrained at one resolution at a higher one, with resampled position
 embeddings, is the recipe of DeiT (Touvron et al., "Training data-efficient image transformers &
@@ -28,12 +29,9 @@ distillation through attention", ICML 2021, section "Fine-tuning at different re
 
 from __future__ import annotations
 
-import argparse
-import errno
 import inspect
 import logging
 import os
-import pickle
 import re
 import sys
 import tempfile
@@ -43,6 +41,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+
+from .weight_files import read_state_dict, short_list
 
 __all__ = ["LoadReport", "create_from_weights", "read_state_dict"]
 
@@ -55,10 +55,6 @@ _ADAPTING_KWARGS = (
     "dynamic_img_pad", "strict_img_size", "drop_rate", "pos_drop_rate", "patch_drop_rate",
     "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "ref_feat_shape",
 )
-# Keys of the nested checkpoint layouts, in the order timm's load_state_dict prefers them.
-_EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
-_WEIGHT_KEYS = ("state_dict", "model")
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP and ModelEmaV3 wrappers
 _LISTED = 6  # keys named per category in messages
 
 
@@ -96,126 +92,11 @@ class LoadReport:
         for name, keys in (("resampled", self.resampled), ("re-initialised", self.reinitialized),
                            ("unused", self.unused)):
             if keys:
-                parts.append(f"{len(keys)} {name} ({_names(keys)})")
+                parts.append(f"{len(keys)} {name} ({short_list(keys)})")
             else:
                 parts.append(f"0 {name}")
         line = ", ".join(parts)
         return line if self.by_value else line + " [hub weights: compared by shape]"
-
-
-def _names(keys: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading weight files
-
-
-def _strip_wrappers(sd: Mapping[str, Any]) -> Dict[str, Any]:
-    """Keys without ``module.`` / ``_orig_mod.`` prefixes (as timm's ``clean_state_dict``)."""
-    out = {}
-    for k, v in sd.items():
-        while k.startswith(_WRAPPER_PREFIXES):
-            k = k[len("module."):] if k.startswith("module.") else k[len("_orig_mod."):]
-        out[k] = v
-    return out
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` as timm loads (``argparse.Namespace`` allowed), memory-mapped if possible."""
-    import contextlib
-
-    kwargs: Dict[str, Any] = dict(map_location="cpu", weights_only=True)
-    allow = getattr(torch.serialization, "safe_globals", None)
-    with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
-        try:
-            return torch.load(path, mmap=True, **kwargs)
-        except (RuntimeError, ValueError, TypeError):  # the legacy (non-zip) format cannot be mapped
-            return torch.load(path, **kwargs)
-
-
-def read_state_dict(path: str | os.PathLike, ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:
-    """The state dict a weights file holds, on the CPU, with wrapper prefixes removed.
-
-    Accepted: a plain state dict (``.pth``/``.pt``/``.bin``, ``torch.save(model.state_dict())``),
-    a ``.safetensors`` file, a dict holding it under ``"state_dict"`` or ``"model"`` (timm and
-    DeiT checkpoints), and a trilevel training checkpoint (``"model"``, and the EMA weights under
-    ``"ema"`` with ModelEmaV3's ``module.`` prefix). Files are read with ``weights_only=True``: no
-    code in them runs.
-
-    Args:
-        path: The file.
-        ema: Take the EMA weights (``"ema"``, ``"state_dict_ema"`` or ``"model_ema"``) of a
-            checkpoint that has them.
-
-    Returns:
-        ``(state dict, nested)``: ``nested`` is True when the weights were taken out of a
-        checkpoint dict (or had prefixes removed), False for a plain state dict file.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist or is not a file.
-        ValueError: If the file cannot be read as weights (corrupt, not a checkpoint, objects that
-            ``weights_only`` loading refuses, no tensors), or ``ema`` is asked of a file without
-            EMA weights. The message names the file.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "not found"
-        raise FileNotFoundError(errno.ENOENT, f"pretrained weights file {what} (--init-from)", str(path))
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
-
-            obj: Any = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            obj = _torch_load(path)
-    except OSError:
-        raise
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"cannot read the weights file {str(path)!r}: not a PyTorch checkpoint, or it holds objects that "
-            f"weights_only loading refuses ({(str(exc).splitlines() or [''])[0][:200]}); save the weights alone "
-            "(torch.save(model.state_dict(), path) or safetensors)"
-        ) from exc
-    except Exception as exc:  # truncated or foreign data: RuntimeError, EOFError, SafetensorError...
-        raise ValueError(
-            f"cannot read the weights file {str(path)!r}: not a checkpoint or state dict, or truncated "
-            f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})"
-        ) from exc
-
-    nested = False
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
-        keys = _EMA_KEYS if ema else _WEIGHT_KEYS
-        found = next((k for k in keys if _is_state_dict(obj.get(k))), None)
-        if found is None and ema:
-            raise ValueError(
-                f"{str(path)!r} holds no EMA weights (looked for {', '.join(_EMA_KEYS)}); drop the EMA option "
-                "to use its trained weights"
-            )
-        if found is None:
-            tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
-            found_text = (f"a dict with keys {_names([str(k) for k in obj], 8)}" if obj else "an empty dict") + (
-                f" ({len(tensors)} tensors among other values)" if tensors else "")
-            raise ValueError(
-                f"{str(path)!r} is not a state dict or a checkpoint holding one: expected tensors by name, or a "
-                f"dict with one under {' or '.join(repr(k) for k in _WEIGHT_KEYS)}; found {found_text}"
-            )
-        obj, nested = obj[found], True
-    elif ema:
-        raise ValueError(f"{str(path)!r} is a plain state dict: it holds no EMA weights")
-    if not _is_state_dict(obj):
-        raise ValueError(
-            f"{str(path)!r} is not a state dict or a checkpoint holding one: it holds a {type(obj).__name__}"
-            + (" without tensors" if isinstance(obj, Mapping) else "")
-        )
-    sd = _strip_wrappers(obj)
-    return sd, nested or list(sd) != list(obj)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,9 +219,9 @@ def _misfit_message(source: str, model_name: str, shapes: Mapping[str, Tuple[int
         found.append(f"{len(differ)} tensor(s) differ in shape ({'; '.join(differ[:_LISTED])}"
                      + (f"; ... {len(differ) - _LISTED} more" if len(differ) > _LISTED else "") + ")")
     if lacking:
-        found.append(f"the file lacks {len(lacking)} tensor(s) of the model ({_names(lacking, _LISTED)})")
+        found.append(f"the file lacks {len(lacking)} tensor(s) of the model ({short_list(lacking, _LISTED)})")
     if extra:
-        found.append(f"the model lacks {len(extra)} tensor(s) of the file ({_names(extra, _LISTED)})")
+        found.append(f"the model lacks {len(extra)} tensor(s) of the file ({short_list(extra, _LISTED)})")
     return (
         f"the weights in {source} do not fit {model_name} as configured: {', '.join(found)}. The file has "
         f"{_layout(file_keys, file_shapes, first_conv)}; the model has {_layout(list(shapes), shapes, first_conv)}. "

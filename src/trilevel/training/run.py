@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .config import TrainConfig, stored_config
+from .checkpoint_config import stored_config
+from .config import TrainConfig
 
 __all__ = ["LoadedRun", "load_run", "checkpoint_epoch"]
 

@@ -33,11 +33,12 @@ from ..example_selection import dominant_indices
 from .accounting import EpochAccumulator, EpochClock, StepFlags
 from .build import build_run
 from .callbacks import PictureRenderer, default_callbacks
+from .checkpoint_config import check_resume
 from .checkpointing import (
     CHECKPOINT_FORMAT, CheckpointWriteError, NonFiniteLossError, TrainingFailedError, TrainingInterrupted,
     restore_state,
 )
-from .config import TrainConfig, check_resume
+from .config import TrainConfig
 from .distributed import DistContext, setup_distributed
 from .epoch_metrics import epoch_metrics
 from .evaluation import autocast
