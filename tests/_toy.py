@@ -13,13 +13,13 @@ and EVA-02s. The code of the three "How to add ..." sections of docs/design.md i
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
 from trilevel.models.common import check_ratio, survival_from_positions
-from trilevel.models.registry import ModelFamily, check_indices
+from trilevel.models.registry import ModelFamily, PatchSettings, check_indices
 from trilevel.token_pruning import (
     ScoreInputs, TokenFate, TokenScore, get_token_score, num_kept_tokens, select_topk_tokens,
 )
@@ -29,6 +29,15 @@ from trilevel.token_pruning import (
 @dataclass
 class ToyInfo:
     kept_positions: List[torch.Tensor]  # per pruning block, (B, k): the kept patch indices (row-major, 2x2 grid)
+
+
+@dataclass(eq=False)
+class ToyState:
+    """The runtime state of a patched toy model, ``model.trilevel_state`` (ModelFamily.settings reads its settings)."""
+
+    settings: PatchSettings
+    keep_ratio: float
+    info: Optional[ToyInfo] = None  # the last forward's record
 
 
 class ToyTokenModel(nn.Module):
@@ -58,18 +67,19 @@ class PrunedToyTokenModel(ToyTokenModel):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.tokens(images)
-        settings = self.trilevel_settings
+        state = self.trilevel_state
+        settings = state.settings
         positions = torch.arange(x.shape[1] - 1).expand(x.shape[0], -1)
         info = ToyInfo([])
         for i, block in enumerate(self.blocks):
-            if i in settings.prune_layers and self.keep_ratio < 1.0:
+            if i in settings.prune_layers and state.keep_ratio < 1.0:
                 score = get_token_score(settings.token_score)
                 cls_attention = (x[:, :1] @ x[:, 1:].transpose(1, 2)).softmax(-1)[:, 0] if score.uses_cls_attention else None
-                x, kept = select_topk_tokens(x, score.score(ScoreInputs(x, cls_attention, 1)), self.keep_ratio)
+                x, kept = select_topk_tokens(x, score.score(ScoreInputs(x, cls_attention, 1)), state.keep_ratio)
                 positions = positions.gather(1, kept)
                 info.kept_positions.append(positions)
             x = x + block(x).relu()
-        self.trilevel_info = info
+        state.info = info
         return self.head(x.mean(dim=1))
 
 
@@ -93,11 +103,11 @@ class ToyFamily(ModelFamily):
 
     def patch(self, model, settings):
         model.__class__ = PrunedToyTokenModel
-        model.trilevel_settings, model.keep_ratio, model.trilevel_info = settings, settings.keep_ratio, None
+        model.trilevel_state = ToyState(settings, settings.keep_ratio)  # the runtime state: one object
 
     def unpatch(self, model):
         model.__class__ = ToyTokenModel
-        del model.trilevel_settings, model.keep_ratio, model.trilevel_info
+        del model.trilevel_state
 
     def is_patched(self, model):
         return isinstance(model, PrunedToyTokenModel)
@@ -106,10 +116,10 @@ class ToyFamily(ModelFamily):
         if attn_keep_ratio not in (None, 1.0):
             raise ValueError(f"toy models have no attention level; attn_keep_ratio must be 1.0, got {attn_keep_ratio}")
         if keep_ratio is not None:
-            model.keep_ratio = check_ratio("keep_ratio", keep_ratio)
+            model.trilevel_state.keep_ratio = check_ratio("keep_ratio", keep_ratio)
 
     def get_keep_ratios(self, model):
-        return (model.keep_ratio, 1.0) if self.is_patched(model) else (1.0, 1.0)
+        return (model.trilevel_state.keep_ratio, 1.0) if self.is_patched(model) else (1.0, 1.0)
 
     def forward_flops(self, model, keep_ratio, attn_keep_ratio, training, settings, img_size=None):
         settings = self.settings(model) if settings is None else self.resolve(model, settings)
@@ -125,10 +135,11 @@ class ToyFamily(ModelFamily):
         return flops
 
     def info(self, model):
-        return model.trilevel_info
+        return model.trilevel_state.info
 
     def survival_masks(self, model):
-        return survival_from_positions(model.trilevel_info.kept_positions, (2, 2), model.trilevel_settings.prune_layers)
+        state = model.trilevel_state
+        return survival_from_positions(state.info.kept_positions, (2, 2), state.settings.prune_layers)
 
     def describe(self, model):
         return f"toy: {len(model.blocks)} blocks, width {model.head.in_features}, 4 patch tokens + 1 prefix"

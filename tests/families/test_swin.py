@@ -30,10 +30,9 @@ def _blocks(model):
 
 
 def _stage_ratios(model):
-    """The keep ratio of each stage's blocks (one per stage; every block of a stage holds the same)."""
-    ratios = [{blk.keep_ratio for blk in stage.blocks} for stage in model.layers]
-    assert all(len(r) == 1 for r in ratios)
-    return tuple(r.pop() for r in ratios)
+    """The keep ratio of each stage, from the model's one runtime state (blocks carry no attributes)."""
+    assert not any("keep_ratio" in vars(blk) for blk in _blocks(model))
+    return model.trilevel_state.keep_ratios
 
 
 @pytest.mark.parametrize("config", [SWIN, PADDED])
@@ -89,7 +88,7 @@ def _block_and_input(block, mode="window", keep=0.5, **config):
 def test_dense_scoring_path_equals_stock_and_scores_are_received_attention(config, block):
     blk, x, _ = _block_and_input(block, **config)
     with torch.no_grad():
-        out, scores, kept_windows, _ = blk.forward_sparse(x, None, emit=True)
+        out, scores, kept_windows, _ = blk.forward_sparse(x, None, emit=True, keep_ratio=0.5, mode="window")
         assert kept_windows is None
         assert torch.allclose(out, blk.forward(x), atol=1e-5)
         assert torch.allclose(scores, _received(blk, x), atol=1e-5)
@@ -103,7 +102,7 @@ def test_window_pruning_block_by_hand(config, block):
     blk, x, scores = _block_and_input(block, **config)
     H, W = blk.input_resolution
     with torch.no_grad():
-        out, _, kept, _ = blk.forward_sparse(x, scores, emit=False)
+        out, _, kept, _ = blk.forward_sparse(x, scores, emit=False, keep_ratio=0.5, mode="window")
         dense = blk.forward(x)
     ids = _window_ids(blk, H, W)
     nW = math.ceil(H / blk.window_size[0]) * math.ceil(W / blk.window_size[1])
@@ -121,7 +120,7 @@ def test_mask_mode_block_by_hand(block):
     blk, x, scores = _block_and_input(block, mode="mask", keep=0.3)
     H, W = blk.input_resolution
     with torch.no_grad():
-        out, _, _, kept_tokens = blk.forward_sparse(x, scores, emit=False)
+        out, _, _, kept_tokens = blk.forward_sparse(x, scores, emit=False, keep_ratio=0.3, mode="mask")
         n_keep = math.ceil(0.3 * H * W)
         want = torch.zeros(2, H * W, dtype=torch.bool)
         want[torch.arange(2).unsqueeze(1), scores.flatten(1).topk(n_keep).indices] = True
@@ -201,7 +200,9 @@ def test_flops_fall_with_the_ratio_and_mask_mode_saves_nothing():
 def test_set_get_unpatch():
     model = trilevel.patch(tiny_swin(), keep_ratio=(0.5, 0.7))
     assert _stage_ratios(model) == (0.5, 0.7) and get_keep_ratios(model) == (0.5, 1.0)
-    assert model.trilevel_settings.keep_ratio == (0.5, 0.7)
+    assert model.trilevel_state.settings.keep_ratio == (0.5, 0.7) and model.trilevel_state.mode == "window"
+    assert [k for k in vars(model) if "trilevel" in k] == ["trilevel_state"]  # one runtime state, nothing loose
+    assert trilevel.models.registry.family_of(model).settings(model) is model.trilevel_state.settings
     set_keep_ratios(model, 1.0)
     assert _stage_ratios(model) == (1.0, 1.0) and get_keep_ratios(model) == (1.0, 1.0)
     set_keep_ratios(model, (0.3, 0.6))
@@ -218,7 +219,8 @@ def test_set_get_unpatch():
     trilevel.unpatch(model)
     assert type(model) is timm.models.swin_transformer.SwinTransformer
     assert type(model.layers[0].blocks[0]) is timm.models.swin_transformer.SwinTransformerBlock
-    assert "keep_ratio" not in vars(model.layers[0].blocks[0]) and "trilevel_mode" not in vars(model)
+    assert "trilevel_state" not in vars(model) and set(vars(model)) == set(vars(tiny_swin()))
+    assert all(set(vars(b)) == set(vars(s)) for b, s in zip(_blocks(model), _blocks(tiny_swin())))
     assert torch.equal(model(x), expected)
     assert get_keep_ratios(model) == (1.0, 1.0)
     with pytest.raises(ValueError, match="not patched"):

@@ -41,7 +41,7 @@ def test_patch_finds_a_registered_family_and_patches_in_place(toy_family):
 
     out = trilevel.patch(model, keep_ratio=0.5, **TOY)
     assert out is model and type(model) is PrunedToyTokenModel and trilevel.is_patched(model)
-    assert model.trilevel_settings == PatchSettings(prune_layers=(1,), keep_ratio=0.5, **TOY)  # the family's default
+    assert model.trilevel_state.settings == PatchSettings(prune_layers=(1,), keep_ratio=0.5, **TOY)  # the family's default
     assert model.state_dict().keys() == state.keys()
 
     logits = model(x)

@@ -165,8 +165,12 @@ class ModelFamily:
         raise NotImplementedError
 
     def settings(self, model: nn.Module) -> Optional[PatchSettings]:
-        """The resolved settings a patched model was patched with (None for a stock model)."""
-        return getattr(model, "trilevel_settings", None) if self.is_patched(model) else None
+        """The resolved settings a patched model was patched with (None for a stock model).
+
+        By default ``model.trilevel_state.settings``: a family keeps its runtime state in one object at
+        ``model.trilevel_state`` (as ToMe's ``_tome_info``) with the settings as its ``settings``.
+        """
+        return model.trilevel_state.settings if self.is_patched(model) else None
 
     # -------------------------------------------------------------- defaults
     def check(self, model: nn.Module) -> None:

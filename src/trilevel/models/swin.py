@@ -21,7 +21,11 @@ Swin (Liu et al., ICCV 2021) attends inside local windows, shifted every other b
   shapes never shrink.
 
 Keep ratios may differ per stage (``keep_ratio`` a tuple, one per stage, for :func:`trilevel.patch` and
-:func:`trilevel.set_keep_ratios`). The attention level (per-query connection masks) is not
+:func:`trilevel.set_keep_ratios`). The runtime state is one object on the model,
+``model.trilevel_state`` (a :class:`SwinTriLevelState`, as the ViT family's
+:class:`~trilevel.models.vit.TriLevelState`): the settings, the mode, the per-stage keep ratios
+(``model.trilevel_state.keep_ratios``; :func:`trilevel.get_keep_ratios` returns the first stage's)
+and the last forward's record; blocks carry no attributes. The attention level (per-query connection masks) is not
 implemented for Swin: ``attn_keep_ratio`` must be 1.0. Blocks that neither prune nor score for
 the next block run timm's own forward; pruning or scoring blocks run the unfused window
 attention (they need its probabilities). No module or parameter is added.
@@ -42,14 +46,10 @@ from ..token_pruning import num_kept_tokens
 from .common import check_ratio, conv_flops, linear_macs, restore_class, stage_ratios, swap_class
 from .registry import ModelFamily, PatchSettings, register_family
 
-__all__ = ["SwinFamily", "SWIN_MODES", "SwinTriLevelInfo", "window_grid", "merge_scores"]
+__all__ = ["SwinFamily", "SWIN_MODES", "SwinTriLevelInfo", "SwinTriLevelState", "window_grid", "merge_scores"]
 
 SWIN_MODES = ("window", "mask")
 """``window``: skip low-scoring windows (saves compute); ``mask``: mask low-scoring keys (no saving)."""
-
-_BLOCK_ATTRS = ("keep_ratio", "trilevel_mode")
-_MODEL_ATTRS = ("trilevel_mode", "trilevel_info", "trilevel_settings")
-
 
 def _swin_classes():
     from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
@@ -73,6 +73,29 @@ class SwinTriLevelInfo:
     windows_per_block: List[Tuple[int, int]] = field(default_factory=list)
     kept_windows: List[Optional[torch.Tensor]] = field(default_factory=list)
     kept_tokens: List[Optional[torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class SwinTriLevelState:
+    """The runtime state of a patched Swin: one object, ``model.trilevel_state``.
+
+    :func:`trilevel.patch` sets it, :func:`trilevel.set_keep_ratios` changes its ratios, the model's
+    forward reads them and leaves its record in ``info``. A plain object, not a module, parameter or
+    buffer, so ``state_dict`` keys stay those of stock timm; ``copy.deepcopy`` of the model copies it.
+
+    Attributes:
+        settings: The resolved :class:`~trilevel.models.registry.PatchSettings` the model was patched
+            with (``keep_ratio`` a float or a per-stage tuple, as given).
+        keep_ratios: The current keep ratio of each stage (one float per ``model.layers`` entry, in (0, 1]);
+            read the per-stage ratios here (:func:`trilevel.get_keep_ratios` gives the first stage's).
+        mode: ``window`` or ``mask`` (:data:`SWIN_MODES`).
+        info: What the last forward did (None before the first).
+    """
+
+    settings: PatchSettings
+    keep_ratios: Tuple[float, ...]
+    mode: str
+    info: Optional[SwinTriLevelInfo] = None
 
 
 def window_grid(block: nn.Module, H: int, W: int) -> Tuple[int, int, int]:
@@ -103,8 +126,8 @@ def _top_tokens(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
 class TriLevelSwinBlockMixin:
     """Window pruning / key masking for a timm ``SwinTransformerBlock`` (mixed into its class).
 
-    Attributes set by :func:`trilevel.patch`: ``keep_ratio`` (this block's stage) and
-    ``trilevel_mode`` (``window`` or ``mask``).
+    The block has no attributes of its own: the model's forward hands it its stage's keep ratio and
+    the mode from the model's :class:`SwinTriLevelState`.
     """
 
     def to_windows(self, t: torch.Tensor) -> torch.Tensor:
@@ -160,7 +183,8 @@ class TriLevelSwinBlockMixin:
         received = probs.detach().mean(dim=1).sum(dim=1).float()
         return out.view(B, k, A, C), received.view(B, k, A)
 
-    def forward_sparse(self, x: torch.Tensor, scores: Optional[torch.Tensor], emit: bool):
+    def forward_sparse(self, x: torch.Tensor, scores: Optional[torch.Tensor], emit: bool, keep_ratio: float,
+                       mode: str):
         """One block: prune windows (or mask keys) by ``scores``; score the tokens for the next block.
 
         Args:
@@ -168,25 +192,27 @@ class TriLevelSwinBlockMixin:
             scores: Attention each token received in the previous block ``(B, H, W)``, or None
                 (no pruning in this block).
             emit: Whether the next block needs this block's scores.
+            keep_ratio: This block's (its stage's) keep ratio, in (0, 1].
+            mode: ``window`` or ``mask``.
 
         Returns:
             ``(x, scores, kept_windows, kept_tokens)``: the tokens ``(B, H, W, C)``, this block's
             scores ``(B, H, W)`` (None unless ``emit``), the ``(B, k)`` kept window indices (None:
             all) and the ``(B, H, W)`` kept-key map of ``mask`` mode (None otherwise).
         """
-        prune = scores is not None and self.keep_ratio < 1.0
+        prune = scores is not None and keep_ratio < 1.0
         if not prune and not emit:
             return self.forward(x), None, None, None
         B, H, W, C = x.shape
         xw, hw = self.to_windows(x), self.to_windows(self.norm1(x))
         nW, A = xw.shape[1], xw.shape[2]
         win_idx = key_keep = kept_tokens = None
-        if prune and self.trilevel_mode == "window" and num_kept_tokens(nW, self.keep_ratio) < nW:
+        if prune and mode == "window" and num_kept_tokens(nW, keep_ratio) < nW:
             window_scores = self.to_windows(scores.unsqueeze(-1)).sum(dim=(2, 3))
-            k = num_kept_tokens(nW, self.keep_ratio)
+            k = num_kept_tokens(nW, keep_ratio)
             win_idx = window_scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-        elif prune and self.trilevel_mode == "mask":
-            kept_tokens = _top_tokens(scores, self.keep_ratio)
+        elif prune and mode == "mask":
+            kept_tokens = _top_tokens(scores, keep_ratio)
             key_keep = self.to_windows(kept_tokens.unsqueeze(-1).to(hw.dtype)).squeeze(-1) > 0
         if win_idx is not None:
             index = win_idx.view(B, -1, 1, 1).expand(-1, -1, A, C)
@@ -220,8 +246,9 @@ class TriLevelSwinMixin:
         Returns:
             Features ``(B, H', W', C')`` after the final norm (the grid is never shrunk).
         """
+        state = self.trilevel_state
         x = self.patch_embed(x)
-        blocks = [blk for stage in self.layers for blk in stage.blocks]
+        ratios = [r for r, stage in zip(state.keep_ratios, self.layers) for _ in stage.blocks]
         info = SwinTriLevelInfo()
         scores, i = None, 0
         for stage in self.layers:
@@ -231,8 +258,8 @@ class TriLevelSwinMixin:
             use_ckpt = stage.grad_checkpointing and self.training and torch.is_grad_enabled()
             for blk in stage.blocks:
                 i += 1
-                emit = i < len(blocks) and blocks[i].keep_ratio < 1.0
-                step = (blk.forward_sparse, x, scores, emit)
+                emit = i < len(ratios) and ratios[i] < 1.0
+                step = (blk.forward_sparse, x, scores, emit, ratios[i - 1], state.mode)
                 out = checkpoint(*step, use_reentrant=False) if use_ckpt else step[0](*step[1:])
                 x, scores, kept_windows, kept_tokens = out
                 total = window_grid(blk, x.shape[1], x.shape[2])[2]
@@ -240,7 +267,7 @@ class TriLevelSwinMixin:
                 info.windows_per_block.append((kept, total))
                 info.kept_windows.append(kept_windows)
                 info.kept_tokens.append(kept_tokens)
-        self.trilevel_info = info
+        state.info = info
         return self.norm(x)
 
 
@@ -255,13 +282,6 @@ def _check_swin(base: nn.Module) -> None:
             if not isinstance(blk, SwinTransformerBlock) or not isinstance(blk.attn, WindowAttention):
                 raise TypeError(f"stage {s} holds a {type(blk).__name__}; the swin family supports timm "
                                 "SwinTransformerBlock with WindowAttention only")
-
-
-def _swap_swin(base: nn.Module, ratios: Sequence[float], mode: str, settings: Optional[PatchSettings]) -> None:
-    swap_class(base, TriLevelSwinMixin, trilevel_mode=mode, trilevel_info=None, trilevel_settings=settings)
-    for ratio, blocks in zip(ratios, _stages(base)):
-        for blk in blocks:
-            swap_class(blk, TriLevelSwinBlockMixin, keep_ratio=ratio, trilevel_mode=mode)
 
 
 class SwinFamily(ModelFamily):
@@ -309,13 +329,18 @@ class SwinFamily(ModelFamily):
         return replace(super().resolve(model, replace(settings, keep_ratio=1.0)), keep_ratio=ratios)
 
     def patch(self, model: nn.Module, settings: PatchSettings) -> None:
-        _swap_swin(model, stage_ratios("keep_ratio", settings.keep_ratio, len(model.layers)), settings.mode, settings)
+        ratios = stage_ratios("keep_ratio", settings.keep_ratio, len(model.layers))
+        swap_class(model, TriLevelSwinMixin,
+                   trilevel_state=SwinTriLevelState(settings=settings, keep_ratios=ratios, mode=settings.mode))
+        for blocks in _stages(model):
+            for blk in blocks:
+                swap_class(blk, TriLevelSwinBlockMixin)
 
     def unpatch(self, model: nn.Module) -> None:
         for blocks in _stages(model):
             for blk in blocks:
-                restore_class(blk, _BLOCK_ATTRS)
-        restore_class(model, _MODEL_ATTRS)
+                restore_class(blk, ())
+        restore_class(model, ("trilevel_state",))
 
     def is_patched(self, model: nn.Module) -> bool:
         return isinstance(model, TriLevelSwinMixin)
@@ -327,12 +352,10 @@ class SwinFamily(ModelFamily):
             raise ValueError(f"attn_keep_ratio={attn_keep_ratio!r}: the attention level is not implemented for "
                              "Swin; use attn_keep_ratio=1.0")
         if keep_ratio is not None:
-            ratios = stage_ratios("keep_ratio", keep_ratio, len(model.layers))
-            for ratio, blocks in zip(ratios, _stages(model)):
-                for blk in blocks:
-                    blk.keep_ratio = ratio
+            model.trilevel_state.keep_ratios = stage_ratios("keep_ratio", keep_ratio, len(model.layers))
 
     def get_keep_ratios(self, model: nn.Module) -> Tuple[float, float]:
+        """``(first stage's keep ratio, 1.0)``; every stage's is ``model.trilevel_state.keep_ratios``."""
         return _stage_keep_ratios(model)[0], 1.0
 
     def forward_flops(self, model: nn.Module, keep_ratio: Union[None, float, Sequence[float]],
@@ -342,13 +365,13 @@ class SwinFamily(ModelFamily):
             raise ValueError("the Swin FLOP model counts the model's own input size only")
         if settings is None and not self.is_patched(model):
             return _swin_flops(model, 1.0)
-        mode = settings.mode if settings is not None else model.trilevel_mode
+        mode = settings.mode if settings is not None else model.trilevel_state.mode
         if keep_ratio is None and settings is not None and not self.is_patched(model):
             keep_ratio = settings.keep_ratio
         return _swin_flops(model, keep_ratio, mode=mode)
 
     def info(self, model: nn.Module) -> Optional[SwinTriLevelInfo]:
-        return model.trilevel_info
+        return model.trilevel_state.info
 
     def survival_masks(self, model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
         """After a forward of a patched Swin: per stage, the tokens of the windows its blocks ran.
@@ -360,7 +383,7 @@ class SwinFamily(ModelFamily):
         Returns:
             ``[("stage s", mask), ...]`` on the CPU.
         """
-        info = model.trilevel_info
+        info = model.trilevel_state.info
         out = []
         i = 0
         H, W = model.patch_embed.grid_size
@@ -395,8 +418,10 @@ SWIN = register_family(SwinFamily())
 
 
 def _stage_keep_ratios(base: nn.Module) -> Tuple[float, ...]:
-    """Per-stage keep ratios of a patched Swin; 1.0 for every stage of a stock one."""
-    return tuple(getattr(blocks[0], "keep_ratio", 1.0) if blocks else 1.0 for blocks in _stages(base))
+    """Per-stage keep ratios of a patched Swin (its state's); 1.0 for every stage of a stock one."""
+    if isinstance(base, TriLevelSwinMixin):
+        return tuple(base.trilevel_state.keep_ratios)
+    return (1.0,) * len(base.layers)
 
 
 def _swin_flops(base: nn.Module, keep_ratio: Union[None, float, Sequence[float]] = None,
@@ -424,7 +449,7 @@ def _swin_flops(base: nn.Module, keep_ratio: Union[None, float, Sequence[float]]
     ratios = _stage_keep_ratios(base) if keep_ratio is None else stage_ratios("keep_ratio", keep_ratio, len(stages))
     ratios = ratios if patched else (1.0,) * len(stages)
     per_block = [r for r, blocks in zip(ratios, stages) for _ in blocks]
-    window_mode = not patched or (mode or base.trilevel_mode) == "window"
+    window_mode = not patched or (mode or base.trilevel_state.mode) == "window"
     H, W = base.patch_embed.grid_size
     flops = conv_flops(getattr(base.patch_embed, "proj", None), H * W)
     i = 0

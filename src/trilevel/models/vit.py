@@ -413,9 +413,6 @@ class ViTFamily(ModelFamily):
             restore_class(blk, ())
         restore_class(model, ("trilevel_state",))
 
-    def settings(self, model: nn.Module) -> Optional[PatchSettings]:
-        return model.trilevel_state.settings if self.is_patched(model) else None
-
     def is_patched(self, model: nn.Module) -> bool:
         return isinstance(model, TriLevelViTMixin)
 
