@@ -11,7 +11,7 @@ OUTDIR=${OUT:-.}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
-run() { echo "### $*"; $PY -m trilevel.bench speed --device cuda --rounds 7 --steps-per-round 10 --warmup-steps 5 "$@"; }
+run() { echo "### $*"; $PY -m trilevel bench speed --device cuda --rounds 7 --steps-per-round 10 --warmup-steps 5 "$@"; }
 # (a) DeiT-Tiny-shaped ViT on 28x28 one-channel images, 4x4 patches
 for amp in bf16 none; do
   run --img-size 28 --patch-size 4 --in-chans 1 --embed-dim 192 --depth 12 --num-heads 3 --batch-size 128 --amp $amp

@@ -241,3 +241,12 @@ def test_the_layers_contract_names_every_top_level_module():
     named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
     top = {".".join(name.split(".")[:2]) for name in MODULES if name.count(".") >= 1} - {"trilevel.__main__"}
     assert top - named == set(), f"modules outside the layers contract: {sorted(top - named)}"
+
+
+def test_the_import_contracts_hold_without_exceptions():
+    # issue 28: "the import-linter layers hold with no workaround": no contract lists ignored imports
+    import tomllib
+
+    config = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    excepted = {c["name"]: c["ignore_imports"] for c in config["tool"]["importlinter"]["contracts"] if c.get("ignore_imports")}
+    assert excepted == {}
